@@ -1,0 +1,343 @@
+//! A broker group of real `raftmq broker` processes on 127.0.0.1.
+//!
+//! Each node gets its own data dir and log file under one temporary folder. The folder is
+//! removed when the cluster is dropped after a passing test and kept (its path printed) when
+//! the test panics, so the logs of a failure can be read.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use raftmq::client::Client;
+use raftmq_proto::admin::v1 as admin;
+
+pub struct ClusterOptions {
+    pub nodes: u64,
+    /// `sync` or `async`.
+    pub flush: &'static str,
+    pub auto_create_topics: bool,
+    /// More `raftmq broker` flags for every node.
+    pub extra_args: Vec<String>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            nodes: 3,
+            flush: "sync",
+            auto_create_topics: false,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+pub struct Node {
+    pub id: u64,
+    pub raft_addr: String,
+    pub client_addr: String,
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn log_file(&self) -> PathBuf {
+        self.dir.join("broker.log")
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+pub struct Cluster {
+    binary: PathBuf,
+    members: String,
+    options: ClusterOptions,
+    root: Option<tempfile::TempDir>,
+    pub nodes: Vec<Node>,
+}
+
+/// The `raftmq` executable: `RAFTMQ_BIN`, or the one cargo built next to the test binary.
+pub fn raftmq_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("RAFTMQ_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let test_exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> → target/<profile>/raftmq
+    let profile_dir = test_exe
+        .parent()
+        .and_then(Path::parent)
+        .context("locate the target directory")?;
+    let binary = profile_dir.join("raftmq");
+    if !binary.exists() {
+        bail!(
+            "{} does not exist: build it first (`cargo build --workspace --all-targets`) or set RAFTMQ_BIN",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}
+
+/// A port that was free a moment ago; the broker binds it soon after.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Cluster {
+    /// Start every node and wait until the group has a leader.
+    pub async fn start(options: ClusterOptions) -> anyhow::Result<Cluster> {
+        let binary = raftmq_binary()?;
+        let root = tempfile::Builder::new().prefix("raftmq-cluster-").tempdir()?;
+        let mut nodes = Vec::new();
+        for id in 1..=options.nodes {
+            nodes.push(Node {
+                id,
+                raft_addr: format!("127.0.0.1:{}", free_port()?),
+                client_addr: format!("127.0.0.1:{}", free_port()?),
+                dir: root.path().join(format!("node-{id}")),
+                child: None,
+            });
+        }
+        let members = nodes
+            .iter()
+            .map(|n| format!("{}={}/{}", n.id, n.raft_addr, n.client_addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            binary,
+            members,
+            options,
+            root: Some(root),
+            nodes,
+        };
+        for id in 1..=cluster.options.nodes {
+            cluster.start_node(id)?;
+        }
+        cluster.wait_for_leader(Duration::from_secs(30)).await?;
+        Ok(cluster)
+    }
+
+    pub fn root(&self) -> &Path {
+        self.root.as_ref().expect("root exists until drop").path()
+    }
+
+    pub fn node(&self, id: u64) -> &Node {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut Node {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.client_addr.clone()).collect()
+    }
+
+    /// A client that knows every node and fails over between them.
+    pub fn client(&self) -> Client {
+        Client::new(&self.endpoints()).expect("valid endpoints")
+    }
+
+    /// A client bound to one node only.
+    pub fn node_client(&self, id: u64) -> Client {
+        Client::new(&[self.node(id).client_addr.clone()]).expect("valid endpoint")
+    }
+
+    /// Start (or restart) one node with its existing data dir.
+    pub fn start_node(&mut self, id: u64) -> anyhow::Result<()> {
+        let binary = self.binary.clone();
+        let members = self.members.clone();
+        let flush = self.options.flush;
+        let auto_create = self.options.auto_create_topics.to_string();
+        let extra = self.options.extra_args.clone();
+        let node = self.node_mut(id);
+        if node.child.is_some() {
+            bail!("node {id} is already running");
+        }
+        std::fs::create_dir_all(&node.dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.log_file())?;
+        let child = Command::new(&binary)
+            .arg("broker")
+            .args(["--node-id", &id.to_string()])
+            .arg("--data-dir")
+            .arg(node.data_dir())
+            .args(["--members", &members, "--flush", flush, "--auto-create-topics", &auto_create])
+            .args(&extra)
+            .env("RUST_LOG", std::env::var("RAFTMQ_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start node {id} ({})", binary.display()))?;
+        node.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL one node and reap it.
+    pub fn kill_node(&mut self, id: u64) {
+        if let Some(mut child) = self.node_mut(id).child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM one node and wait (bounded) for it to stop.
+    pub fn stop_node(&mut self, id: u64) {
+        if let Some(mut child) = self.node_mut(id).child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+            let give_up = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < give_up {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kill one node and delete its data dir, as if its disk had been replaced.
+    pub fn wipe_node(&mut self, id: u64) -> anyhow::Result<()> {
+        self.kill_node(id);
+        let data = self.node(id).data_dir();
+        if data.exists() {
+            std::fs::remove_dir_all(&data).with_context(|| format!("remove {}", data.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Each running node's own status.
+    pub async fn statuses(&self) -> Vec<(u64, Option<admin::NodeStatus>)> {
+        let mut out = Vec::new();
+        for node in &self.nodes {
+            if !node.is_running() {
+                out.push((node.id, None));
+                continue;
+            }
+            let status = self.node_client(node.id).cluster_status().await.pop().and_then(|(_, s)| s.ok());
+            out.push((node.id, status));
+        }
+        out
+    }
+
+    /// Wait until a running node is leader and a majority of the running nodes agree on it.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> anyhow::Result<u64> {
+        let give_up = Instant::now() + timeout;
+        let majority = self.nodes.len() / 2 + 1;
+        loop {
+            let statuses = self.statuses().await;
+            let leader = statuses
+                .iter()
+                .filter_map(|(_, s)| s.as_ref())
+                .find(|s| s.role == "leader")
+                .map(|s| (s.node_id, s.term));
+            if let Some((leader, term)) = leader {
+                let agreeing = statuses
+                    .iter()
+                    .filter_map(|(_, s)| s.as_ref())
+                    .filter(|s| s.leader_id == Some(leader) && s.term == term)
+                    .count();
+                if agreeing >= majority {
+                    return Ok(leader);
+                }
+            }
+            if Instant::now() > give_up {
+                bail!("no leader after {timeout:?}; statuses: {statuses:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until every running node has applied everything the leader has committed.
+    pub async fn wait_caught_up(&self, timeout: Duration) -> anyhow::Result<()> {
+        let give_up = Instant::now() + timeout;
+        loop {
+            let leader = self.wait_for_leader(give_up.saturating_duration_since(Instant::now())).await?;
+            let statuses = self.statuses().await;
+            let committed = statuses
+                .iter()
+                .find(|(id, _)| *id == leader)
+                .and_then(|(_, s)| s.as_ref())
+                .and_then(|s| s.committed_index);
+            let behind: Vec<_> = statuses
+                .iter()
+                .filter(|(id, _)| self.node(*id).is_running())
+                .filter(|(_, s)| s.as_ref().and_then(|s| s.applied_index) < committed)
+                .map(|(id, s)| (*id, s.as_ref().and_then(|s| s.applied_index)))
+                .collect();
+            if committed.is_some() && behind.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > give_up {
+                bail!("nodes still behind commit index {committed:?} after {timeout:?}: {behind:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Create a topic through the admin API.
+    pub async fn create_topic(&self, name: &str, queues: u32) -> anyhow::Result<()> {
+        let client = self.client();
+        let give_up = Instant::now() + Duration::from_secs(20);
+        loop {
+            let result = client
+                .admin(|mut admin_client| {
+                    let request = admin::CreateTopicRequest {
+                        name: name.to_string(),
+                        queues,
+                    };
+                    async move { admin_client.create_topic(request).await }
+                })
+                .await;
+            match result {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_retryable() && Instant::now() < give_up => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => bail!("create topic {name}: {e}"),
+            }
+        }
+    }
+
+    /// The tail of every node's log, for failure messages.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            let text = std::fs::read_to_string(node.log_file()).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            let tail = &all[all.len().saturating_sub(lines)..];
+            out.push_str(&format!("--- node {} ({})\n{}\n", node.id, node.log_file().display(), tail.join("\n")));
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for id in 1..=self.nodes.len() as u64 {
+            self.kill_node(id);
+        }
+        if std::thread::panicking()
+            && let Some(root) = self.root.take()
+        {
+            let kept = root.keep();
+            eprintln!("cluster data and logs kept in {}", kept.display());
+        }
+    }
+}

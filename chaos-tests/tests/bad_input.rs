@@ -1,0 +1,111 @@
+//! Bad input is answered with the right RocketMQ v2 code and disturbs nothing else.
+
+use std::time::Duration;
+
+use chaos_tests::cluster::{Cluster, ClusterOptions};
+use raftmq::client::{Client, ClientError, message};
+use raftmq_proto::rocketmq::v2::{Code, Message};
+
+fn code_of<T: std::fmt::Debug>(result: Result<T, ClientError>) -> Code {
+    match result {
+        Err(ClientError::Rejected { code, .. }) => code,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+async fn send_code(client: &Client, edit: impl FnOnce(&mut Message)) -> Code {
+    let mut m = message("good", b"payload".to_vec(), Some("t"), &[]);
+    edit(&mut m);
+    code_of(client.send(vec![m]).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_bad_input_gets_its_code() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    cluster.create_topic("good", 8).await?;
+    // Every node answers alike: the leader, and followers forwarding to it.
+    for node in 1..=3 {
+        let client = cluster.node_client(node);
+        let topic = |name: &str| {
+            let name = name.to_string();
+            move |m: &mut Message| m.topic.as_mut().unwrap().name = name
+        };
+        assert_eq!(send_code(&client, topic("bad topic!")).await, Code::IllegalTopic);
+        assert_eq!(send_code(&client, topic(&"t".repeat(128))).await, Code::IllegalTopic);
+        assert_eq!(send_code(&client, topic("")).await, Code::IllegalTopic);
+        assert_eq!(send_code(&client, topic("unknown-topic")).await, Code::TopicNotFound);
+        assert_eq!(code_of(client.route("unknown-topic").await), Code::TopicNotFound);
+        assert_eq!(send_code(&client, |m| m.body = Default::default()).await, Code::MessageBodyEmpty);
+        assert_eq!(
+            send_code(&client, |m| m.body = vec![7u8; 4 * 1024 * 1024 + 1].into()).await,
+            Code::MessageBodyTooLarge
+        );
+        assert_eq!(
+            send_code(&client, |m| {
+                for i in 0..129 {
+                    m.user_properties.insert(format!("k{i}"), "v".into());
+                }
+            })
+            .await,
+            Code::MessagePropertiesTooLarge
+        );
+        assert_eq!(
+            send_code(&client, |m| {
+                m.user_properties.insert("big".into(), "v".repeat(17 * 1024));
+            })
+            .await,
+            Code::MessagePropertiesTooLarge
+        );
+        assert_eq!(send_code(&client, |m| m.system_properties = None).await, Code::MessageCorrupted);
+        assert_eq!(
+            send_code(&client, |m| m.system_properties.as_mut().unwrap().message_id.clear()).await,
+            Code::IllegalMessageId
+        );
+        assert_eq!(code_of(client.send(Vec::new()).await), Code::MessageCorrupted);
+        assert_eq!(
+            code_of(client.pull("bad group!", "good", 0, 0, 10, Duration::ZERO).await),
+            Code::IllegalConsumerGroup
+        );
+        assert_eq!(
+            code_of(client.pull("g", "good", 99, 0, 10, Duration::ZERO).await),
+            Code::BadRequest
+        );
+        assert_eq!(
+            code_of(client.pull("g", "unknown-topic", 0, 0, 10, Duration::ZERO).await),
+            Code::TopicNotFound
+        );
+    }
+
+    // Nothing was stored, nothing was created, and good requests still work everywhere.
+    let client = cluster.client();
+    assert_eq!(client.route("good").await?.len(), 8);
+    let sent = client.send(vec![message("good", b"fine".to_vec(), None, &[])]).await?;
+    assert_eq!(sent.len(), 1);
+    cluster.wait_caught_up(Duration::from_secs(20)).await?;
+    for node in 1..=3 {
+        let stored = chaos_tests::history::read_topic(&cluster.node_client(node), "good", 8).await?;
+        assert_eq!(stored.len(), 1, "node {node} holds only the good message");
+        assert_eq!(stored[0].body, "fine");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn topics_are_auto_created_when_enabled() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOptions {
+        auto_create_topics: true,
+        extra_args: vec!["--default-queues".into(), "4".into()],
+        ..Default::default()
+    })
+    .await?;
+    let client = cluster.client();
+    let sent = client.send(vec![message("fresh", b"hello".to_vec(), None, &[])]).await?;
+    assert_eq!(sent[0].offset, 0);
+    assert_eq!(client.route("fresh").await?.len(), 4);
+    // Illegal names are still refused, not created.
+    assert_eq!(
+        code_of(client.send(vec![message("no/slashes", b"x".to_vec(), None, &[])]).await),
+        Code::IllegalTopic
+    );
+    Ok(())
+}

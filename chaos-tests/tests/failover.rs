@@ -1,0 +1,183 @@
+//! Durability across leader failures, with three real broker processes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use chaos_tests::cluster::{Cluster, ClusterOptions};
+use chaos_tests::history::{History, check_every_node};
+
+const TOPIC: &str = "durable";
+const QUEUES: i32 = 8;
+const PRODUCERS: usize = 32;
+const MESSAGES_PER_PRODUCER: usize = 320;
+
+/// Wait until `history` holds at least `count` acknowledgements.
+async fn wait_for_acks(history: &History, count: usize, timeout: Duration) {
+    let give_up = Instant::now() + timeout;
+    while history.acked() < count {
+        assert!(Instant::now() < give_up, "only {} of {count} sends acknowledged after {timeout:?}", history.acked());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_messages_survive_two_leader_kills() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
+    cluster.create_topic(TOPIC, QUEUES as u32).await?;
+    let history = Arc::new(History::default());
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // Each producer sends its messages one after another, retrying each (same message id)
+    // until it is acknowledged.
+    let mut producers = Vec::new();
+    for producer in 0..PRODUCERS {
+        let client = cluster.client();
+        let history = history.clone();
+        let stop = stop.clone();
+        producers.push(tokio::spawn(async move {
+            for seq in 0..MESSAGES_PER_PRODUCER {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let body = format!("p{producer}:s{seq}");
+                if let Err(e) = history.send_until_acked(&client, TOPIC, body.clone(), Duration::from_secs(30)).await {
+                    panic!("{body} was never acknowledged: {e}");
+                }
+            }
+        }));
+    }
+
+    let total = PRODUCERS * MESSAGES_PER_PRODUCER;
+    let mut killed = Vec::new();
+    for at in [total / 3, 2 * total / 3] {
+        wait_for_acks(&history, at, Duration::from_secs(120)).await;
+        let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+        cluster.kill_node(leader);
+        killed.push(leader);
+        let killed_at = Instant::now();
+        let new_leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+        assert_ne!(new_leader, leader);
+        let before = history.acked();
+        wait_for_acks(&history, before + 1, Duration::from_secs(10)).await;
+        eprintln!(
+            "killed leader {leader} at {} acks; node {new_leader} leads; next ack after {:?}",
+            before,
+            killed_at.elapsed()
+        );
+        // Bring the killed node back so that the next kill leaves a majority.
+        cluster.start_node(leader)?;
+    }
+
+    for producer in producers {
+        producer.await?;
+    }
+    assert_eq!(history.acked(), total, "every send was acknowledged");
+    eprintln!("killed leaders {killed:?}; {} acknowledged", history.acked());
+
+    cluster.wait_caught_up(Duration::from_secs(60)).await?;
+    let stored = check_every_node(&cluster, &history, TOPIC, QUEUES).await?;
+    assert_eq!(stored.len(), total);
+    let used_queues: std::collections::BTreeSet<i32> = stored.iter().map(|s| s.queue_id).collect();
+    assert_eq!(used_queues.len(), QUEUES as usize, "messages spread over every queue");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_follower_catches_up_completely() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
+    cluster.create_topic(TOPIC, QUEUES as u32).await?;
+    let history = History::default();
+    let client = cluster.client();
+    for seq in 0..500 {
+        history.send_until_acked(&client, TOPIC, format!("before:{seq}"), Duration::from_secs(10)).await?;
+    }
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.wipe_node(follower)?;
+    // Writes continue while the follower is gone, and after it is back.
+    for seq in 0..300 {
+        history.send_until_acked(&client, TOPIC, format!("during:{seq}"), Duration::from_secs(10)).await?;
+    }
+    cluster.start_node(follower)?;
+    for seq in 0..200 {
+        history.send_until_acked(&client, TOPIC, format!("after:{seq}"), Duration::from_secs(10)).await?;
+    }
+    cluster.wait_caught_up(Duration::from_secs(60)).await?;
+    let stored = check_every_node(&cluster, &history, TOPIC, QUEUES).await?;
+    assert_eq!(stored.len(), 1000);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restarting_every_node_at_once_loses_nothing() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
+    cluster.create_topic(TOPIC, QUEUES as u32).await?;
+    let history = History::default();
+    let client = cluster.client();
+    for seq in 0..600 {
+        history.send_until_acked(&client, TOPIC, format!("m:{seq}"), Duration::from_secs(10)).await?;
+    }
+    client.update_offset("restart-group", TOPIC, 3, 42).await?;
+    // SIGKILL, not a clean stop: whatever was acknowledged must already be on disk.
+    for id in 1..=3 {
+        cluster.kill_node(id);
+    }
+    for id in 1..=3 {
+        cluster.start_node(id)?;
+    }
+    cluster.wait_for_leader(Duration::from_secs(30)).await?;
+    assert_eq!(client.get_offset("restart-group", TOPIC, 3).await?, Some(42), "committed consumer offset survives");
+    // The group works again.
+    for seq in 600..700 {
+        history.send_until_acked(&client, TOPIC, format!("m:{seq}"), Duration::from_secs(10)).await?;
+    }
+    cluster.wait_caught_up(Duration::from_secs(60)).await?;
+    let stored = check_every_node(&cluster, &history, TOPIC, QUEUES).await?;
+    assert_eq!(stored.len(), 700);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retried_sends_across_a_leader_kill_are_stored_once() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
+    cluster.create_topic(TOPIC, QUEUES as u32).await?;
+    let client = cluster.client();
+    let messages: Vec<_> = (0..50)
+        .map(|i| raftmq::client::message(TOPIC, format!("once:{i}").into_bytes(), None, &[]))
+        .collect();
+    let mut first_offsets = Vec::new();
+    for m in &messages {
+        first_offsets.push(client.send(vec![m.clone()]).await?[0].offset);
+    }
+
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    cluster.kill_node(leader);
+    cluster.wait_for_leader(Duration::from_secs(10)).await?;
+
+    // The same messages again (same ids): same answers, no new copies.
+    for (m, first) in messages.iter().zip(&first_offsets) {
+        let entries = client.send(vec![m.clone()]).await?;
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].offset, *first, "a retry answers with the first send's offset");
+        assert_eq!(
+            entries[0].message_id,
+            m.system_properties.as_ref().unwrap().message_id
+        );
+    }
+    // A batch retried as a whole is deduplicated too.
+    let batch: Vec<_> = messages[..10].to_vec();
+    let entries = client.send(batch).await?;
+    assert_eq!(entries.len(), 10);
+    for (entry, first) in entries.iter().zip(&first_offsets) {
+        assert_eq!(entry.offset, *first);
+    }
+
+    cluster.start_node(leader)?;
+    cluster.wait_caught_up(Duration::from_secs(60)).await?;
+    for node in 1..=3 {
+        let stored = chaos_tests::history::read_topic(&cluster.node_client(node), TOPIC, QUEUES).await?;
+        assert_eq!(stored.len(), 50, "node {node} holds each message once");
+    }
+    Ok(())
+}

@@ -1,0 +1,23 @@
+//! raftmq's Raft layer: everything that touches openraft lives in this crate.
+//!
+//! # Layout
+//! * [`types`]: the openraft type configuration (`TypeConfig`) and the application data types.
+//! * [`convert`]: `From`/`TryFrom` between openraft's types and the protobuf records that go on
+//!   disk and on the wire (openraft's own layout is never persisted).
+//! * [`log_store`]: `RaftLogStorage` over the RocksDB commit log, with group commit.
+//! * [`state_machine`]: `RaftStateMachine` over the derived broker state.
+//! * [`network`]: Raft RPC client over tonic, one channel per peer.
+//! * [`service`]: the Raft RPC server, including `Propose`, through which followers hand writes
+//!   to the leader.
+//! * [`node`]: one Raft node: open storage, start openraft, bootstrap, propose.
+
+pub mod convert;
+pub mod log_store;
+pub mod network;
+pub mod node;
+pub mod service;
+pub mod state_machine;
+pub mod types;
+
+pub use node::{NodeConfig, ProposeError, RaftNode};
+pub use types::{NodeId, Raft, TypeConfig};

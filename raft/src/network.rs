@@ -1,0 +1,204 @@
+//! Raft RPC client: openraft's network over tonic.
+//!
+//! One HTTP/2 channel per peer address, shared by every replication stream, vote and snapshot
+//! to that peer. Replication uses the bidirectional `StreamAppend` RPC so that appends to a
+//! follower are pipelined instead of waiting one round trip each.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use openraft::base::{BoxFuture, BoxStream};
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::RPCOption;
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest, VoteResponse};
+use openraft::{OptionalSend, RaftNetworkFactory, RaftNetworkV2};
+use raftmq_proto::raft::v1 as pb;
+use raftmq_proto::raft::v1::raft_service_client::RaftServiceClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::convert;
+use crate::types::{NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
+
+/// Snapshot data is sent in chunks of this size.
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// Largest Raft RPC message accepted or sent (a batch of entries can carry many messages).
+pub const MAX_RAFT_MESSAGE_BYTES: usize = 256 << 20;
+
+/// Creates clients to peers; channels are cached by address.
+#[derive(Clone, Default)]
+pub struct Network {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Network {
+    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut channels = self.channels.lock().expect("channel cache lock poisoned");
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    pub fn client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, tonic::transport::Error> {
+        Ok(RaftServiceClient::new(self.channel(addr)?)
+            .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES))
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &pb::Node) -> PeerClient {
+        PeerClient {
+            target,
+            client: self.client(&node.raft_addr).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// The connection to one peer.
+pub struct PeerClient {
+    target: NodeId,
+    client: Result<RaftServiceClient<Channel>, String>,
+}
+
+fn status_to_rpc_error(status: tonic::Status) -> RPCError<TypeConfig> {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::Cancelled => RPCError::Unreachable(Unreachable::new(&status)),
+        _ => RPCError::Network(NetworkError::new(&status)),
+    }
+}
+
+fn bad_reply(err: convert::MissingField) -> RPCError<TypeConfig> {
+    RPCError::Network(NetworkError::new(&err))
+}
+
+fn with_timeout<T>(message: T, option: &RPCOption) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(option.hard_ttl());
+    request
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid address of node {node}: {reason}")]
+struct BadAddress {
+    node: NodeId,
+    reason: String,
+}
+
+impl PeerClient {
+    fn client(&self) -> Result<RaftServiceClient<Channel>, RPCError<TypeConfig>> {
+        self.client.clone().map_err(|reason| {
+            RPCError::Unreachable(Unreachable::new(&BadAddress {
+                node: self.target,
+                reason,
+            }))
+        })
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let request = with_timeout(convert::append_request_to_pb(&rpc), &option);
+        let reply = self
+            .client()?
+            .append_entries(request)
+            .await
+            .map_err(status_to_rpc_error)?
+            .into_inner();
+        convert::append_response_from_pb(&reply).map_err(bad_reply)
+    }
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        _option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        Box::pin(async move {
+            let mut client = self.client()?;
+            let requests = input.map(|req| convert::append_request_to_pb(&req));
+            let replies = client
+                .stream_append(requests)
+                .await
+                .map_err(status_to_rpc_error)?
+                .into_inner();
+            let results = replies.map(|reply| {
+                let reply = reply.map_err(status_to_rpc_error)?;
+                convert::stream_result_from_pb(&reply).map_err(bad_reply)
+            });
+            Ok(Box::pin(results) as BoxStream<'s, _>)
+        })
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let request = with_timeout(convert::vote_request_to_pb(&rpc), &option);
+        let reply = self.client()?.vote(request).await.map_err(status_to_rpc_error)?.into_inner();
+        convert::vote_response_from_pb(&reply).map_err(bad_reply)
+    }
+
+    async fn pre_vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let request = with_timeout(convert::vote_request_to_pb(&rpc), &option);
+        let reply = self.client()?.pre_vote(request).await.map_err(status_to_rpc_error)?.into_inner();
+        convert::vote_response_from_pb(&reply).map_err(bad_reply)
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let mut client = self.client().map_err(|e| match e {
+            RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+            other => StreamingError::Network(NetworkError::new(&other)),
+        })?;
+        let meta = pb::SnapshotMeta {
+            vote: Some(convert::vote_to_pb(&vote)),
+            last_log_id: snapshot.meta.last_log_id.as_ref().map(convert::log_id_to_pb),
+            last_membership: Some(convert::stored_membership_to_pb(&snapshot.meta.last_membership)),
+        };
+        let mut chunks = vec![pb::SnapshotChunk {
+            payload: Some(pb::snapshot_chunk::Payload::Meta(meta)),
+        }];
+        for piece in snapshot.snapshot.chunks(SNAPSHOT_CHUNK_BYTES) {
+            chunks.push(pb::SnapshotChunk {
+                payload: Some(pb::snapshot_chunk::Payload::Data(bytes::Bytes::copy_from_slice(piece))),
+            });
+        }
+        let send = client.snapshot(futures::stream::iter(chunks));
+        let reply = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            reply = send => reply.map_err(|status| StreamingError::Network(NetworkError::new(&status)))?,
+        };
+        let vote = reply.into_inner().vote.ok_or_else(|| {
+            StreamingError::Network(NetworkError::new(&convert::MissingField {
+                record: "SnapshotResponse",
+                reason: "missing field `vote`".into(),
+            }))
+        })?;
+        let vote = convert::vote_from_pb(&vote).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        Ok(SnapshotResponse { vote })
+    }
+}

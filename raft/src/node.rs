@@ -1,0 +1,249 @@
+//! One Raft node of a broker group: storage, openraft, bootstrap and the propose path.
+//!
+//! ```text
+//!  client call ─► any node ─► propose(command)
+//!                               │ leader here?  ── yes ─► Raft::client_write ─► replicated,
+//!                               │                                committed, applied ─► result
+//!                               └─ no ─► Propose RPC to the leader (retried while an
+//!                                        election is in progress, up to a deadline)
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::ClientWriteError;
+use openraft::{Config, RaftMetrics, SnapshotPolicy};
+use raftmq_proto::raft::v1 as pb;
+use raftmq_storage::{BrokerState, Db, FlushMode, LogStore, StorageError};
+
+use crate::log_store::RaftLogStore;
+use crate::network::Network;
+use crate::state_machine::StateMachine;
+use crate::types::{NodeId, Raft, Request, TypeConfig};
+
+/// What a node needs to start.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: NodeId,
+    pub data_dir: PathBuf,
+    pub flush: FlushMode,
+    /// Every voter of the group, this node included: id → addresses.
+    pub members: BTreeMap<NodeId, pb::Node>,
+    pub heartbeat_interval: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("node {0} is not among the configured members")]
+    NotAMember(NodeId),
+    #[error("invalid raft settings: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("start raft: {0}")]
+    Raft(String),
+}
+
+/// Why a proposal did not produce a result.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    /// No leader could be reached before the deadline; the command was not written.
+    #[error("no leader available in the broker group (election in progress or no quorum)")]
+    NoLeader,
+    /// The command may or may not have been committed (for example the leader failed after
+    /// receiving it). Retrying a send with the same message id is safe.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+    /// The node is shutting down or its Raft core failed.
+    #[error("raft node failed: {0}")]
+    Fatal(String),
+}
+
+pub struct RaftNode {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub state: Arc<BrokerState>,
+    pub flush: FlushMode,
+    members: BTreeMap<NodeId, pb::Node>,
+    network: Network,
+}
+
+impl RaftNode {
+    pub async fn start(config: NodeConfig) -> Result<Arc<RaftNode>, StartError> {
+        if !config.members.contains_key(&config.node_id) {
+            return Err(StartError::NotAMember(config.node_id));
+        }
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| StartError::Config(format!(
+            "create data dir {}: {e}",
+            config.data_dir.display()
+        )))?;
+        let db = Db::open(&config.data_dir.join("rocksdb"), config.flush)?;
+        let log = LogStore::new(db.clone());
+        let state = Arc::new(BrokerState::open(db)?);
+        let raft_config = Config {
+            cluster_name: "raftmq".into(),
+            heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
+            election_timeout_min: config.election_timeout_min.as_millis() as u64,
+            election_timeout_max: config.election_timeout_max.as_millis() as u64,
+            // Snapshots never delete messages: the log is the commit log and is bounded by
+            // retention, not by snapshots.
+            max_in_snapshot_log_to_keep: u64::MAX,
+            snapshot_policy: SnapshotPolicy::Never,
+            enable_pre_vote: Some(true),
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Config(e.to_string()))?;
+        let network = Network::default();
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config),
+            network.clone(),
+            RaftLogStore::new(log),
+            StateMachine::new(state.clone()),
+        )
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+        Ok(Arc::new(RaftNode {
+            id: config.node_id,
+            raft,
+            state,
+            flush: config.flush,
+            members: config.members,
+            network,
+        }))
+    }
+
+    pub fn members(&self) -> &BTreeMap<NodeId, pb::Node> {
+        &self.members
+    }
+
+    pub fn network(&self) -> &Network {
+        &self.network
+    }
+
+    pub fn metrics(&self) -> RaftMetrics<TypeConfig> {
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    /// The lowest-id member initializes the group, once, when no member has been initialized
+    /// yet. Every other node (and a node restarted with an empty disk) waits to be replicated
+    /// to by the leader.
+    pub async fn bootstrap(self: Arc<Self>) {
+        let lowest = self.members.keys().next().copied();
+        if lowest != Some(self.id) {
+            return;
+        }
+        loop {
+            match self.raft.is_initialized().await {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "bootstrap: raft core stopped");
+                    return;
+                }
+            }
+            let mut all_empty = true;
+            for (id, node) in &self.members {
+                if *id == self.id {
+                    continue;
+                }
+                match self.peer_initialized(node).await {
+                    Some(true) => {
+                        tracing::info!(peer = id, "group already initialized; waiting for the leader to replicate");
+                        return;
+                    }
+                    Some(false) => {}
+                    None => all_empty = false,
+                }
+            }
+            if all_empty {
+                let voters: BTreeMap<_, _> = self.members.clone();
+                match self.raft.initialize(voters).await {
+                    Ok(()) => tracing::info!(members = ?self.members.keys().collect::<Vec<_>>(), "initialized the group"),
+                    Err(e) => tracing::warn!(error = %e, "initialize"),
+                }
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    async fn peer_initialized(&self, node: &pb::Node) -> Option<bool> {
+        let mut client = self.network.client(&node.raft_addr).ok()?;
+        let mut request = tonic::Request::new(pb::NodeStatusRequest {});
+        request.set_timeout(Duration::from_millis(800));
+        client.node_status(request).await.ok().map(|r| r.into_inner().initialized)
+    }
+
+    /// Replicate a command through the group's leader and return what applying it produced.
+    pub async fn propose(&self, command: pb::Command, deadline: Duration) -> Result<pb::CommandResult, ProposeError> {
+        let give_up = Instant::now() + deadline;
+        let mut forwarded_once = false;
+        loop {
+            let leader = match self.raft.client_write(Request(command.clone())).await {
+                Ok(response) => {
+                    return response
+                        .data
+                        .0
+                        .ok_or_else(|| ProposeError::Fatal("a command was applied without a result".into()));
+                }
+                Err(openraft::errors::RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => forward.leader_id,
+                Err(openraft::errors::RaftError::APIError(other)) => return Err(ProposeError::Fatal(other.to_string())),
+                Err(openraft::errors::RaftError::Fatal(fatal)) => return Err(ProposeError::Fatal(fatal.to_string())),
+            };
+            if let Some(leader) = leader.filter(|id| *id != self.id)
+                && let Some(node) = self.members.get(&leader)
+            {
+                match self.forward(node, &command, give_up).await {
+                    Forwarded::Done(result) => return Ok(result),
+                    Forwarded::NotLeader => {}
+                    Forwarded::Unknown(reason) => {
+                        // The leader may have received it: say so rather than "failed".
+                        if Instant::now() >= give_up || forwarded_once {
+                            return Err(ProposeError::Unknown(reason));
+                        }
+                        forwarded_once = true;
+                    }
+                }
+            }
+            if Instant::now() >= give_up {
+                return Err(ProposeError::NoLeader);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn forward(&self, leader: &pb::Node, command: &pb::Command, give_up: Instant) -> Forwarded {
+        let mut client = match self.network.client(&leader.raft_addr) {
+            Ok(client) => client,
+            Err(e) => return Forwarded::Unknown(e.to_string()),
+        };
+        let mut request = tonic::Request::new(pb::ProposeRequest {
+            command: Some(command.clone()),
+        });
+        request.set_timeout(give_up.saturating_duration_since(Instant::now()).max(Duration::from_millis(100)));
+        match client.propose(request).await {
+            Ok(reply) => match reply.into_inner().outcome {
+                Some(pb::propose_response::Outcome::Result(result)) => Forwarded::Done(result),
+                Some(pb::propose_response::Outcome::NotLeader(_)) => Forwarded::NotLeader,
+                Some(pb::propose_response::Outcome::Error(e)) => Forwarded::Unknown(e),
+                None => Forwarded::Unknown("empty propose reply".into()),
+            },
+            // Refused before reaching the leader's Raft: nothing was written.
+            Err(status) if status.code() == tonic::Code::Unavailable => Forwarded::NotLeader,
+            Err(status) => Forwarded::Unknown(status.message().to_string()),
+        }
+    }
+}
+
+enum Forwarded {
+    Done(pb::CommandResult),
+    NotLeader,
+    Unknown(String),
+}

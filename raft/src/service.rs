@@ -1,0 +1,146 @@
+//! Raft RPC server: hands peers' messages to openraft, and serves `Propose` (writes forwarded by
+//! followers) and `NodeStatus` (used by bootstrap).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use openraft::errors::{ClientWriteError, RaftError};
+use raftmq_proto::raft::v1 as pb;
+use raftmq_proto::raft::v1::raft_service_server::{RaftService, RaftServiceServer};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::convert;
+use crate::network::MAX_RAFT_MESSAGE_BYTES;
+use crate::node::RaftNode;
+use crate::types::{Request as Command, Snapshot, SnapshotMeta};
+
+pub struct RaftGrpc {
+    node: Arc<RaftNode>,
+}
+
+impl RaftGrpc {
+    pub fn server(node: Arc<RaftNode>) -> RaftServiceServer<RaftGrpc> {
+        RaftServiceServer::new(RaftGrpc { node })
+            .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+    }
+}
+
+fn fatal(err: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("raft node stopped: {err}"))
+}
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl RaftService for RaftGrpc {
+    async fn vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
+        let req = convert::vote_request_from_pb(request.get_ref())?;
+        let resp = self.node.raft.vote(req).await.map_err(fatal)?;
+        Ok(Response::new(convert::vote_response_to_pb(&resp)))
+    }
+
+    async fn pre_vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
+        let req = convert::vote_request_from_pb(request.get_ref())?;
+        let resp = self.node.raft.pre_vote(req).await.map_err(fatal)?;
+        Ok(Response::new(convert::vote_response_to_pb(&resp)))
+    }
+
+    async fn append_entries(
+        &self,
+        request: Request<pb::AppendEntriesRequest>,
+    ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+        let req = convert::append_request_from_pb(request.into_inner())?;
+        let resp = self.node.raft.append_entries(req).await.map_err(fatal)?;
+        Ok(Response::new(convert::append_response_to_pb(&resp)))
+    }
+
+    type StreamAppendStream = ResponseStream<pb::AppendEntriesResponse>;
+
+    async fn stream_append(
+        &self,
+        request: Request<Streaming<pb::AppendEntriesRequest>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        // Requests that fail to decode end the input; the leader then reconnects.
+        let input = request
+            .into_inner()
+            .take_while(|item| futures::future::ready(item.is_ok()))
+            .filter_map(|item| async move {
+                match item.ok().map(convert::append_request_from_pb) {
+                    Some(Ok(req)) => Some(req),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "dropping malformed append request");
+                        None
+                    }
+                    None => None,
+                }
+            });
+        let output = self.node.raft.stream_append(input).map(|result| match result {
+            Ok(result) => Ok(convert::stream_result_to_pb(&result)),
+            Err(e) => Err(fatal(e)),
+        });
+        Ok(Response::new(Box::pin(output)))
+    }
+
+    async fn snapshot(&self, request: Request<Streaming<pb::SnapshotChunk>>) -> Result<Response<pb::SnapshotResponse>, Status> {
+        let mut chunks = request.into_inner();
+        let Some(first) = chunks.next().await.transpose()? else {
+            return Err(Status::invalid_argument("empty snapshot stream"));
+        };
+        let Some(pb::snapshot_chunk::Payload::Meta(meta)) = first.payload else {
+            return Err(Status::invalid_argument("a snapshot stream must start with its meta"));
+        };
+        let mut data = Vec::new();
+        while let Some(chunk) = chunks.next().await.transpose()? {
+            match chunk.payload {
+                Some(pb::snapshot_chunk::Payload::Data(bytes)) => data.extend_from_slice(&bytes),
+                _ => return Err(Status::invalid_argument("snapshot meta sent twice")),
+            }
+        }
+        let vote = convert::vote_from_pb(meta.vote.as_ref().ok_or_else(|| Status::invalid_argument("snapshot without vote"))?)?;
+        let membership = meta
+            .last_membership
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("snapshot without membership"))?;
+        let snapshot = Snapshot {
+            meta: SnapshotMeta {
+                last_log_id: convert::opt_log_id_from_pb(meta.last_log_id.as_ref())?,
+                last_membership: convert::stored_membership_from_pb(membership)?,
+            },
+            snapshot: data,
+        };
+        let resp = self.node.raft.install_full_snapshot(vote, snapshot).await.map_err(fatal)?;
+        Ok(Response::new(pb::SnapshotResponse {
+            vote: Some(convert::vote_to_pb(&resp.vote)),
+        }))
+    }
+
+    async fn propose(&self, request: Request<pb::ProposeRequest>) -> Result<Response<pb::ProposeResponse>, Status> {
+        let command = request
+            .into_inner()
+            .command
+            .ok_or_else(|| Status::invalid_argument("propose without a command"))?;
+        let outcome = match self.node.raft.client_write(Command(command)).await {
+            Ok(resp) => match resp.data.0 {
+                Some(result) => pb::propose_response::Outcome::Result(result),
+                None => pb::propose_response::Outcome::Error("applied without a result".into()),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                pb::propose_response::Outcome::NotLeader(pb::NotLeader {
+                    leader_id: forward.leader_id,
+                })
+            }
+            Err(e) => pb::propose_response::Outcome::Error(e.to_string()),
+        };
+        Ok(Response::new(pb::ProposeResponse { outcome: Some(outcome) }))
+    }
+
+    async fn node_status(&self, _request: Request<pb::NodeStatusRequest>) -> Result<Response<pb::NodeStatusResponse>, Status> {
+        let initialized = self.node.raft.is_initialized().await.map_err(fatal)?;
+        Ok(Response::new(pb::NodeStatusResponse {
+            node_id: self.node.id,
+            initialized,
+        }))
+    }
+}

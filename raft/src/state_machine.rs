@@ -1,0 +1,131 @@
+//! openraft's `RaftStateMachine` over the derived broker state.
+//!
+//! A snapshot is the serialized derived state (topics, consume queues, offsets, dedup index).
+//! Messages stay in the log: the log is never purged by snapshots
+//! (`max_in_snapshot_log_to_keep = u64::MAX`), so a follower, even one with an empty disk,
+//! catches up by plain log replication and ends with every message the leader retains.
+
+use std::io;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use raftmq_storage::{ApplyItem, BrokerState, StateExport};
+
+use crate::convert::{log_id_to_pb, membership_to_pb, opt_log_id_from_pb, stored_membership_from_pb};
+use crate::types::{LogId, Request, Response, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
+
+/// At most this many entries are applied in one RocksDB write.
+const APPLY_CHUNK: usize = 512;
+
+#[derive(Clone)]
+pub struct StateMachine {
+    state: Arc<BrokerState>,
+}
+
+impl StateMachine {
+    pub fn new(state: Arc<BrokerState>) -> StateMachine {
+        StateMachine { state }
+    }
+
+    fn snapshot_from_export(export: StateExport) -> io::Result<Snapshot> {
+        let last_log_id = opt_log_id_from_pb(export.applied.as_ref())?;
+        let last_membership = match &export.membership {
+            Some(stored) => stored_membership_from_pb(stored)?,
+            None => StoredMembership::default(),
+        };
+        Ok(Snapshot {
+            meta: SnapshotMeta {
+                last_log_id,
+                last_membership,
+            },
+            snapshot: export.data,
+        })
+    }
+
+    fn apply_chunk(&self, chunk: Vec<EntryResponder<TypeConfig>>) -> io::Result<()> {
+        let mut items = Vec::with_capacity(chunk.len());
+        let mut responders = Vec::with_capacity(chunk.len());
+        for (entry, responder) in chunk {
+            let item = match entry.payload {
+                EntryPayload::Blank => ApplyItem::Blank,
+                EntryPayload::Normal(Request(command)) => ApplyItem::Command(command),
+                EntryPayload::Membership(membership) => ApplyItem::Membership(membership_to_pb(&membership)),
+            };
+            items.push((log_id_to_pb(&entry.log_id), item));
+            responders.push(responder);
+        }
+        let results = self.state.apply(items)?;
+        for (responder, result) in responders.into_iter().zip(results) {
+            if let Some(responder) = responder {
+                responder.send(Response(result));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
+        let applied = opt_log_id_from_pb(self.state.applied_log_id()?.as_ref())?;
+        let membership = match self.state.applied_membership()? {
+            Some(stored) => stored_membership_from_pb(&stored)?,
+            None => StoredMembership::default(),
+        };
+        Ok((applied, membership))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
+    where
+        Strm: futures::Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
+    {
+        let mut chunk = Vec::new();
+        while let Some(item) = entries.next().await {
+            chunk.push(item?);
+            if chunk.len() >= APPLY_CHUNK {
+                self.apply_chunk(std::mem::take(&mut chunk))?;
+            }
+        }
+        if !chunk.is_empty() {
+            self.apply_chunk(chunk)?;
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> io::Result<()> {
+        tracing::info!(last_log_id = ?meta.last_log_id, bytes = snapshot.len(), "installing snapshot");
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || state.import(&snapshot))
+            .await
+            .map_err(io::Error::other)??;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
+        let export = self.state.export()?;
+        if export.applied.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Self::snapshot_from_export(export)?))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
+        let state = self.state.clone();
+        let export = tokio::task::spawn_blocking(move || state.export())
+            .await
+            .map_err(io::Error::other)??;
+        Self::snapshot_from_export(export)
+    }
+}

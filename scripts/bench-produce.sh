@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Produce benchmark on a local three-node group (release build), as recorded in
+# docs/BENCHMARKS.md. For each flush mode it starts a fresh group, measures the disk's fsync
+# latency, runs `raftmq bench produce` flat out and at a fixed rate RUNS times each, and prints
+# the median of every figure.
+#
+#   scripts/bench-produce.sh                 # defaults below
+#   RUNS=5 DURATION=20s CONCURRENCY=1024 scripts/bench-produce.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/deps.sh
+
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-15s}
+CONCURRENCY=${CONCURRENCY:-1024}
+SIZE=${SIZE:-1024}
+RATE=${RATE:-10000}
+MODES=${MODES:-"sync async"}
+WORK=${WORK:-$(mktemp -d /tmp/raftmq-bench.XXXXXX)}
+
+ensure_build_deps
+use_cached_rocksdb
+echo "=== building raftmq (release)"
+cargo build --release --bin raftmq
+bin=target/release/raftmq
+endpoints=127.0.0.1:18081,127.0.0.1:18082,127.0.0.1:18083
+
+median() { # median of the numbers on stdin
+  sort -n | awk '{v[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'
+}
+
+stop_cluster() {
+  if [ -n "${cluster_pid:-}" ]; then
+    kill -TERM "$cluster_pid" 2>/dev/null || true
+    wait "$cluster_pid" 2>/dev/null || true
+    cluster_pid=
+  fi
+}
+trap stop_cluster EXIT
+
+for mode in $MODES; do
+  dir="$WORK/$mode"
+  rm -rf "$dir"
+  echo "=== flush=$mode: starting a local group in $dir"
+  "$bin" local --dir "$dir" --flush "$mode" --client-port 18081 --raft-port 19091 >"$WORK/local-$mode.log" 2>&1 &
+  cluster_pid=$!
+  for _ in $(seq 100); do
+    "$bin" admin cluster --json --endpoints "$endpoints" 2>/dev/null | grep -q '"leader"' && break
+    sleep 0.2
+  done
+  "$bin" admin topic create bench --queues 8 --endpoints "$endpoints"
+
+  : >"$WORK/$mode-max.jsonl"
+  : >"$WORK/$mode-rate.jsonl"
+  : >"$WORK/$mode-fsync.jsonl"
+  for run in $(seq "$RUNS"); do
+    echo "--- flush=$mode run $run/$RUNS: disk fsync latency"
+    "$bin" bench fsync --dir "$dir" --duration 3s --json | tee -a "$WORK/$mode-fsync.jsonl"
+    echo "--- flush=$mode run $run/$RUNS: flat out, $CONCURRENCY in flight, $SIZE-byte bodies, $DURATION"
+    "$bin" bench produce --endpoints "$endpoints" --topic bench --concurrency "$CONCURRENCY" \
+      --size "$SIZE" --duration "$DURATION" --json | tee -a "$WORK/$mode-max.jsonl"
+    echo "--- flush=$mode run $run/$RUNS: fixed rate $RATE msgs/s"
+    "$bin" bench produce --endpoints "$endpoints" --topic bench --concurrency 256 \
+      --size "$SIZE" --duration "$DURATION" --rate "$RATE" --json | tee -a "$WORK/$mode-rate.jsonl"
+  done
+  stop_cluster
+
+  echo
+  echo "=== flush=$mode: medians of $RUNS runs"
+  printf '  flat out:   %s msgs/s, %s MB/s, ack p50 %s ms, p99 %s ms, p999 %s ms\n' \
+    "$(jq .msgs_per_sec "$WORK/$mode-max.jsonl" | median)" \
+    "$(jq .mb_per_sec "$WORK/$mode-max.jsonl" | median)" \
+    "$(jq .ack_latency_ms.p50 "$WORK/$mode-max.jsonl" | median)" \
+    "$(jq .ack_latency_ms.p99 "$WORK/$mode-max.jsonl" | median)" \
+    "$(jq .ack_latency_ms.p999 "$WORK/$mode-max.jsonl" | median)"
+  printf '  %s/s:  %s msgs/s, ack p50 %s ms, p99 %s ms, p999 %s ms\n' "$RATE" \
+    "$(jq .msgs_per_sec "$WORK/$mode-rate.jsonl" | median)" \
+    "$(jq .ack_latency_ms.p50 "$WORK/$mode-rate.jsonl" | median)" \
+    "$(jq .ack_latency_ms.p99 "$WORK/$mode-rate.jsonl" | median)" \
+    "$(jq .ack_latency_ms.p999 "$WORK/$mode-rate.jsonl" | median)"
+  printf '  disk fsync: p50 %s ms, p99 %s ms\n' \
+    "$(jq .fsync_latency_ms.p50 "$WORK/$mode-fsync.jsonl" | median)" \
+    "$(jq .fsync_latency_ms.p99 "$WORK/$mode-fsync.jsonl" | median)"
+  echo
+done
+echo "raw results: $WORK"

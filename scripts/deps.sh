@@ -1,0 +1,44 @@
+# Sourced by the scripts in this folder: make sure the build's system dependencies are there.
+# RocksDB's bindings are generated with bindgen, which needs libclang.
+
+ensure_build_deps() {
+  if ! ldconfig -p 2>/dev/null | grep -q 'libclang'; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "installing libclang (needed to build RocksDB's bindings)..."
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libclang-dev >/dev/null
+    else
+      echo "libclang is missing: install it (Debian/Ubuntu: sudo apt-get install libclang-dev) and rerun" >&2
+      exit 1
+    fi
+  fi
+  if ! command -v cargo >/dev/null; then
+    echo "cargo is missing: install Rust 1.88 or newer from https://rustup.rs and rerun" >&2
+    exit 1
+  fi
+}
+
+# Reuse a RocksDB static library that an earlier build on this machine kept (same crate
+# version, features and optimisation level); a cold RocksDB build takes 10-15 minutes.
+rocksdb_cache_dir() {
+  echo "${RAFTMQ_CACHE_DIR:-/var/cache/raftmq}/librocksdb-sys-0.19.0+11.8.1-lz4-zstd-O3"
+}
+
+use_cached_rocksdb() {
+  local dir
+  dir=$(rocksdb_cache_dir)
+  if [ -f "$dir/librocksdb.a" ]; then
+    echo "using the RocksDB library cached in $dir"
+    export ROCKSDB_LIB_DIR="$dir" ROCKSDB_STATIC=1
+  fi
+}
+
+keep_built_rocksdb() {
+  [ -z "${ROCKSDB_LIB_DIR:-}" ] || return 0
+  local dir built
+  dir=$(rocksdb_cache_dir)
+  built=$(ls -t target/debug/build/librocksdb-sys-*/out/librocksdb.a 2>/dev/null | head -n 1 || true)
+  if [ -n "$built" ] && mkdir -p "$dir" 2>/dev/null; then
+    cp "$built" "$dir/librocksdb.a.tmp" && mv "$dir/librocksdb.a.tmp" "$dir/librocksdb.a"
+    echo "kept the RocksDB library in $dir for later builds"
+  fi
+}

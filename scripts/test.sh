@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Build raftmq once and run every test suite from that build: unit and property tests,
+# RocksDB storage tests, openraft's storage conformance suite, and the integration tests that
+# start real three-node clusters and kill their leaders.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/deps.sh
+
+ensure_build_deps
+use_cached_rocksdb
+
+echo "=== building (tests and the raftmq binary)"
+start=$(date +%s)
+cargo build --workspace --all-targets
+echo "build took $(( $(date +%s) - start ))s"
+keep_built_rocksdb
+
+if cargo nextest --version >/dev/null 2>&1; then
+  runner=(cargo nextest run --workspace --no-fail-fast)
+else
+  runner=(cargo test --workspace --no-fail-fast)
+fi
+echo "=== running tests: ${runner[*]}"
+"${runner[@]}"

@@ -1,0 +1,587 @@
+//! `apache.rocketmq.v2.MessagingService`: the client API the official RocketMQ 5 clients use.
+//!
+//! Every reply carries its outcome in-band (`Status{code, message}`) with gRPC OK, as the
+//! official proxy does. Implemented here: routes, heartbeats, telemetry settings, sends, and
+//! offset-based consumption (PullMessage and the offset RPCs). The POP-style calls
+//! (ReceiveMessage, Ack, ChangeInvisibleDuration, DLQ), transactions and lite topics answer
+//! NOT_IMPLEMENTED for now.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use raftmq_proto::raft::v1 as pb;
+use raftmq_proto::rocketmq::v2::messaging_service_server::{MessagingService, MessagingServiceServer};
+use raftmq_proto::rocketmq::v2::{self as v2, Code};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::filter::TagFilter;
+use super::messages::{now_ms, to_delivered, to_stored};
+use super::status::{ClientKind, Rejection, ok};
+use super::{Broker, MAX_CLIENT_MESSAGE_BYTES, PROPOSE_DEADLINE, validate};
+
+/// Longest long poll the broker grants, whatever the client asks.
+const LONG_POLL_MAX: Duration = Duration::from_secs(30);
+/// Most messages one PullMessage returns.
+const PULL_BATCH_MAX: usize = 1024;
+/// Roughly how many body bytes one PullMessage returns (at least one message).
+const PULL_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+pub struct Messaging {
+    broker: Arc<Broker>,
+}
+
+pub fn service(broker: Arc<Broker>) -> MessagingServiceServer<Messaging> {
+    MessagingServiceServer::new(Messaging { broker })
+        .max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_CLIENT_MESSAGE_BYTES)
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn resource_name(resource: Option<&v2::Resource>) -> &str {
+    resource.map(|r| r.name.as_str()).unwrap_or_default()
+}
+
+fn rejected(rpc: &'static str, client: ClientKind, rejection: &Rejection) -> v2::Status {
+    tracing::info!(rpc, code = ?rejection.code, message = %rejection.message, "request rejected");
+    client.status(rejection)
+}
+
+fn not_implemented(rpc: &str) -> v2::Status {
+    v2::Status {
+        code: Code::NotImplemented as i32,
+        message: format!("{rpc} is not implemented by raftmq yet"),
+    }
+}
+
+fn endpoints_of(addrs: &[&str], own: &str) -> v2::Endpoints {
+    let parsed: Vec<(String, i32)> = addrs
+        .iter()
+        .filter_map(|addr| {
+            let (host, port) = addr.rsplit_once(':')?;
+            Some((host.trim_matches(['[', ']']).to_string(), port.parse().ok()?))
+        })
+        .collect();
+    let all = |f: fn(&std::net::IpAddr) -> bool| {
+        parsed
+            .iter()
+            .all(|(host, _)| host.parse::<std::net::IpAddr>().as_ref().is_ok_and(f))
+    };
+    let (scheme, chosen) = if all(std::net::IpAddr::is_ipv4) {
+        (v2::AddressScheme::IPv4, parsed)
+    } else if all(std::net::IpAddr::is_ipv6) {
+        (v2::AddressScheme::IPv6, parsed)
+    } else {
+        // Clients accept a single address with DOMAIN_NAME: advertise this node only.
+        let own = own
+            .rsplit_once(':')
+            .and_then(|(host, port)| Some((host.to_string(), port.parse().ok()?)))
+            .into_iter()
+            .collect();
+        (v2::AddressScheme::DomainName, own)
+    };
+    v2::Endpoints {
+        scheme: scheme as i32,
+        addresses: chosen.into_iter().map(|(host, port)| v2::Address { host, port }).collect(),
+    }
+}
+
+impl Messaging {
+    async fn route(&self, request: &v2::QueryRouteRequest) -> Result<Vec<v2::MessageQueue>, Rejection> {
+        let broker = &self.broker;
+        let topic = broker.resolve_topic(resource_name(request.topic.as_ref())).await?;
+        let addrs: Vec<&str> = broker.config.members.values().map(|n| n.client_addr.as_str()).collect();
+        let endpoints = endpoints_of(&addrs, &broker.config.me().client_addr);
+        let resource = request.topic.clone().unwrap_or_default();
+        Ok((0..topic.queues)
+            .map(|id| v2::MessageQueue {
+                topic: Some(resource.clone()),
+                id: id as i32,
+                permission: v2::Permission::ReadWrite as i32,
+                broker: Some(v2::Broker {
+                    name: broker.config.group.clone(),
+                    id: 0,
+                    endpoints: Some(endpoints.clone()),
+                }),
+                accept_message_types: vec![v2::MessageType::Normal as i32, v2::MessageType::Fifo as i32],
+            })
+            .collect())
+    }
+
+    async fn send(&self, request: v2::SendMessageRequest) -> Result<Vec<v2::SendResultEntry>, Rejection> {
+        let broker = &self.broker;
+        let Some(first) = request.messages.first() else {
+            return Err(Rejection::new(Code::MessageCorrupted, "SendMessage without messages"));
+        };
+        let topic_name = resource_name(first.topic.as_ref()).to_string();
+        if request.messages.iter().any(|m| resource_name(m.topic.as_ref()) != topic_name) {
+            return Err(Rejection::new(Code::MessageCorrupted, "all messages of one SendMessage must share a topic"));
+        }
+        validate::topic_name(&topic_name)?;
+        for message in &request.messages {
+            validate::message(message, broker.config.max_body_bytes)?;
+        }
+        let topic = broker.resolve_topic(&topic_name).await?;
+        let group = first.system_properties.as_ref().and_then(|p| p.message_group.as_deref());
+        let queue_id = broker.choose_queue(&topic, group);
+        let store_ms = now_ms();
+        let message_ids: Vec<String> = request
+            .messages
+            .iter()
+            .map(|m| m.system_properties.as_ref().map(|p| p.message_id.clone()).unwrap_or_default())
+            .collect();
+        let messages = request
+            .messages
+            .into_iter()
+            .map(|m| to_stored(m, &topic_name, queue_id, store_ms))
+            .collect();
+        let command = pb::Command {
+            kind: Some(pb::command::Kind::Append(pb::AppendMessages { messages })),
+        };
+        let appended = match broker.node.propose(command, PROPOSE_DEADLINE).await?.kind {
+            Some(pb::command_result::Kind::Append(result)) => result.messages,
+            other => return Err(Rejection::internal(format!("unexpected result of a send: {other:?}"))),
+        };
+        if appended.len() != message_ids.len() {
+            return Err(Rejection::internal("the broker stored a different number of messages than it was sent"));
+        }
+        Ok(message_ids
+            .into_iter()
+            .zip(appended)
+            .map(|(message_id, stored)| v2::SendResultEntry {
+                status: Some(ok()),
+                message_id,
+                transaction_id: String::new(),
+                offset: stored.queue_offset as i64,
+                recall_handle: String::new(),
+            })
+            .collect())
+    }
+
+    async fn pull(&self, request: v2::PullMessageRequest) -> Result<(Vec<v2::Message>, u64), Rejection> {
+        let broker = &self.broker;
+        validate::group_name(resource_name(request.group.as_ref()))?;
+        let queue = request
+            .message_queue
+            .as_ref()
+            .ok_or_else(|| Rejection::bad_request("PullMessage without message_queue"))?;
+        let topic = broker.resolve_topic(resource_name(queue.topic.as_ref())).await?;
+        let queue_id = broker.check_queue(&topic, queue.id)?;
+        let filter = TagFilter::parse(request.filter_expression.as_ref())?;
+        let batch = match request.batch_size {
+            n if n <= 0 => 32,
+            n => (n as usize).min(PULL_BATCH_MAX),
+        };
+        let poll = request
+            .long_polling_timeout
+            .and_then(|d| Duration::try_from(d).ok())
+            .unwrap_or_default()
+            .min(LONG_POLL_MAX);
+        let state = &broker.node.state;
+        let next = state.queue_next_offset(&topic.name, queue_id);
+        let requested = u64::try_from(request.offset).map_err(|_| Rejection::new(Code::IllegalOffset, "negative offset"))?;
+        if requested > next {
+            return Err(Rejection::new(
+                Code::IllegalOffset,
+                format!("offset {requested} is past the end of the queue ({next})"),
+            ));
+        }
+        // Below the retained range: start from the oldest retained message, as RocketMQ does.
+        let mut from = requested.max(state.queue_min_offset(&topic.name, queue_id)?);
+        let deadline = tokio::time::Instant::now() + poll;
+        let mut applied = state.subscribe_applied();
+        loop {
+            applied.borrow_and_update();
+            let records = state.read_queue(&topic.name, queue_id, from, batch, PULL_BYTES_MAX)?;
+            if let Some(last) = records.last() {
+                from = last.queue_offset + 1;
+                let store_host = &broker.config.me().client_addr;
+                let matching: Vec<v2::Message> = records
+                    .into_iter()
+                    .filter(|r| filter.matches(r.message.tag.as_deref()))
+                    .map(|r| to_delivered(r, store_host))
+                    .collect();
+                if !matching.is_empty() {
+                    return Ok((matching, from));
+                }
+                continue;
+            }
+            if tokio::time::timeout_at(deadline, applied.changed()).await.is_err() {
+                return Ok((Vec::new(), from));
+            }
+        }
+    }
+
+    fn message_queue<'a>(&self, queue: Option<&'a v2::MessageQueue>) -> Result<&'a v2::MessageQueue, Rejection> {
+        queue.ok_or_else(|| Rejection::bad_request("request without message_queue"))
+    }
+
+    async fn query_offset(&self, request: &v2::QueryOffsetRequest) -> Result<u64, Rejection> {
+        let queue = self.message_queue(request.message_queue.as_ref())?;
+        let topic = self.broker.resolve_topic(resource_name(queue.topic.as_ref())).await?;
+        let queue_id = self.broker.check_queue(&topic, queue.id)?;
+        let state = &self.broker.node.state;
+        let policy = v2::QueryOffsetPolicy::try_from(request.query_offset_policy)
+            .map_err(|_| Rejection::bad_request(format!("unknown query_offset_policy {}", request.query_offset_policy)))?;
+        Ok(match policy {
+            v2::QueryOffsetPolicy::Beginning => state.queue_min_offset(&topic.name, queue_id)?,
+            v2::QueryOffsetPolicy::End => state.queue_next_offset(&topic.name, queue_id),
+            v2::QueryOffsetPolicy::Timestamp => {
+                let ts = request
+                    .timestamp
+                    .as_ref()
+                    .ok_or_else(|| Rejection::bad_request("TIMESTAMP policy without timestamp"))?;
+                let ms = ts.seconds.saturating_mul(1000) + i64::from(ts.nanos / 1_000_000);
+                state.queue_offset_at_time(&topic.name, queue_id, ms)?
+            }
+        })
+    }
+
+    async fn get_offset(&self, request: &v2::GetOffsetRequest) -> Result<u64, Rejection> {
+        let group = resource_name(request.group.as_ref());
+        validate::group_name(group)?;
+        let queue = self.message_queue(request.message_queue.as_ref())?;
+        let topic = self.broker.resolve_topic(resource_name(queue.topic.as_ref())).await?;
+        let queue_id = self.broker.check_queue(&topic, queue.id)?;
+        self.broker
+            .node
+            .state
+            .consumer_offset(group, &topic.name, queue_id)?
+            .ok_or_else(|| {
+                Rejection::new(
+                    Code::OffsetNotFound,
+                    format!("group `{group}` has no offset for {}:{queue_id}", topic.name),
+                )
+            })
+    }
+
+    async fn update_offset(&self, request: &v2::UpdateOffsetRequest) -> Result<(), Rejection> {
+        let group = resource_name(request.group.as_ref());
+        validate::group_name(group)?;
+        let queue = self.message_queue(request.message_queue.as_ref())?;
+        let topic = self.broker.resolve_topic(resource_name(queue.topic.as_ref())).await?;
+        let queue_id = self.broker.check_queue(&topic, queue.id)?;
+        let offset = u64::try_from(request.offset).map_err(|_| Rejection::new(Code::IllegalOffset, "negative offset"))?;
+        let next = self.broker.node.state.queue_next_offset(&topic.name, queue_id);
+        if offset > next {
+            return Err(Rejection::new(
+                Code::IllegalOffset,
+                format!("offset {offset} is past the end of the queue ({next})"),
+            ));
+        }
+        let command = pb::Command {
+            kind: Some(pb::command::Kind::CommitOffset(pb::CommitOffset {
+                group: group.to_string(),
+                topic: topic.name.clone(),
+                queue_id,
+                offset,
+            })),
+        };
+        self.broker.node.propose(command, PROPOSE_DEADLINE).await?;
+        Ok(())
+    }
+
+    /// The settings a client gets back on Telemetry: its own, completed with the broker's.
+    fn merged_settings(&self, mut settings: v2::Settings) -> v2::Settings {
+        match settings.pub_sub.as_mut() {
+            Some(v2::settings::PubSub::Publishing(publishing)) => {
+                publishing.max_body_size = self.broker.config.max_body_bytes as i32;
+                settings.backoff_policy = Some(v2::RetryPolicy {
+                    max_attempts: 3,
+                    strategy: Some(v2::retry_policy::Strategy::ExponentialBackoff(v2::ExponentialBackoff {
+                        initial: Some(prost_types::Duration { seconds: 0, nanos: 10_000_000 }),
+                        max: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+                        multiplier: 2.0,
+                    })),
+                });
+            }
+            Some(v2::settings::PubSub::Subscription(subscription)) => {
+                subscription.receive_batch_size = Some(32);
+                subscription.fifo = Some(subscription.fifo.unwrap_or(false));
+                let requested = subscription
+                    .long_polling_timeout
+                    .and_then(|d| Duration::try_from(d).ok())
+                    .unwrap_or(Duration::from_secs(20));
+                let granted = requested.clamp(Duration::from_secs(5), Duration::from_secs(20));
+                subscription.long_polling_timeout = prost_types::Duration::try_from(granted).ok();
+            }
+            None => {}
+        }
+        settings.metric = Some(v2::Metric { on: false, endpoints: None });
+        settings
+    }
+}
+
+#[tonic::async_trait]
+impl MessagingService for Messaging {
+    async fn query_route(&self, request: Request<v2::QueryRouteRequest>) -> Result<Response<v2::QueryRouteResponse>, Status> {
+        let client = ClientKind::of(&request);
+        let reply = match self.route(request.get_ref()).await {
+            Ok(message_queues) => v2::QueryRouteResponse {
+                status: Some(ok()),
+                message_queues,
+            },
+            Err(rejection) => v2::QueryRouteResponse {
+                status: Some(rejected("QueryRoute", client, &rejection)),
+                message_queues: Vec::new(),
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn heartbeat(&self, _request: Request<v2::HeartbeatRequest>) -> Result<Response<v2::HeartbeatResponse>, Status> {
+        Ok(Response::new(v2::HeartbeatResponse { status: Some(ok()) }))
+    }
+
+    async fn send_message(&self, request: Request<v2::SendMessageRequest>) -> Result<Response<v2::SendMessageResponse>, Status> {
+        let client = ClientKind::of(&request);
+        let request = request.into_inner();
+        let count = request.messages.len().max(1);
+        let ids: Vec<String> = request
+            .messages
+            .iter()
+            .map(|m| m.system_properties.as_ref().map(|p| p.message_id.clone()).unwrap_or_default())
+            .collect();
+        let reply = match self.send(request).await {
+            Ok(entries) => v2::SendMessageResponse {
+                status: Some(ok()),
+                entries,
+            },
+            Err(rejection) => {
+                let status = rejected("SendMessage", client, &rejection);
+                // One entry per message even when refused: some clients index into them.
+                let entries = (0..count)
+                    .map(|i| v2::SendResultEntry {
+                        status: Some(status.clone()),
+                        message_id: ids.get(i).cloned().unwrap_or_default(),
+                        ..Default::default()
+                    })
+                    .collect();
+                v2::SendMessageResponse {
+                    status: Some(status),
+                    entries,
+                }
+            }
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn query_assignment(
+        &self,
+        _request: Request<v2::QueryAssignmentRequest>,
+    ) -> Result<Response<v2::QueryAssignmentResponse>, Status> {
+        Ok(Response::new(v2::QueryAssignmentResponse {
+            status: Some(not_implemented("QueryAssignment")),
+            assignments: Vec::new(),
+        }))
+    }
+
+    type ReceiveMessageStream = BoxStream<v2::ReceiveMessageResponse>;
+
+    async fn receive_message(
+        &self,
+        _request: Request<v2::ReceiveMessageRequest>,
+    ) -> Result<Response<Self::ReceiveMessageStream>, Status> {
+        let frames = vec![
+            Ok(v2::ReceiveMessageResponse {
+                content: Some(v2::receive_message_response::Content::Status(not_implemented("ReceiveMessage"))),
+            }),
+            Ok(v2::ReceiveMessageResponse {
+                content: Some(v2::receive_message_response::Content::DeliveryTimestamp(
+                    prost_types::Timestamp::from(std::time::SystemTime::now()),
+                )),
+            }),
+        ];
+        Ok(Response::new(Box::pin(futures::stream::iter(frames))))
+    }
+
+    async fn ack_message(&self, request: Request<v2::AckMessageRequest>) -> Result<Response<v2::AckMessageResponse>, Status> {
+        let status = not_implemented("AckMessage");
+        let entries = request
+            .into_inner()
+            .entries
+            .into_iter()
+            .map(|e| v2::AckMessageResultEntry {
+                message_id: e.message_id,
+                receipt_handle: e.receipt_handle,
+                status: Some(status.clone()),
+            })
+            .collect();
+        Ok(Response::new(v2::AckMessageResponse {
+            status: Some(status),
+            entries,
+        }))
+    }
+
+    async fn forward_message_to_dead_letter_queue(
+        &self,
+        _request: Request<v2::ForwardMessageToDeadLetterQueueRequest>,
+    ) -> Result<Response<v2::ForwardMessageToDeadLetterQueueResponse>, Status> {
+        Ok(Response::new(v2::ForwardMessageToDeadLetterQueueResponse {
+            status: Some(not_implemented("ForwardMessageToDeadLetterQueue")),
+        }))
+    }
+
+    type PullMessageStream = BoxStream<v2::PullMessageResponse>;
+
+    async fn pull_message(&self, request: Request<v2::PullMessageRequest>) -> Result<Response<Self::PullMessageStream>, Status> {
+        use v2::pull_message_response::Content;
+        let client = ClientKind::of(&request);
+        let request = request.into_inner();
+        let requested_offset = request.offset;
+        let frames = match self.pull(request).await {
+            Ok((messages, next_offset)) => {
+                let status = if messages.is_empty() {
+                    v2::Status {
+                        code: Code::MessageNotFound as i32,
+                        message: "no new message".into(),
+                    }
+                } else {
+                    ok()
+                };
+                let mut frames = Vec::with_capacity(messages.len() + 2);
+                frames.push(Content::Status(status));
+                frames.extend(messages.into_iter().map(Content::Message));
+                frames.push(Content::NextOffset(next_offset as i64));
+                frames
+            }
+            Err(rejection) => vec![
+                Content::Status(rejected("PullMessage", client, &rejection)),
+                Content::NextOffset(requested_offset),
+            ],
+        };
+        let stream = futures::stream::iter(
+            frames
+                .into_iter()
+                .map(|content| Ok(v2::PullMessageResponse { content: Some(content) })),
+        );
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn update_offset(&self, request: Request<v2::UpdateOffsetRequest>) -> Result<Response<v2::UpdateOffsetResponse>, Status> {
+        let client = ClientKind::of(&request);
+        let status = match self.update_offset(request.get_ref()).await {
+            Ok(()) => ok(),
+            Err(rejection) => rejected("UpdateOffset", client, &rejection),
+        };
+        Ok(Response::new(v2::UpdateOffsetResponse { status: Some(status) }))
+    }
+
+    async fn get_offset(&self, request: Request<v2::GetOffsetRequest>) -> Result<Response<v2::GetOffsetResponse>, Status> {
+        let client = ClientKind::of(&request);
+        let reply = match self.get_offset(request.get_ref()).await {
+            Ok(offset) => v2::GetOffsetResponse {
+                status: Some(ok()),
+                offset: offset as i64,
+            },
+            Err(rejection) => v2::GetOffsetResponse {
+                status: Some(rejected("GetOffset", client, &rejection)),
+                offset: 0,
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn query_offset(&self, request: Request<v2::QueryOffsetRequest>) -> Result<Response<v2::QueryOffsetResponse>, Status> {
+        let client = ClientKind::of(&request);
+        let reply = match self.query_offset(request.get_ref()).await {
+            Ok(offset) => v2::QueryOffsetResponse {
+                status: Some(ok()),
+                offset: offset as i64,
+            },
+            Err(rejection) => v2::QueryOffsetResponse {
+                status: Some(rejected("QueryOffset", client, &rejection)),
+                offset: 0,
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn end_transaction(
+        &self,
+        _request: Request<v2::EndTransactionRequest>,
+    ) -> Result<Response<v2::EndTransactionResponse>, Status> {
+        Ok(Response::new(v2::EndTransactionResponse {
+            status: Some(not_implemented("EndTransaction")),
+        }))
+    }
+
+    type TelemetryStream = BoxStream<v2::TelemetryCommand>;
+
+    async fn telemetry(&self, request: Request<Streaming<v2::TelemetryCommand>>) -> Result<Response<Self::TelemetryStream>, Status> {
+        // Reply headers must go out at once (the Rust client awaits them with no timeout), so
+        // the inbound stream is read by a task of its own.
+        let (tx, rx) = mpsc::channel(16);
+        let mut inbound = request.into_inner();
+        let this = Messaging {
+            broker: self.broker.clone(),
+        };
+        tokio::spawn(async move {
+            while let Some(Ok(command)) = inbound.next().await {
+                if let Some(v2::telemetry_command::Command::Settings(settings)) = command.command {
+                    let reply = v2::TelemetryCommand {
+                        status: Some(ok()),
+                        command: Some(v2::telemetry_command::Command::Settings(this.merged_settings(settings))),
+                    };
+                    // Never block on a client that stopped reading.
+                    if tx.try_send(Ok(reply)).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn notify_client_termination(
+        &self,
+        _request: Request<v2::NotifyClientTerminationRequest>,
+    ) -> Result<Response<v2::NotifyClientTerminationResponse>, Status> {
+        Ok(Response::new(v2::NotifyClientTerminationResponse { status: Some(ok()) }))
+    }
+
+    async fn change_invisible_duration(
+        &self,
+        request: Request<v2::ChangeInvisibleDurationRequest>,
+    ) -> Result<Response<v2::ChangeInvisibleDurationResponse>, Status> {
+        Ok(Response::new(v2::ChangeInvisibleDurationResponse {
+            status: Some(not_implemented("ChangeInvisibleDuration")),
+            receipt_handle: request.into_inner().receipt_handle,
+        }))
+    }
+
+    async fn recall_message(&self, _request: Request<v2::RecallMessageRequest>) -> Result<Response<v2::RecallMessageResponse>, Status> {
+        Ok(Response::new(v2::RecallMessageResponse {
+            status: Some(not_implemented("RecallMessage")),
+            message_id: String::new(),
+        }))
+    }
+
+    async fn sync_lite_subscription(
+        &self,
+        _request: Request<v2::SyncLiteSubscriptionRequest>,
+    ) -> Result<Response<v2::SyncLiteSubscriptionResponse>, Status> {
+        Ok(Response::new(v2::SyncLiteSubscriptionResponse {
+            status: Some(not_implemented("SyncLiteSubscription")),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_advertise_every_ip_member_but_one_domain_name() {
+        let ips = endpoints_of(&["127.0.0.1:8081", "127.0.0.1:8082"], "127.0.0.1:8081");
+        assert_eq!(v2::AddressScheme::IPv4 as i32, ips.scheme);
+        assert_eq!(2, ips.addresses.len());
+        let names = endpoints_of(&["raftmq-0.raftmq:8081", "raftmq-1.raftmq:8081"], "raftmq-1.raftmq:8081");
+        assert_eq!(v2::AddressScheme::DomainName as i32, names.scheme);
+        assert_eq!(vec![v2::Address { host: "raftmq-1.raftmq".into(), port: 8081 }], names.addresses);
+    }
+}

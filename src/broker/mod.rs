@@ -1,0 +1,185 @@
+//! One broker node: a member of a broker group (a Raft group), serving RocketMQ 5 clients.
+//!
+//! ```text
+//!   client port  ── apache.rocketmq.v2.MessagingService  (messaging.rs)
+//!                └─ raftmq.admin.v1.AdminService          (admin.rs)
+//!   raft port    ── raftmq.raft.v1.RaftService            (raftmq-raft)
+//! ```
+//! Writes (sends, topic creation, offset commits) become Raft commands proposed through the
+//! group's leader, whichever node received them; reads are served by the receiving node from
+//! its applied, hence committed, state.
+
+pub mod admin;
+pub mod filter;
+pub mod messages;
+pub mod messaging;
+pub mod status;
+pub mod validate;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use raftmq_proto::raft::v1 as pb;
+use raftmq_proto::rocketmq::v2::Code;
+use raftmq_raft::node::NodeConfig;
+use raftmq_raft::service::RaftGrpc;
+use raftmq_raft::RaftNode;
+
+use crate::config::BrokerConfig;
+use status::Rejection;
+
+/// How long a write waits for the group to commit it (covers a leader election).
+pub const PROPOSE_DEADLINE: Duration = Duration::from_millis(2500);
+/// Largest gRPC message a client may send: a 128 MiB body plus its envelope.
+pub const MAX_CLIENT_MESSAGE_BYTES: usize = 130 * 1024 * 1024;
+
+pub struct Broker {
+    pub config: Arc<BrokerConfig>,
+    pub node: Arc<RaftNode>,
+    round_robin: AtomicU64,
+}
+
+impl Broker {
+    /// A topic for a write or read: known locally, or created now when auto-create is on.
+    pub async fn resolve_topic(&self, name: &str) -> Result<pb::TopicConfig, Rejection> {
+        validate::topic_name(name)?;
+        if let Some(topic) = self.node.state.topic(name) {
+            return Ok(topic);
+        }
+        if !self.config.auto_create_topics {
+            return Err(Rejection::new(
+                Code::TopicNotFound,
+                format!("topic `{name}` does not exist (create it with `raftmq admin topic create {name}`)"),
+            ));
+        }
+        let created = self.create_topic(name, self.config.default_queues).await?;
+        Ok(created.topic.unwrap_or_default())
+    }
+
+    pub async fn create_topic(&self, name: &str, queues: u32) -> Result<pb::TopicResult, Rejection> {
+        validate::topic_name(name)?;
+        if queues == 0 || queues > crate::config::MAX_QUEUES {
+            return Err(Rejection::bad_request(format!(
+                "a topic needs 1..={} queues, not {queues}",
+                crate::config::MAX_QUEUES
+            )));
+        }
+        let command = pb::Command {
+            kind: Some(pb::command::Kind::CreateTopic(pb::CreateTopic {
+                name: name.to_string(),
+                queues,
+                created_ms: messages::now_ms(),
+            })),
+        };
+        match self.node.propose(command, PROPOSE_DEADLINE).await?.kind {
+            Some(pb::command_result::Kind::Topic(result)) => {
+                if result.created {
+                    tracing::info!(topic = name, queues, "topic created");
+                }
+                Ok(result)
+            }
+            other => Err(Rejection::internal(format!("unexpected result of create topic: {other:?}"))),
+        }
+    }
+
+    /// Queue for a batch: by message group (same group, same queue, so its order is kept),
+    /// otherwise round-robin.
+    pub fn choose_queue(&self, topic: &pb::TopicConfig, message_group: Option<&str>) -> u32 {
+        let queues = topic.queues.max(1);
+        match message_group {
+            Some(group) => crc32fast::hash(group.as_bytes()) % queues,
+            None => (self.round_robin.fetch_add(1, Ordering::Relaxed) % u64::from(queues)) as u32,
+        }
+    }
+
+    pub fn check_queue(&self, topic: &pb::TopicConfig, queue_id: i32) -> Result<u32, Rejection> {
+        u32::try_from(queue_id)
+            .ok()
+            .filter(|q| *q < topic.queues)
+            .ok_or_else(|| {
+                Rejection::bad_request(format!(
+                    "queue {queue_id} does not exist: topic `{}` has queues 0..{}",
+                    topic.name, topic.queues
+                ))
+            })
+    }
+}
+
+/// Run a broker node until `shutdown` completes, then stop in order: client RPCs, Raft, storage.
+pub async fn run(config: BrokerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let client_listen = config.listen_addr(&config.me().client_addr)?;
+    let raft_listen = config.listen_addr(&config.me().raft_addr)?;
+    let node = RaftNode::start(NodeConfig {
+        node_id: config.node_id,
+        data_dir: config.data_dir.clone(),
+        flush: config.flush,
+        members: config.members.clone(),
+        heartbeat_interval: config.heartbeat_interval,
+        election_timeout_min: config.election_timeout_min,
+        election_timeout_max: config.election_timeout_max,
+    })
+    .await
+    .context("start the raft node")?;
+    let broker = Arc::new(Broker {
+        config: config.clone(),
+        node: node.clone(),
+        round_robin: AtomicU64::new(0),
+    });
+
+    let raft_listener = tokio::net::TcpListener::bind(raft_listen)
+        .await
+        .with_context(|| format!("listen for raft on {raft_listen}"))?;
+    let client_listener = tokio::net::TcpListener::bind(client_listen)
+        .await
+        .with_context(|| format!("listen for clients on {client_listen}"))?;
+    tracing::info!(
+        node_id = config.node_id,
+        group = %config.group,
+        %client_listen,
+        %raft_listen,
+        flush = %config.flush,
+        data_dir = %config.data_dir.display(),
+        "broker started"
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let raft_server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(RaftGrpc::server(node.clone()))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(raft_listener),
+            stopped(stop_rx.clone()),
+        );
+    let client_server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(messaging::service(broker.clone()))
+        .add_service(admin::service(broker.clone()))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(client_listener),
+            stopped(stop_rx.clone()),
+        );
+    let raft_task = tokio::spawn(raft_server);
+    let client_task = tokio::spawn(client_server);
+    tokio::spawn(node.clone().bootstrap());
+
+    shutdown.await;
+    tracing::info!(stage = "stop client rpc", "shutting down");
+    let started = std::time::Instant::now();
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), client_task).await;
+    tracing::info!(stage = "stop raft", elapsed_ms = started.elapsed().as_millis() as u64, "shutting down");
+    if let Err(e) = node.raft.shutdown().await {
+        tracing::warn!(error = %e, "raft shutdown");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), raft_task).await;
+    node.state.db().sync_wal().context("sync the WAL at shutdown")?;
+    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "broker stopped");
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! `raftmq admin`: cluster status and topics.
+
+use raftmq_proto::admin::v1 as admin;
+use serde_json::json;
+
+use super::EndpointArgs;
+
+#[derive(Debug, clap::Args)]
+pub struct AdminArgs {
+    #[command(flatten)]
+    pub endpoints: EndpointArgs,
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum AdminCommand {
+    /// Each node's role, term, leader, log indexes and replication lag.
+    Cluster {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create, list or describe topics.
+    Topic {
+        #[command(subcommand)]
+        command: TopicCommand,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TopicCommand {
+    Create {
+        name: String,
+        /// Number of queues (default: the broker's default_queues).
+        #[arg(long, default_value_t = 0)]
+        queues: u32,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Describe {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn opt(value: Option<u64>) -> String {
+    value.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+fn node_json(endpoint: &str, status: &Result<admin::NodeStatus, String>, lag: Option<u64>) -> serde_json::Value {
+    match status {
+        Ok(s) => json!({
+            "endpoint": endpoint,
+            "reachable": true,
+            "node_id": s.node_id,
+            "group": s.group,
+            "role": s.role,
+            "term": s.term,
+            "leader_id": s.leader_id,
+            "last_log_index": s.last_log_index,
+            "committed_index": s.committed_index,
+            "applied_index": s.applied_index,
+            "purged_index": s.purged_index,
+            "replication_lag": lag,
+            "flush": s.flush,
+        }),
+        Err(e) => json!({"endpoint": endpoint, "reachable": false, "error": e}),
+    }
+}
+
+fn topic_json(t: &admin::TopicInfo) -> serde_json::Value {
+    json!({
+        "name": t.name,
+        "queues": t.queues,
+        "created_ms": t.created_ms,
+        "messages": t.queue_max_offsets.iter().sum::<u64>(),
+        "queue_max_offsets": t.queue_max_offsets,
+    })
+}
+
+pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
+    let client = args.endpoints.client()?;
+    match args.command {
+        AdminCommand::Cluster { json } => {
+            let statuses = client.cluster_status().await;
+            // Lag is what the leader knows: its last log index minus each node's matched index.
+            let leader = statuses.iter().find_map(|(_, s)| s.as_ref().ok().filter(|s| s.role == "leader"));
+            let lag_of = |node_id: u64| -> Option<u64> {
+                let leader = leader?;
+                let matched = leader.replication.iter().find(|r| r.node_id == node_id)?;
+                Some(leader.last_log_index?.saturating_sub(matched.matched_index.unwrap_or(0)))
+            };
+            if json {
+                let nodes: Vec<_> = statuses
+                    .iter()
+                    .map(|(e, s)| node_json(e, s, s.as_ref().ok().and_then(|s| lag_of(s.node_id))))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&json!({ "nodes": nodes }))?);
+                return Ok(());
+            }
+            println!(
+                "{:<6} {:<10} {:>6} {:>7} {:>10} {:>10} {:>10} {:>6}  ENDPOINT",
+                "NODE", "ROLE", "TERM", "LEADER", "LAST_LOG", "COMMITTED", "APPLIED", "LAG"
+            );
+            for (endpoint, status) in &statuses {
+                match status {
+                    Ok(s) => println!(
+                        "{:<6} {:<10} {:>6} {:>7} {:>10} {:>10} {:>10} {:>6}  {endpoint}",
+                        s.node_id,
+                        s.role,
+                        s.term,
+                        opt(s.leader_id),
+                        opt(s.last_log_index),
+                        opt(s.committed_index),
+                        opt(s.applied_index),
+                        opt(lag_of(s.node_id)),
+                    ),
+                    Err(e) => println!("{:<6} {:<10} {:>6} {:>7} {:>10} {:>10} {:>10} {:>6}  {endpoint} ({e})", "?", "unreachable", "-", "-", "-", "-", "-", "-"),
+                }
+            }
+        }
+        AdminCommand::Topic { command } => match command {
+            TopicCommand::Create { name, queues } => {
+                let reply = client
+                    .admin(|mut c| {
+                        let request = admin::CreateTopicRequest { name: name.clone(), queues };
+                        async move { c.create_topic(request).await.map(|r| r.into_inner()) }
+                    })
+                    .await?;
+                let topic = reply.topic.unwrap_or_default();
+                if reply.created {
+                    println!("created topic {} with {} queues", topic.name, topic.queues);
+                } else {
+                    println!("topic {} already exists with {} queues", topic.name, topic.queues);
+                }
+            }
+            TopicCommand::List { json } => {
+                let reply = client
+                    .admin(|mut c| async move { c.list_topics(admin::ListTopicsRequest {}).await.map(|r| r.into_inner()) })
+                    .await?;
+                if json {
+                    let topics: Vec<_> = reply.topics.iter().map(topic_json).collect();
+                    println!("{}", serde_json::to_string_pretty(&json!({ "topics": topics }))?);
+                } else {
+                    println!("{:<40} {:>7} {:>12}", "TOPIC", "QUEUES", "MESSAGES");
+                    for t in &reply.topics {
+                        println!("{:<40} {:>7} {:>12}", t.name, t.queues, t.queue_max_offsets.iter().sum::<u64>());
+                    }
+                }
+            }
+            TopicCommand::Describe { name, json } => {
+                let reply = client
+                    .admin(|mut c| {
+                        let request = admin::DescribeTopicRequest { name: name.clone() };
+                        async move { c.describe_topic(request).await.map(|r| r.into_inner()) }
+                    })
+                    .await?;
+                let topic = reply.topic.unwrap_or_default();
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&topic_json(&topic))?);
+                } else {
+                    println!("topic {} ({} queues)", topic.name, topic.queues);
+                    for (queue, max) in topic.queue_max_offsets.iter().enumerate() {
+                        println!("  queue {queue:>3}: {max} message(s)");
+                    }
+                }
+            }
+        },
+    }
+    Ok(())
+}

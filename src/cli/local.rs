@@ -1,0 +1,258 @@
+//! `raftmq local`: a three-node broker group on 127.0.0.1 for trying raftmq out.
+//!
+//! Each node is its own `raftmq broker` process, so any one can be killed (`kill -9`) and
+//! restarted by hand with the command recorded in `cluster.json`. Ctrl-C or SIGTERM stops
+//! every node, including nodes restarted by hand (found through their pid files).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::json;
+
+use crate::client::Client;
+
+#[derive(Debug, clap::Args)]
+pub struct LocalArgs {
+    /// Folder for data, logs and cluster.json.
+    #[arg(long, default_value = "raftmq-local")]
+    pub dir: PathBuf,
+    /// Number of nodes (3 or 5).
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u64,
+    /// Client port of node 1; node N listens on this + N - 1.
+    #[arg(long, default_value_t = 8081)]
+    pub client_port: u16,
+    /// Raft port of node 1; node N listens on this + N - 1.
+    #[arg(long, default_value_t = 9091)]
+    pub raft_port: u16,
+    /// `sync` (default) or `async`.
+    #[arg(long, default_value = "sync")]
+    pub flush: String,
+    /// Start the nodes, print how to reach them, and return instead of waiting for Ctrl-C.
+    #[arg(long)]
+    pub detach: bool,
+}
+
+struct LocalNode {
+    id: u64,
+    dir: PathBuf,
+    client_addr: String,
+    raft_addr: String,
+    command: Vec<String>,
+    child: Option<tokio::process::Child>,
+}
+
+impl LocalNode {
+    fn pid_file(&self) -> PathBuf {
+        self.dir.join("broker.pid")
+    }
+
+    fn log_file(&self) -> PathBuf {
+        self.dir.join("broker.log")
+    }
+
+    fn restart_command(&self) -> String {
+        let quoted: Vec<String> = self.command.iter().map(|a| shell_quote(a)).collect();
+        format!("{} >> {} 2>&1 &", quoted.join(" "), shell_quote(&self.log_file().display().to_string()))
+    }
+
+    fn start(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_file())
+            .with_context(|| format!("open {}", self.log_file().display()))?;
+        let child = tokio::process::Command::new(&self.command[0])
+            .args(&self.command[1..])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start node {}", self.id))?;
+        self.child = Some(child);
+        Ok(())
+    }
+}
+
+fn shell_quote(text: &str) -> String {
+    if text.chars().all(|c| c.is_ascii_alphanumeric() || "/._-=:,@".contains(c)) {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.nodes >= 1 && args.nodes <= 9, "--nodes must be within 1..=9");
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("create {}", args.dir.display()))?;
+    let dir = args.dir.canonicalize()?;
+    let exe = std::env::current_exe().context("find the raftmq executable")?;
+    let members: Vec<String> = (1..=args.nodes)
+        .map(|id| {
+            format!(
+                "{id}=127.0.0.1:{}/127.0.0.1:{}",
+                args.raft_port + id as u16 - 1,
+                args.client_port + id as u16 - 1
+            )
+        })
+        .collect();
+    let members = members.join(",");
+    let mut nodes: Vec<LocalNode> = (1..=args.nodes)
+        .map(|id| {
+            let node_dir = dir.join(format!("node-{id}"));
+            let command = vec![
+                exe.display().to_string(),
+                "broker".into(),
+                "--node-id".into(),
+                id.to_string(),
+                "--data-dir".into(),
+                node_dir.join("data").display().to_string(),
+                "--members".into(),
+                members.clone(),
+                "--flush".into(),
+                args.flush.clone(),
+                "--auto-create-topics".into(),
+                "true".into(),
+                "--pid-file".into(),
+                node_dir.join("broker.pid").display().to_string(),
+            ];
+            LocalNode {
+                id,
+                client_addr: format!("127.0.0.1:{}", args.client_port + id as u16 - 1),
+                raft_addr: format!("127.0.0.1:{}", args.raft_port + id as u16 - 1),
+                dir: node_dir,
+                command,
+                child: None,
+            }
+        })
+        .collect();
+
+    for node in &mut nodes {
+        std::fs::create_dir_all(&node.dir)?;
+        if let Some(pid) = read_pid(&node.pid_file())
+            && kill(Pid::from_raw(pid), None).is_ok()
+        {
+            anyhow::bail!(
+                "node {} seems to be running already (pid {pid} from {}); stop it first",
+                node.id,
+                node.pid_file().display()
+            );
+        }
+        node.start()?;
+    }
+    write_cluster_json(&dir, &nodes)?;
+
+    let endpoints: Vec<String> = nodes.iter().map(|n| n.client_addr.clone()).collect();
+    println!("raftmq local: {} nodes, data and logs under {}", nodes.len(), dir.display());
+    let client = Client::new(&endpoints)?;
+    match wait_for_leader(&client, Duration::from_secs(30)).await {
+        Some(leader) => println!("leader elected: node {leader}"),
+        None => println!("no leader yet after 30 s; see the logs in {}", dir.display()),
+    }
+    let endpoint_list = endpoints.join(",");
+    println!(
+        "\nclient endpoints: {endpoint_list}\n\
+         try:\n  raftmq produce --topic demo --count 10\n  raftmq consume --topic demo --from beginning\n  raftmq admin cluster\n\
+         cluster.json (pids, addresses, restart commands): {}\n",
+        dir.join("cluster.json").display()
+    );
+    if args.detach {
+        println!("nodes left running; stop them with: kill $(cat {}/node-*/broker.pid)", dir.display());
+        return Ok(());
+    }
+    println!("press Ctrl-C to stop every node");
+
+    let stop = super::shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                for node in &mut nodes {
+                    if let Some(child) = node.child.as_mut()
+                        && let Ok(Some(status)) = child.try_wait()
+                    {
+                        println!("node {} exited ({status}); restart it with:\n  {}", node.id, node.restart_command());
+                        node.child = None;
+                    }
+                }
+            }
+        }
+    }
+    println!("stopping every node");
+    stop_all(&mut nodes).await;
+    Ok(())
+}
+
+async fn wait_for_leader(client: &Client, timeout: Duration) -> Option<u64> {
+    let give_up = Instant::now() + timeout;
+    while Instant::now() < give_up {
+        for (_, status) in client.cluster_status().await {
+            if let Ok(status) = status
+                && status.role == "leader"
+            {
+                return Some(status.node_id);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+fn write_cluster_json(dir: &Path, nodes: &[LocalNode]) -> anyhow::Result<()> {
+    let entries: Vec<_> = nodes
+        .iter()
+        .map(|n| {
+            json!({
+                "id": n.id,
+                "pid": n.child.as_ref().and_then(|c| c.id()),
+                "client_addr": n.client_addr,
+                "raft_addr": n.raft_addr,
+                "data_dir": n.dir.join("data"),
+                "log": n.log_file(),
+                "pid_file": n.pid_file(),
+                "restart_command": n.restart_command(),
+            })
+        })
+        .collect();
+    let path = dir.join("cluster.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&json!({ "nodes": entries }))?)
+        .with_context(|| format!("write {}", path.display()))
+}
+
+/// SIGTERM every node (children and nodes restarted by hand), wait, then SIGKILL stragglers.
+async fn stop_all(nodes: &mut [LocalNode]) {
+    let mut pids = Vec::new();
+    for node in nodes.iter() {
+        let pid = node.child.as_ref().and_then(|c| c.id()).map(|p| p as i32).or_else(|| read_pid(&node.pid_file()));
+        if let Some(pid) = pid {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            pids.push(pid);
+        }
+    }
+    let give_up = Instant::now() + Duration::from_secs(10);
+    for node in nodes.iter_mut() {
+        if let Some(child) = node.child.as_mut() {
+            let _ = tokio::time::timeout(give_up.saturating_duration_since(Instant::now()), child.wait()).await;
+        }
+    }
+    while Instant::now() < give_up && pids.iter().any(|p| kill(Pid::from_raw(*p), None).is_ok()) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for pid in pids {
+        if kill(Pid::from_raw(pid), None).is_ok() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+    for node in nodes.iter() {
+        let _ = std::fs::remove_file(node.pid_file());
+    }
+}

@@ -1,0 +1,363 @@
+//! Broker configuration.
+//!
+//! Precedence, lowest first: built-in defaults, the TOML file (`--config`), `RAFTMQ_*`
+//! environment variables, command-line flags. Environment variables and flags share names:
+//! `--default-queues` is `RAFTMQ_DEFAULT_QUEUES`. `deploy/raftmq.toml` is a commented sample.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use raftmq_proto::raft::v1 as pb;
+use raftmq_storage::FlushMode;
+use serde::Deserialize;
+
+/// Largest body accepted by default, as in RocketMQ (`maxMessageSize`).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// Hard cap on the configurable body limit: gRPC frames above this are refused anyway.
+pub const MAX_BODY_BYTES_CAP: usize = 128 * 1024 * 1024;
+pub const DEFAULT_QUEUES: u32 = 8;
+/// More queues than this per topic is almost certainly a typo.
+pub const MAX_QUEUES: u32 = 1024;
+
+/// `raftmq broker` flags; every one may also come from the environment.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct BrokerArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "RAFTMQ_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This node's id within its group. Default: the ordinal at the end of the host name
+    /// (`raftmq-2` → 2), as in a Kubernetes StatefulSet.
+    #[arg(long, env = "RAFTMQ_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Broker group name, reported in routes (default `broker-a`).
+    #[arg(long, env = "RAFTMQ_GROUP")]
+    pub group: Option<String>,
+    /// Data directory (default `./data`).
+    #[arg(long, env = "RAFTMQ_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Every voter of the group: `ID=RAFT_HOST:PORT/CLIENT_HOST:PORT`, comma-separated.
+    #[arg(long, env = "RAFTMQ_MEMBERS")]
+    pub members: Option<String>,
+    /// Listen on this host instead of the host in this node's member entry (e.g. `0.0.0.0`).
+    #[arg(long, env = "RAFTMQ_BIND_HOST")]
+    pub bind_host: Option<String>,
+    /// `sync` (default): fsync before an entry counts as stored. `async`: may lose
+    /// acknowledged messages if a majority loses power together.
+    #[arg(long, env = "RAFTMQ_FLUSH")]
+    pub flush: Option<FlushMode>,
+    /// Create unknown topics on first use (default false).
+    #[arg(long, env = "RAFTMQ_AUTO_CREATE_TOPICS")]
+    pub auto_create_topics: Option<bool>,
+    /// Queues of an auto-created topic, and the default of `admin topic create` (default 8).
+    #[arg(long, env = "RAFTMQ_DEFAULT_QUEUES")]
+    pub default_queues: Option<u32>,
+    /// Largest message body accepted, in bytes (default 4 MiB).
+    #[arg(long, env = "RAFTMQ_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Raft heartbeat interval in ms (default 100).
+    #[arg(long, env = "RAFTMQ_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Lower bound of the randomized election timeout in ms (default 500).
+    #[arg(long, env = "RAFTMQ_ELECTION_TIMEOUT_MIN_MS")]
+    pub election_timeout_min_ms: Option<u64>,
+    /// Upper bound of the randomized election timeout in ms (default 1000).
+    #[arg(long, env = "RAFTMQ_ELECTION_TIMEOUT_MAX_MS")]
+    pub election_timeout_max_ms: Option<u64>,
+}
+
+/// The TOML file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerFile {
+    pub node_id: Option<u64>,
+    pub group: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub bind_host: Option<String>,
+    pub flush: Option<String>,
+    pub auto_create_topics: Option<bool>,
+    pub default_queues: Option<u32>,
+    pub max_body_bytes: Option<usize>,
+    pub heartbeat_ms: Option<u64>,
+    pub election_timeout_min_ms: Option<u64>,
+    pub election_timeout_max_ms: Option<u64>,
+    pub members: Vec<MemberFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberFile {
+    pub id: u64,
+    pub raft_addr: String,
+    pub client_addr: String,
+}
+
+/// The validated configuration a broker runs with.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub node_id: u64,
+    pub group: String,
+    pub data_dir: PathBuf,
+    pub members: BTreeMap<u64, pb::Node>,
+    pub bind_host: Option<String>,
+    pub flush: FlushMode,
+    pub auto_create_topics: bool,
+    pub default_queues: u32,
+    pub max_body_bytes: usize,
+    pub heartbeat_interval: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parse config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+impl BrokerArgs {
+    /// Merge flags and environment over the file and the defaults, then validate.
+    pub fn resolve(self) -> Result<BrokerConfig, ConfigError> {
+        let file = match &self.config {
+            None => BrokerFile::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?
+            }
+        };
+        let members = match self.members {
+            Some(text) => parse_members(&text)?,
+            None => file
+                .members
+                .iter()
+                .map(|m| {
+                    (
+                        m.id,
+                        pb::Node {
+                            raft_addr: m.raft_addr.clone(),
+                            client_addr: m.client_addr.clone(),
+                        },
+                    )
+                })
+                .collect(),
+        };
+        let flush = match (self.flush, file.flush) {
+            (Some(flush), _) => flush,
+            (None, Some(text)) => text.parse().map_err(|e: String| invalid("flush", e))?,
+            (None, None) => FlushMode::Sync,
+        };
+        let node_id = match self.node_id.or(file.node_id) {
+            Some(id) => id,
+            None => node_id_from_hostname().ok_or_else(|| {
+                invalid("node_id", "not set, and the host name does not end in `-<number>`")
+            })?,
+        };
+        let config = BrokerConfig {
+            node_id,
+            group: self.group.or(file.group).unwrap_or_else(|| "broker-a".into()),
+            data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| "data".into()),
+            members,
+            bind_host: self.bind_host.or(file.bind_host),
+            flush,
+            auto_create_topics: self.auto_create_topics.or(file.auto_create_topics).unwrap_or(false),
+            default_queues: self.default_queues.or(file.default_queues).unwrap_or(DEFAULT_QUEUES),
+            max_body_bytes: self.max_body_bytes.or(file.max_body_bytes).unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            heartbeat_interval: Duration::from_millis(self.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(100)),
+            election_timeout_min: Duration::from_millis(
+                self.election_timeout_min_ms.or(file.election_timeout_min_ms).unwrap_or(500),
+            ),
+            election_timeout_max: Duration::from_millis(
+                self.election_timeout_max_ms.or(file.election_timeout_max_ms).unwrap_or(1000),
+            ),
+        };
+        config.validate()
+    }
+}
+
+impl BrokerConfig {
+    fn validate(self) -> Result<BrokerConfig, ConfigError> {
+        if self.members.is_empty() {
+            return Err(invalid("members", "no members configured (set --members or [[members]])"));
+        }
+        if !self.members.contains_key(&self.node_id) {
+            return Err(invalid(
+                "node_id",
+                format!("{} is not among the members {:?}", self.node_id, self.members.keys().collect::<Vec<_>>()),
+            ));
+        }
+        if self.members.len() % 2 == 0 {
+            tracing::warn!(members = self.members.len(), "an even number of members tolerates no more failures than one fewer");
+        }
+        if self.default_queues == 0 || self.default_queues > MAX_QUEUES {
+            return Err(invalid("default_queues", format!("must be within 1..={MAX_QUEUES}")));
+        }
+        if self.max_body_bytes == 0 || self.max_body_bytes > MAX_BODY_BYTES_CAP {
+            return Err(invalid("max_body_bytes", format!("must be within 1..={MAX_BODY_BYTES_CAP}")));
+        }
+        if self.heartbeat_interval.is_zero() || self.heartbeat_interval * 3 > self.election_timeout_min {
+            return Err(invalid(
+                "heartbeat_ms",
+                "must be > 0 and at most a third of election_timeout_min_ms",
+            ));
+        }
+        if self.election_timeout_min >= self.election_timeout_max {
+            return Err(invalid("election_timeout_min_ms", "must be < election_timeout_max_ms"));
+        }
+        Ok(self)
+    }
+
+    pub fn me(&self) -> &pb::Node {
+        self.members.get(&self.node_id).expect("validated: node_id is a member")
+    }
+
+    /// Where to listen for `addr` (a member address of this node), honouring `bind_host`.
+    pub fn listen_addr(&self, addr: &str) -> Result<std::net::SocketAddr, ConfigError> {
+        let port = addr
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse::<u16>().ok())
+            .ok_or_else(|| invalid("members", format!("`{addr}` has no valid port")))?;
+        let host = match &self.bind_host {
+            Some(host) => host.clone(),
+            None => addr.rsplit_once(':').map(|(host, _)| host.to_string()).unwrap_or_default(),
+        };
+        use std::net::ToSocketAddrs;
+        (host.as_str(), port)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| invalid("members", format!("cannot resolve `{host}:{port}`")))
+    }
+}
+
+/// Parse `ID=RAFT_ADDR/CLIENT_ADDR,...`.
+pub fn parse_members(text: &str) -> Result<BTreeMap<u64, pb::Node>, ConfigError> {
+    let mut members = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || invalid("members", format!("`{part}` is not ID=RAFT_HOST:PORT/CLIENT_HOST:PORT"));
+        let (id, addrs) = part.split_once('=').ok_or_else(bad)?;
+        let id: u64 = id.trim().parse().map_err(|_| bad())?;
+        let (raft_addr, client_addr) = addrs.split_once('/').ok_or_else(bad)?;
+        for addr in [raft_addr, client_addr] {
+            if addr.rsplit_once(':').and_then(|(h, p)| (!h.is_empty()).then(|| p.parse::<u16>().ok())).flatten().is_none() {
+                return Err(bad());
+            }
+        }
+        let node = pb::Node {
+            raft_addr: raft_addr.trim().to_string(),
+            client_addr: client_addr.trim().to_string(),
+        };
+        if members.insert(id, node).is_some() {
+            return Err(invalid("members", format!("node id {id} listed twice")));
+        }
+    }
+    Ok(members)
+}
+
+fn node_id_from_hostname() -> Option<u64> {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())?;
+    host.trim().rsplit_once('-')?.1.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(members: &str) -> BrokerArgs {
+        BrokerArgs {
+            node_id: Some(1),
+            members: Some(members.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn members_parse_and_defaults_apply() {
+        let config = args("1=127.0.0.1:9091/127.0.0.1:8081, 2=h2:9091/h2:8081,3=h3:9091/h3:8081")
+            .resolve()
+            .unwrap();
+        assert_eq!(3, config.members.len());
+        assert_eq!("h2:8081", config.members[&2].client_addr);
+        assert_eq!(FlushMode::Sync, config.flush);
+        assert_eq!(DEFAULT_QUEUES, config.default_queues);
+        assert!(!config.auto_create_topics);
+    }
+
+    #[test]
+    fn bad_members_are_refused_with_the_offending_part() {
+        for bad in ["1=nohost", "x=a:1/b:2", "1=a:1/b", "1=a:1/b:2,1=c:1/d:2"] {
+            let err = args(bad).resolve().unwrap_err().to_string();
+            assert!(err.starts_with("members:"), "{bad}: {err}");
+        }
+        let err = BrokerArgs {
+            node_id: Some(9),
+            ..args("1=a:1/b:2")
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("not among the members"), "{err}");
+    }
+
+    #[test]
+    fn timing_rules_are_checked() {
+        let err = BrokerArgs {
+            heartbeat_ms: Some(400),
+            ..args("1=a:1/b:2")
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().starts_with("heartbeat_ms"), "{err}");
+    }
+
+    #[test]
+    fn the_sample_config_parses_and_flags_override_it() {
+        let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/raftmq.toml");
+        let config = BrokerArgs {
+            config: Some(sample.into()),
+            node_id: Some(2),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(2, config.node_id);
+        assert_eq!(3, config.members.len());
+        assert!(!config.auto_create_topics, "the production sample keeps auto-create off");
+        assert_eq!(FlushMode::Sync, config.flush);
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "node_id = 1\nflsh = \"sync\"\n").unwrap();
+        let err = BrokerArgs {
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("flsh"), "{err}");
+    }
+}

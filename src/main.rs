@@ -1,0 +1,78 @@
+//! The `raftmq` binary: parses flags, starts tracing, and hands over to the library.
+
+use clap::{Parser, Subcommand};
+use raftmq::cli;
+use raftmq::config::BrokerArgs;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "raftmq", version, about = "A RocketMQ-compatible message broker replicated with Raft")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one broker node (one member of a Raft broker group).
+    Broker {
+        #[command(flatten)]
+        args: BrokerArgs,
+        /// Write this process's id to the file (used by `raftmq local`).
+        #[arg(long)]
+        pid_file: Option<std::path::PathBuf>,
+    },
+    /// Start a local three-node group on 127.0.0.1, one process per node.
+    Local(cli::local::LocalArgs),
+    /// Send messages.
+    Produce(cli::produce::ProduceArgs),
+    /// Read messages with offset-based pulls, committing the group's offsets.
+    Consume(cli::consume::ConsumeArgs),
+    /// Cluster status and topic management.
+    Admin(cli::admin::AdminArgs),
+    /// Load generators that report throughput and latency.
+    Bench(cli::bench::BenchArgs),
+}
+
+fn init_tracing(default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Broker { args, pid_file } => {
+            init_tracing("info,openraft=warn");
+            let config = args.resolve()?;
+            if let Some(path) = pid_file {
+                std::fs::write(&path, std::process::id().to_string())?;
+            }
+            runtime.block_on(raftmq::broker::run(config, cli::shutdown_signal()))
+        }
+        Command::Local(args) => {
+            init_tracing("warn");
+            runtime.block_on(cli::local::run(args))
+        }
+        Command::Produce(args) => {
+            init_tracing("warn");
+            runtime.block_on(cli::produce::run(args))
+        }
+        Command::Consume(args) => {
+            init_tracing("warn");
+            runtime.block_on(cli::consume::run(args))
+        }
+        Command::Admin(args) => {
+            init_tracing("warn");
+            runtime.block_on(cli::admin::run(args))
+        }
+        Command::Bench(args) => {
+            init_tracing("warn");
+            runtime.block_on(cli::bench::run(args))
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Opening the node's RocksDB database and its column families.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamilyDescriptor, DBCompressionType, Options, WriteOptions};
+
+use crate::error::StorageError;
+
+/// Raft log = commit log: raft index → entry.
+pub const CF_LOG: &str = "log";
+/// Vote, committed log id, last purged log id.
+pub const CF_RAFT: &str = "raft";
+/// Consume queues: (topic, queue, offset) → location in the log.
+pub const CF_CQ: &str = "cq";
+/// Message-id dedup index (later also keys and time).
+pub const CF_INDEX: &str = "index";
+/// Applied log id, membership, topics, queue next offsets.
+pub const CF_META: &str = "meta";
+/// Consumer-group offsets.
+pub const CF_OFFSETS: &str = "offsets";
+
+pub const ALL_CFS: [&str; 6] = [CF_LOG, CF_RAFT, CF_CQ, CF_INDEX, CF_META, CF_OFFSETS];
+/// The column families a snapshot carries: everything derived by applying the log.
+pub const STATE_CFS: [&str; 4] = [CF_CQ, CF_INDEX, CF_META, CF_OFFSETS];
+
+/// When a node reports a log entry as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FlushMode {
+    /// The WAL is fsynced before an entry counts as stored (the default: no acknowledged
+    /// message is lost while a majority of nodes keep their disks).
+    #[default]
+    Sync,
+    /// An entry counts as stored once it is in RocksDB's memtable and the OS page cache. An
+    /// acknowledged message can be lost if a majority of nodes lose power together.
+    Async,
+}
+
+impl std::fmt::Display for FlushMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FlushMode::Sync => "sync",
+            FlushMode::Async => "async",
+        })
+    }
+}
+
+impl std::str::FromStr for FlushMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sync" => Ok(FlushMode::Sync),
+            "async" => Ok(FlushMode::Async),
+            other => Err(format!("flush must be `sync` or `async`, not `{other}`")),
+        }
+    }
+}
+
+/// The database handle shared by the log store and the broker state.
+#[derive(Clone)]
+pub struct Db {
+    pub(crate) inner: Arc<rocksdb::DB>,
+    pub(crate) flush: FlushMode,
+}
+
+impl Db {
+    pub fn open(path: &Path, flush: FlushMode) -> Result<Db, StorageError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.increase_parallelism(2);
+        // Bounded WAL: old WAL files are dropped once every column family has flushed them.
+        opts.set_max_total_wal_size(256 << 20);
+        let cfs = ALL_CFS.iter().map(|name| {
+            let mut cf_opts = Options::default();
+            if *name == CF_LOG {
+                cf_opts.set_write_buffer_size(64 << 20);
+                cf_opts.set_compression_type(DBCompressionType::Lz4);
+                cf_opts.set_bottommost_compression_type(DBCompressionType::Zstd);
+            }
+            ColumnFamilyDescriptor::new(*name, cf_opts)
+        });
+        let inner = rocksdb::DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| {
+            StorageError::Open {
+                path: path.display().to_string(),
+                source,
+            }
+        })?;
+        Ok(Db {
+            inner: Arc::new(inner),
+            flush,
+        })
+    }
+
+    pub fn flush_mode(&self) -> FlushMode {
+        self.flush
+    }
+
+    pub(crate) fn cf(&self, name: &'static str) -> Arc<rocksdb::BoundColumnFamily<'_>> {
+        self.inner
+            .cf_handle(name)
+            .expect("every column family is created when the database is opened")
+    }
+
+    pub(crate) fn get(&self, cf: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.inner
+            .get_cf(&self.cf(cf), key)
+            .map_err(|source| StorageError::Read { cf, source })
+    }
+
+    /// Write a batch and fsync the WAL before returning, whatever the flush mode: for small
+    /// records (vote, purge) whose loss would break Raft's safety.
+    pub(crate) fn write_synced(&self, cf: &'static str, batch: rocksdb::WriteBatch) -> Result<(), StorageError> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.inner
+            .write_opt(batch, &opts)
+            .map_err(|source| StorageError::Write { cf, source })
+    }
+
+    /// Write a batch to the WAL and memtable without waiting for an fsync.
+    pub(crate) fn write(&self, cf: &'static str, batch: rocksdb::WriteBatch) -> Result<(), StorageError> {
+        self.inner
+            .write(batch)
+            .map_err(|source| StorageError::Write { cf, source })
+    }
+
+    /// Fsync the WAL: everything written before this call is durable when it returns.
+    pub fn sync_wal(&self) -> Result<(), StorageError> {
+        self.inner
+            .flush_wal(true)
+            .map_err(|source| StorageError::Write { cf: CF_LOG, source })
+    }
+}

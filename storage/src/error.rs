@@ -1,0 +1,50 @@
+//! Errors of the storage layer.
+
+/// A storage failure. Any of these on the write path is fatal to the node: the caller stops
+/// Raft rather than carry on with state it cannot trust.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    #[error("open rocksdb at {path}")]
+    Open {
+        path: String,
+        #[source]
+        source: rocksdb::Error,
+    },
+    #[error("read column family {cf}")]
+    Read {
+        cf: &'static str,
+        #[source]
+        source: rocksdb::Error,
+    },
+    #[error("write column family {cf}")]
+    Write {
+        cf: &'static str,
+        #[source]
+        source: rocksdb::Error,
+    },
+    #[error("fsync the write-ahead log: {reason}")]
+    WalSync { reason: String },
+    #[error("corrupt record in column family {cf} at key {key:?}: {reason}")]
+    Corrupt {
+        cf: &'static str,
+        key: Vec<u8>,
+        reason: String,
+    },
+}
+
+impl StorageError {
+    pub(crate) fn corrupt(cf: &'static str, key: &[u8], reason: impl ToString) -> Self {
+        StorageError::Corrupt {
+            cf,
+            key: key.to_vec(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+impl From<StorageError> for std::io::Error {
+    fn from(err: StorageError) -> Self {
+        std::io::Error::other(err)
+    }
+}

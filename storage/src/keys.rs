@@ -1,0 +1,126 @@
+//! Key encodings for every column family.
+//!
+//! Integers are big-endian so that RocksDB's byte order is numeric order, which range scans
+//! (log replay, queue reads) rely on. Names are separated by a 0 byte, which topic and group
+//! names cannot contain (they are validated to `[%|a-zA-Z0-9_-]`).
+
+/// Raft log (`log` CF): the entry index.
+pub fn log_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+pub fn decode_log_key(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.try_into().ok()?))
+}
+
+/// Consume queue (`cq` CF): topic, queue id, queue offset.
+pub fn cq_key(topic: &str, queue_id: u32, offset: u64) -> Vec<u8> {
+    let mut key = cq_prefix(topic, queue_id);
+    key.extend_from_slice(&offset.to_be_bytes());
+    key
+}
+
+/// All entries of one queue start with this prefix.
+pub fn cq_prefix(topic: &str, queue_id: u32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(topic.len() + 1 + 4 + 8);
+    key.extend_from_slice(topic.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&queue_id.to_be_bytes());
+    key
+}
+
+/// The queue offset at the end of a `cq` key.
+pub fn decode_cq_offset(key: &[u8]) -> Option<u64> {
+    let tail = key.len().checked_sub(8)?;
+    Some(u64::from_be_bytes(key[tail..].try_into().ok()?))
+}
+
+/// Consumer offsets (`offsets` CF): group, topic, queue id.
+pub fn offset_key(group: &str, topic: &str, queue_id: u32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(group.len() + topic.len() + 6);
+    key.extend_from_slice(group.as_bytes());
+    key.push(0);
+    key.extend_from_slice(topic.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&queue_id.to_be_bytes());
+    key
+}
+
+/// Message-id dedup index (`index` CF): topic, message id.
+pub fn dedup_key(topic: &str, message_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(3 + topic.len() + 1 + message_id.len());
+    key.extend_from_slice(b"id/");
+    key.extend_from_slice(topic.as_bytes());
+    key.push(0);
+    key.extend_from_slice(message_id.as_bytes());
+    key
+}
+
+/// `meta` CF: the next offset of a queue (= how many messages it ever held).
+pub fn queue_next_key(topic: &str, queue_id: u32) -> Vec<u8> {
+    let mut key = b"qnext/".to_vec();
+    key.extend_from_slice(&cq_prefix(topic, queue_id));
+    key
+}
+
+pub const QUEUE_NEXT_PREFIX: &[u8] = b"qnext/";
+
+/// `meta` CF: a topic's configuration.
+pub fn topic_key(topic: &str) -> Vec<u8> {
+    let mut key = TOPIC_PREFIX.to_vec();
+    key.extend_from_slice(topic.as_bytes());
+    key
+}
+
+pub const TOPIC_PREFIX: &[u8] = b"topic/";
+
+/// `meta` CF: the last applied log id.
+pub const APPLIED_KEY: &[u8] = b"applied";
+/// `meta` CF: the last applied membership.
+pub const MEMBERSHIP_KEY: &[u8] = b"membership";
+/// `raft` CF: the vote.
+pub const VOTE_KEY: &[u8] = b"vote";
+/// `raft` CF: the committed log id.
+pub const COMMITTED_KEY: &[u8] = b"committed";
+/// `raft` CF: the last purged log id.
+pub const PURGED_KEY: &[u8] = b"purged";
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn log_keys_sort_like_their_indexes(a: u64, b: u64) {
+            prop_assert_eq!(a.cmp(&b), log_key(a).cmp(&log_key(b)));
+        }
+
+        #[test]
+        fn log_keys_round_trip(index: u64) {
+            prop_assert_eq!(Some(index), decode_log_key(&log_key(index)));
+        }
+
+        #[test]
+        fn cq_keys_of_one_queue_sort_like_offsets(topic in "[a-zA-Z0-9_%|-]{1,127}", queue: u32, a: u64, b: u64) {
+            prop_assert_eq!(a.cmp(&b), cq_key(&topic, queue, a).cmp(&cq_key(&topic, queue, b)));
+            prop_assert_eq!(Some(a), decode_cq_offset(&cq_key(&topic, queue, a)));
+            prop_assert!(cq_key(&topic, queue, a).starts_with(&cq_prefix(&topic, queue)));
+        }
+
+        #[test]
+        fn cq_prefixes_of_different_queues_never_nest(
+            t1 in "[a-zA-Z0-9_%|-]{1,20}", t2 in "[a-zA-Z0-9_%|-]{1,20}", q1: u32, q2: u32, offset: u64,
+        ) {
+            prop_assume!((t1.as_str(), q1) != (t2.as_str(), q2));
+            prop_assert!(!cq_key(&t1, q1, offset).starts_with(&cq_prefix(&t2, q2)));
+        }
+    }
+
+    #[test]
+    fn decode_rejects_short_keys() {
+        assert_eq!(None, decode_log_key(&[1, 2, 3]));
+        assert_eq!(None, decode_cq_offset(&[1, 2]));
+    }
+}

@@ -1,0 +1,24 @@
+//! raftmq's storage: one RocksDB database per node, split into column families.
+//!
+//! # Layout
+//! * [`keys`]: key encodings of every column family (big-endian, so byte order = numeric order).
+//! * [`db`]: opening the database, column-family names, write options for `flush = sync|async`.
+//! * [`log`]: the Raft log, which *is* the commit log: entries keyed by index, plus the vote,
+//!   the committed log id and the last purged log id.
+//! * [`state`]: the broker state derived from applied entries (topics, consume queues, consumer
+//!   offsets, the message-id dedup index), always written in the same `WriteBatch` as the
+//!   applied log id, so a crash never half-applies an entry.
+//!
+//! This crate knows nothing about openraft: the `raft` crate converts openraft's types to the
+//! protobuf records stored here.
+
+pub mod db;
+pub mod error;
+pub mod keys;
+pub mod log;
+pub mod state;
+
+pub use db::{Db, FlushMode};
+pub use error::StorageError;
+pub use log::LogStore;
+pub use state::{ApplyItem, BrokerState, StateExport, StoredRecord};

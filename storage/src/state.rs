@@ -1,0 +1,525 @@
+//! The broker state derived from the applied log: topics, consume queues, consumer offsets and
+//! the message-id dedup index.
+//!
+//! Every apply call writes all of its derived records *and* the applied log id in one
+//! `WriteBatch`, so after a crash the state is exactly "everything up to the applied log id"
+//! and openraft re-applies the rest from the (durable) log. Queue offsets are assigned here, in
+//! log order, so every replica holds byte-identical queues.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use prost::Message;
+use raftmq_proto::raft::v1 as pb;
+use rocksdb::{Direction, IteratorMode, WriteBatch};
+use tokio::sync::watch;
+
+use crate::db::{CF_CQ, CF_INDEX, CF_META, CF_OFFSETS, Db, STATE_CFS};
+use crate::error::StorageError;
+use crate::keys;
+use crate::log::read_entry;
+
+/// How long a message id is remembered: a retry with the same id within this window returns
+/// the first write's result instead of storing a second copy. Cluster-wide: every replica must
+/// use the same value, since it decides what apply writes.
+pub const DEDUP_WINDOW_MS: i64 = 15 * 60 * 1000;
+
+/// What one applied log entry carries.
+#[derive(Debug)]
+pub enum ApplyItem {
+    Blank,
+    Membership(pb::Membership),
+    Command(pb::Command),
+}
+
+/// A message read back from a queue.
+#[derive(Debug, Clone)]
+pub struct StoredRecord {
+    pub queue_offset: u64,
+    pub log_index: u64,
+    pub message: pb::StoredMessage,
+}
+
+/// A snapshot of the derived state.
+#[derive(Debug, Clone)]
+pub struct StateExport {
+    pub data: Vec<u8>,
+    pub applied: Option<pb::LogId>,
+    pub membership: Option<pb::StoredMembership>,
+}
+
+/// In-memory copies of small, hot records, rebuilt from `meta` at open.
+#[derive(Default)]
+struct Cache {
+    topics: BTreeMap<String, pb::TopicConfig>,
+    queue_next: HashMap<(String, u32), u64>,
+}
+
+pub struct BrokerState {
+    db: Db,
+    cache: Mutex<Cache>,
+    applied_tx: watch::Sender<u64>,
+}
+
+impl BrokerState {
+    pub fn open(db: Db) -> Result<BrokerState, StorageError> {
+        let state = BrokerState {
+            db,
+            cache: Mutex::new(Cache::default()),
+            applied_tx: watch::channel(0).0,
+        };
+        state.reload_cache()?;
+        if let Some(applied) = state.applied_log_id()? {
+            state.applied_tx.send_replace(applied.index);
+        }
+        Ok(state)
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    fn reload_cache(&self) -> Result<(), StorageError> {
+        let mut cache = Cache::default();
+        for (key, value) in self.scan_prefix(CF_META, keys::TOPIC_PREFIX)? {
+            let topic = pb::TopicConfig::decode(&*value).map_err(|e| StorageError::corrupt(CF_META, &key, e))?;
+            cache.topics.insert(topic.name.clone(), topic);
+        }
+        for (key, value) in self.scan_prefix(CF_META, keys::QUEUE_NEXT_PREFIX)? {
+            let rest = &key[keys::QUEUE_NEXT_PREFIX.len()..];
+            let split = rest.iter().position(|b| *b == 0);
+            let (Some(split), Ok(next)) = (split, <[u8; 8]>::try_from(&*value)) else {
+                return Err(StorageError::corrupt(CF_META, &key, "bad queue next-offset record"));
+            };
+            let topic = String::from_utf8_lossy(&rest[..split]).into_owned();
+            let queue_bytes: [u8; 4] = rest[split + 1..]
+                .try_into()
+                .map_err(|_| StorageError::corrupt(CF_META, &key, "bad queue id"))?;
+            cache
+                .queue_next
+                .insert((topic, u32::from_be_bytes(queue_bytes)), u64::from_be_bytes(next));
+        }
+        *self.cache.lock().expect("state cache lock poisoned") = cache;
+        Ok(())
+    }
+
+    fn scan_prefix(&self, cf: &'static str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        let handle = self.db.cf(cf);
+        let iter = self
+            .db
+            .inner
+            .iterator_cf(&handle, IteratorMode::From(prefix, Direction::Forward));
+        let mut out = Vec::new();
+        for item in iter {
+            let (key, value) = item.map_err(|source| StorageError::Read { cf, source })?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            out.push((key.to_vec(), value.to_vec()));
+        }
+        Ok(out)
+    }
+
+    pub fn applied_log_id(&self) -> Result<Option<pb::LogId>, StorageError> {
+        self.get_meta(keys::APPLIED_KEY)
+    }
+
+    pub fn applied_membership(&self) -> Result<Option<pb::StoredMembership>, StorageError> {
+        self.get_meta(keys::MEMBERSHIP_KEY)
+    }
+
+    fn get_meta<M: Message + Default>(&self, key: &[u8]) -> Result<Option<M>, StorageError> {
+        match self.db.get(CF_META, key)? {
+            None => Ok(None),
+            Some(bytes) => M::decode(&*bytes)
+                .map(Some)
+                .map_err(|e| StorageError::corrupt(CF_META, key, e)),
+        }
+    }
+
+    /// Watch the applied index: long polls wake when it moves.
+    pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
+        self.applied_tx.subscribe()
+    }
+
+    /// Apply entries in log order. Returns one result per item (`None` for blank and
+    /// membership entries). All effects and the last log id land in one atomic write.
+    pub fn apply(&self, items: Vec<(pb::LogId, ApplyItem)>) -> Result<Vec<Option<pb::CommandResult>>, StorageError> {
+        let Some(last_log_id) = items.last().map(|(id, _)| id.clone()) else {
+            return Ok(Vec::new());
+        };
+        let mut pending = PendingApply::default();
+        let mut batch = WriteBatch::default();
+        let mut results = Vec::with_capacity(items.len());
+        {
+            let cache = self.cache.lock().expect("state cache lock poisoned");
+            for (log_id, item) in items {
+                let result = match item {
+                    ApplyItem::Blank => None,
+                    ApplyItem::Membership(membership) => {
+                        let stored = pb::StoredMembership {
+                            log_id: Some(log_id.clone()),
+                            membership: Some(membership),
+                        };
+                        batch.put_cf(&self.db.cf(CF_META), keys::MEMBERSHIP_KEY, stored.encode_to_vec());
+                        None
+                    }
+                    ApplyItem::Command(command) => {
+                        Some(self.apply_command(&cache, &mut pending, &mut batch, log_id.index, command)?)
+                    }
+                };
+                results.push(result);
+            }
+        }
+        for ((topic, queue), next) in &pending.queue_next {
+            batch.put_cf(&self.db.cf(CF_META), keys::queue_next_key(topic, *queue), next.to_be_bytes());
+        }
+        batch.put_cf(&self.db.cf(CF_META), keys::APPLIED_KEY, last_log_id.encode_to_vec());
+        self.db.write(CF_META, batch)?;
+        {
+            let mut cache = self.cache.lock().expect("state cache lock poisoned");
+            cache.queue_next.extend(pending.queue_next);
+            cache.topics.extend(pending.topics);
+        }
+        self.applied_tx.send_replace(last_log_id.index);
+        Ok(results)
+    }
+
+    fn apply_command(
+        &self,
+        cache: &Cache,
+        pending: &mut PendingApply,
+        batch: &mut WriteBatch,
+        log_index: u64,
+        command: pb::Command,
+    ) -> Result<pb::CommandResult, StorageError> {
+        use pb::command::Kind;
+        use pb::command_result::Kind as ResultKind;
+        let kind = match command.kind {
+            Some(Kind::Append(append)) => ResultKind::Append(self.apply_append(cache, pending, batch, log_index, append)?),
+            Some(Kind::CreateTopic(create)) => {
+                let existing = pending.topics.get(&create.name).or_else(|| cache.topics.get(&create.name));
+                match existing {
+                    Some(topic) => ResultKind::Topic(pb::TopicResult {
+                        topic: Some(topic.clone()),
+                        created: false,
+                    }),
+                    None => {
+                        let topic = pb::TopicConfig {
+                            name: create.name.clone(),
+                            queues: create.queues.max(1),
+                            created_ms: create.created_ms,
+                        };
+                        batch.put_cf(&self.db.cf(CF_META), keys::topic_key(&topic.name), topic.encode_to_vec());
+                        pending.topics.insert(topic.name.clone(), topic.clone());
+                        ResultKind::Topic(pb::TopicResult {
+                            topic: Some(topic),
+                            created: true,
+                        })
+                    }
+                }
+            }
+            Some(Kind::CommitOffset(commit)) => {
+                batch.put_cf(
+                    &self.db.cf(CF_OFFSETS),
+                    keys::offset_key(&commit.group, &commit.topic, commit.queue_id),
+                    commit.offset.to_be_bytes(),
+                );
+                ResultKind::Offset(pb::OffsetResult {})
+            }
+            // An entry from a newer version this node does not understand: applying it as a
+            // no-op would diverge from upgraded replicas, so refuse loudly.
+            None => {
+                return Err(StorageError::corrupt(
+                    CF_META,
+                    &keys::log_key(log_index),
+                    "command of unknown kind",
+                ));
+            }
+        };
+        Ok(pb::CommandResult { kind: Some(kind) })
+    }
+
+    fn apply_append(
+        &self,
+        cache: &Cache,
+        pending: &mut PendingApply,
+        batch: &mut WriteBatch,
+        log_index: u64,
+        append: pb::AppendMessages,
+    ) -> Result<pb::AppendResult, StorageError> {
+        let mut appended = Vec::with_capacity(append.messages.len());
+        for (slot, message) in append.messages.iter().enumerate() {
+            let dedup_key = keys::dedup_key(&message.topic, &message.message_id);
+            let previous = match pending.dedup.get(&dedup_key) {
+                Some(entry) => Some(entry.clone()),
+                None => match self.db.get(CF_INDEX, &dedup_key)? {
+                    Some(bytes) => Some(
+                        pb::DedupEntry::decode(&*bytes).map_err(|e| StorageError::corrupt(CF_INDEX, &dedup_key, e))?,
+                    ),
+                    None => None,
+                },
+            };
+            if let Some(first) = previous
+                && message.store_timestamp_ms - first.store_timestamp_ms <= DEDUP_WINDOW_MS
+            {
+                appended.push(pb::AppendedMessage {
+                    queue_id: first.queue_id,
+                    queue_offset: first.queue_offset,
+                    duplicate: true,
+                    store_timestamp_ms: first.store_timestamp_ms,
+                });
+                continue;
+            }
+            let queue = (message.topic.clone(), message.queue_id);
+            let next = pending
+                .queue_next
+                .get(&queue)
+                .or_else(|| cache.queue_next.get(&queue))
+                .copied()
+                .unwrap_or(0);
+            let location = pb::QueueEntry {
+                log_index,
+                slot: slot as u32,
+                store_timestamp_ms: message.store_timestamp_ms,
+            };
+            batch.put_cf(
+                &self.db.cf(CF_CQ),
+                keys::cq_key(&message.topic, message.queue_id, next),
+                location.encode_to_vec(),
+            );
+            let dedup = pb::DedupEntry {
+                queue_id: message.queue_id,
+                queue_offset: next,
+                store_timestamp_ms: message.store_timestamp_ms,
+            };
+            batch.put_cf(&self.db.cf(CF_INDEX), &dedup_key, dedup.encode_to_vec());
+            pending.dedup.insert(dedup_key, dedup);
+            pending.queue_next.insert(queue, next + 1);
+            appended.push(pb::AppendedMessage {
+                queue_id: message.queue_id,
+                queue_offset: next,
+                duplicate: false,
+                store_timestamp_ms: message.store_timestamp_ms,
+            });
+        }
+        Ok(pb::AppendResult { messages: appended })
+    }
+
+    pub fn topic(&self, name: &str) -> Option<pb::TopicConfig> {
+        self.cache.lock().expect("state cache lock poisoned").topics.get(name).cloned()
+    }
+
+    pub fn topics(&self) -> Vec<pb::TopicConfig> {
+        self.cache
+            .lock()
+            .expect("state cache lock poisoned")
+            .topics
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The next offset of a queue: the number of messages it ever held.
+    pub fn queue_next_offset(&self, topic: &str, queue_id: u32) -> u64 {
+        self.cache
+            .lock()
+            .expect("state cache lock poisoned")
+            .queue_next
+            .get(&(topic.to_string(), queue_id))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The lowest offset still stored in a queue (equal to the next offset when it is empty).
+    pub fn queue_min_offset(&self, topic: &str, queue_id: u32) -> Result<u64, StorageError> {
+        let prefix = keys::cq_prefix(topic, queue_id);
+        let first = self.scan_first(CF_CQ, &prefix)?;
+        Ok(match first.and_then(|key| keys::decode_cq_offset(&key)) {
+            Some(offset) => offset,
+            None => self.queue_next_offset(topic, queue_id),
+        })
+    }
+
+    /// The first offset of a queue whose message was stored at or after `timestamp_ms`
+    /// (the next offset if there is none): a binary search over the consume queue.
+    pub fn queue_offset_at_time(&self, topic: &str, queue_id: u32, timestamp_ms: i64) -> Result<u64, StorageError> {
+        let (mut low, mut high) = (self.queue_min_offset(topic, queue_id)?, self.queue_next_offset(topic, queue_id));
+        while low < high {
+            let middle = low + (high - low) / 2;
+            let key = keys::cq_key(topic, queue_id, middle);
+            let stored_ms = match self.db.get(CF_CQ, &key)? {
+                Some(bytes) => pb::QueueEntry::decode(&*bytes).map_err(|e| StorageError::corrupt(CF_CQ, &key, e))?.store_timestamp_ms,
+                // Purged below us meanwhile: everything older is gone, search above.
+                None => i64::MIN,
+            };
+            if stored_ms < timestamp_ms {
+                low = middle + 1;
+            } else {
+                high = middle;
+            }
+        }
+        Ok(low)
+    }
+
+    fn scan_first(&self, cf: &'static str, prefix: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        let handle = self.db.cf(cf);
+        let mut iter = self
+            .db
+            .inner
+            .iterator_cf(&handle, IteratorMode::From(prefix, Direction::Forward));
+        match iter.next() {
+            Some(Ok((key, _))) if key.starts_with(prefix) => Ok(Some(key.to_vec())),
+            Some(Err(source)) => Err(StorageError::Read { cf, source }),
+            _ => Ok(None),
+        }
+    }
+
+    /// Read up to `max_count` messages (and roughly `max_bytes` of bodies, at least one
+    /// message) of a queue, starting at `from`. Only applied, hence committed, messages exist
+    /// in the consume queue, so nothing uncommitted can be returned.
+    pub fn read_queue(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        from: u64,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredRecord>, StorageError> {
+        let prefix = keys::cq_prefix(topic, queue_id);
+        let start = keys::cq_key(topic, queue_id, from);
+        let handle = self.db.cf(CF_CQ);
+        let iter = self
+            .db
+            .inner
+            .iterator_cf(&handle, IteratorMode::From(&start, Direction::Forward));
+        let mut records = Vec::new();
+        let mut bytes = 0usize;
+        // Messages of one batch share an entry: decode it once.
+        let mut current: Option<(u64, pb::AppendMessages)> = None;
+        for item in iter {
+            if records.len() >= max_count || (bytes >= max_bytes && !records.is_empty()) {
+                break;
+            }
+            let (key, value) = item.map_err(|source| StorageError::Read { cf: CF_CQ, source })?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let offset = keys::decode_cq_offset(&key).ok_or_else(|| StorageError::corrupt(CF_CQ, &key, "bad key"))?;
+            let location = pb::QueueEntry::decode(&*value).map_err(|e| StorageError::corrupt(CF_CQ, &key, e))?;
+            if current.as_ref().map(|(index, _)| *index) != Some(location.log_index) {
+                current = Some((location.log_index, self.read_append(location.log_index)?));
+            }
+            let (_, append) = current.as_ref().expect("set just above");
+            let message = append.messages.get(location.slot as usize).cloned().ok_or_else(|| {
+                StorageError::corrupt(CF_CQ, &key, "consume-queue entry points past its batch")
+            })?;
+            bytes += message.body.len();
+            records.push(StoredRecord {
+                queue_offset: offset,
+                log_index: location.log_index,
+                message,
+            });
+        }
+        Ok(records)
+    }
+
+    fn read_append(&self, log_index: u64) -> Result<pb::AppendMessages, StorageError> {
+        let key = keys::log_key(log_index);
+        let entry = read_entry(&self.db, log_index)?
+            .ok_or_else(|| StorageError::corrupt(CF_CQ, &key, "consume queue points to a missing log entry"))?;
+        match entry.payload {
+            Some(pb::entry::Payload::Command(pb::Command {
+                kind: Some(pb::command::Kind::Append(append)),
+            })) => Ok(append),
+            _ => Err(StorageError::corrupt(CF_CQ, &key, "consume queue points to an entry without messages")),
+        }
+    }
+
+    pub fn consumer_offset(&self, group: &str, topic: &str, queue_id: u32) -> Result<Option<u64>, StorageError> {
+        let key = keys::offset_key(group, topic, queue_id);
+        match self.db.get(CF_OFFSETS, &key)? {
+            None => Ok(None),
+            Some(bytes) => <[u8; 8]>::try_from(&*bytes)
+                .map(|b| Some(u64::from_be_bytes(b)))
+                .map_err(|_| StorageError::corrupt(CF_OFFSETS, &key, "offset is not 8 bytes")),
+        }
+    }
+
+    /// Serialize every derived column family (a snapshot's data), read from one consistent
+    /// RocksDB snapshot, together with the applied log id and membership it corresponds to.
+    pub fn export(&self) -> Result<StateExport, StorageError> {
+        let snapshot = self.db.inner.snapshot();
+        let meta = |key: &[u8]| {
+            snapshot
+                .get_cf(&self.db.cf(CF_META), key)
+                .map_err(|source| StorageError::Read { cf: CF_META, source })
+        };
+        let applied = match meta(keys::APPLIED_KEY)? {
+            None => None,
+            Some(bytes) => Some(pb::LogId::decode(&*bytes).map_err(|e| StorageError::corrupt(CF_META, keys::APPLIED_KEY, e))?),
+        };
+        let membership = match meta(keys::MEMBERSHIP_KEY)? {
+            None => None,
+            Some(bytes) => Some(
+                pb::StoredMembership::decode(&*bytes).map_err(|e| StorageError::corrupt(CF_META, keys::MEMBERSHIP_KEY, e))?,
+            ),
+        };
+        let mut data = Vec::new();
+        for (cf_index, cf) in STATE_CFS.iter().enumerate() {
+            let handle = self.db.cf(cf);
+            for item in snapshot.iterator_cf(&handle, IteratorMode::Start) {
+                let (key, value) = item.map_err(|source| StorageError::Read { cf, source })?;
+                data.push(cf_index as u8);
+                data.extend_from_slice(&(key.len() as u32).to_be_bytes());
+                data.extend_from_slice(&key);
+                data.extend_from_slice(&(value.len() as u32).to_be_bytes());
+                data.extend_from_slice(&value);
+            }
+        }
+        Ok(StateExport { data, applied, membership })
+    }
+
+    /// Replace every derived column family with a snapshot's data, atomically.
+    pub fn import(&self, data: &[u8]) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        for cf in STATE_CFS {
+            let handle = self.db.cf(cf);
+            batch.delete_range_cf(&handle, [0u8].as_slice(), [0xffu8; 64].as_slice());
+        }
+        let mut rest = data;
+        while !rest.is_empty() {
+            let bad = || StorageError::corrupt(CF_META, b"snapshot", "truncated snapshot record");
+            let (&cf_index, tail) = rest.split_first().ok_or_else(bad)?;
+            let cf = *STATE_CFS.get(cf_index as usize).ok_or_else(bad)?;
+            let (key, tail) = take_framed(tail).ok_or_else(bad)?;
+            let (value, tail) = take_framed(tail).ok_or_else(bad)?;
+            batch.put_cf(&self.db.cf(cf), key, value);
+            rest = tail;
+        }
+        self.db.write_synced(CF_META, batch)?;
+        self.reload_cache()?;
+        if let Some(applied) = self.applied_log_id()? {
+            self.applied_tx.send_replace(applied.index);
+        }
+        Ok(())
+    }
+}
+
+fn take_framed(data: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = u32::from_be_bytes(data.get(..4)?.try_into().ok()?) as usize;
+    let body = data.get(4..4 + len)?;
+    Some((body, &data[4 + len..]))
+}
+
+/// Changes made by the apply call in progress, visible to later items of the same call.
+#[derive(Default)]
+struct PendingApply {
+    topics: BTreeMap<String, pb::TopicConfig>,
+    queue_next: HashMap<(String, u32), u64>,
+    dedup: HashMap<Vec<u8>, pb::DedupEntry>,
+}
+
+#[cfg(test)]
+#[path = "state_test.rs"]
+mod tests;

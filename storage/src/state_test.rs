@@ -1,0 +1,223 @@
+//! Tests of the derived broker state against a real RocksDB in a temporary directory.
+
+use bytes::Bytes;
+use raftmq_proto::raft::v1 as pb;
+
+use super::*;
+use crate::{Db, FlushMode, LogStore};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    log: LogStore,
+    state: BrokerState,
+    next_index: u64,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = Db::open(dir.path(), FlushMode::Sync).expect("open db");
+        Fixture {
+            log: LogStore::new(db.clone()),
+            state: BrokerState::open(db).expect("open state"),
+            _dir: dir,
+            next_index: 1,
+        }
+    }
+
+    /// Append a command to the log and apply it, as a committed entry would be.
+    fn commit(&mut self, command: pb::Command) -> pb::CommandResult {
+        let log_id = log_id(self.next_index);
+        self.next_index += 1;
+        let entry = pb::Entry {
+            log_id: Some(log_id.clone()),
+            payload: Some(pb::entry::Payload::Command(command.clone())),
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.log
+            .append(&[entry], Box::new(move |res| tx.send(res.is_ok()).unwrap()))
+            .expect("append");
+        assert!(rx.recv().unwrap(), "append became durable");
+        let mut results = self
+            .state
+            .apply(vec![(log_id, ApplyItem::Command(command))])
+            .expect("apply");
+        results.pop().flatten().expect("a command has a result")
+    }
+}
+
+fn log_id(index: u64) -> pb::LogId {
+    pb::LogId {
+        leader_id: Some(pb::LeaderId { term: 1, node_id: 1 }),
+        index,
+    }
+}
+
+fn message(topic: &str, queue_id: u32, id: &str, store_ms: i64) -> pb::StoredMessage {
+    pb::StoredMessage {
+        topic: topic.into(),
+        queue_id,
+        message_id: id.into(),
+        body: Bytes::from(format!("body-{id}")),
+        store_timestamp_ms: store_ms,
+        ..Default::default()
+    }
+}
+
+fn append(messages: Vec<pb::StoredMessage>) -> pb::Command {
+    pb::Command {
+        kind: Some(pb::command::Kind::Append(pb::AppendMessages { messages })),
+    }
+}
+
+fn appended(result: pb::CommandResult) -> Vec<pb::AppendedMessage> {
+    match result.kind {
+        Some(pb::command_result::Kind::Append(r)) => r.messages,
+        other => panic!("expected an append result, got {other:?}"),
+    }
+}
+
+#[test]
+fn given_batches_on_two_queues_when_applied_then_offsets_are_dense_per_queue() {
+    let mut fx = Fixture::new();
+    let first = appended(fx.commit(append(vec![
+        message("T", 0, "a", 1),
+        message("T", 1, "b", 1),
+        message("T", 0, "c", 1),
+    ])));
+    let second = appended(fx.commit(append(vec![message("T", 0, "d", 2)])));
+    let offsets: Vec<_> = first.iter().chain(&second).map(|m| (m.queue_id, m.queue_offset)).collect();
+    assert_eq!(vec![(0, 0), (1, 0), (0, 1), (0, 2)], offsets);
+    assert_eq!(3, fx.state.queue_next_offset("T", 0));
+    assert_eq!(1, fx.state.queue_next_offset("T", 1));
+
+    let read = fx.state.read_queue("T", 0, 0, 100, usize::MAX).unwrap();
+    let ids: Vec<_> = read.iter().map(|r| (r.queue_offset, r.message.message_id.as_str())).collect();
+    assert_eq!(vec![(0, "a"), (1, "c"), (2, "d")], ids);
+    assert_eq!(Bytes::from("body-c"), read[1].message.body);
+
+    let tail = fx.state.read_queue("T", 0, 2, 100, usize::MAX).unwrap();
+    assert_eq!(1, tail.len());
+    assert!(fx.state.read_queue("T", 0, 3, 100, usize::MAX).unwrap().is_empty());
+    assert!(fx.state.read_queue("other", 0, 0, 100, usize::MAX).unwrap().is_empty());
+}
+
+#[test]
+fn given_a_retried_message_id_within_the_window_then_the_first_result_is_returned() {
+    let mut fx = Fixture::new();
+    let first = appended(fx.commit(append(vec![message("T", 0, "x", 1_000)])));
+    let retry = appended(fx.commit(append(vec![message("T", 3, "x", 5_000)])));
+    assert!(!first[0].duplicate);
+    assert!(retry[0].duplicate);
+    assert_eq!((first[0].queue_id, first[0].queue_offset), (retry[0].queue_id, retry[0].queue_offset));
+    assert_eq!(1, fx.state.queue_next_offset("T", 0));
+    assert_eq!(0, fx.state.queue_next_offset("T", 3), "the retry stored nothing");
+
+    // Same id inside one batch: the second copy is a duplicate too.
+    let batch = appended(fx.commit(append(vec![message("T", 0, "y", 6_000), message("T", 0, "y", 6_000)])));
+    assert!(!batch[0].duplicate && batch[1].duplicate);
+
+    // Past the window the id is new again.
+    let late = appended(fx.commit(append(vec![message("T", 0, "x", 1_000 + DEDUP_WINDOW_MS + 1)])));
+    assert!(!late[0].duplicate);
+    assert_eq!(2, late[0].queue_offset);
+}
+
+#[test]
+fn given_a_topic_created_twice_then_the_second_reports_the_existing_one() {
+    let mut fx = Fixture::new();
+    let create = |queues| pb::Command {
+        kind: Some(pb::command::Kind::CreateTopic(pb::CreateTopic {
+            name: "T".into(),
+            queues,
+            created_ms: 7,
+        })),
+    };
+    let topic = |r: pb::CommandResult| match r.kind {
+        Some(pb::command_result::Kind::Topic(t)) => t,
+        other => panic!("expected a topic result, got {other:?}"),
+    };
+    let first = topic(fx.commit(create(4)));
+    let second = topic(fx.commit(create(8)));
+    assert!(first.created);
+    assert!(!second.created);
+    assert_eq!(4, second.topic.unwrap().queues);
+    assert_eq!(vec!["T".to_string()], fx.state.topics().iter().map(|t| t.name.clone()).collect::<Vec<_>>());
+}
+
+#[test]
+fn given_state_written_when_reopened_then_caches_and_applied_id_are_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path(), FlushMode::Sync).unwrap();
+        let log = LogStore::new(db.clone());
+        let state = BrokerState::open(db).unwrap();
+        let command = append(vec![message("T", 2, "a", 1), message("T", 2, "b", 1)]);
+        let entry = pb::Entry {
+            log_id: Some(log_id(5)),
+            payload: Some(pb::entry::Payload::Command(command.clone())),
+        };
+        log.append(&[entry], Box::new(|_| {})).unwrap();
+        state.apply(vec![(log_id(5), ApplyItem::Command(command))]).unwrap();
+        let commit = pb::Command {
+            kind: Some(pb::command::Kind::CommitOffset(pb::CommitOffset {
+                group: "G".into(),
+                topic: "T".into(),
+                queue_id: 2,
+                offset: 1,
+            })),
+        };
+        state.apply(vec![(log_id(6), ApplyItem::Command(commit))]).unwrap();
+    }
+    let db = Db::open(dir.path(), FlushMode::Sync).unwrap();
+    let state = BrokerState::open(db).unwrap();
+    assert_eq!(Some(6), state.applied_log_id().unwrap().map(|id| id.index));
+    assert_eq!(6, *state.subscribe_applied().borrow());
+    assert_eq!(2, state.queue_next_offset("T", 2));
+    assert_eq!(0, state.queue_min_offset("T", 2).unwrap());
+    assert_eq!(Some(1), state.consumer_offset("G", "T", 2).unwrap());
+    assert_eq!(None, state.consumer_offset("G", "T", 1).unwrap());
+    assert_eq!(2, state.read_queue("T", 2, 0, 10, usize::MAX).unwrap().len());
+}
+
+#[test]
+fn given_a_snapshot_export_when_imported_elsewhere_then_the_state_is_identical() {
+    let mut source = Fixture::new();
+    source.commit(append(vec![message("T", 0, "a", 1), message("T", 1, "b", 1)]));
+    let export = source.state.export().unwrap();
+    assert_eq!(Some(1), export.applied.as_ref().map(|id| id.index));
+    let data = export.data;
+
+    let target = Fixture::new();
+    target.state.import(&data).unwrap();
+    assert_eq!(1, target.state.queue_next_offset("T", 0));
+    assert_eq!(1, target.state.queue_next_offset("T", 1));
+    assert_eq!(source.state.applied_log_id().unwrap(), target.state.applied_log_id().unwrap());
+    assert_eq!(data, target.state.export().unwrap().data);
+
+    assert!(target.state.import(&data[..data.len() - 1]).is_err(), "a truncated snapshot is refused");
+}
+
+#[test]
+fn given_a_byte_budget_then_a_read_stops_early_but_returns_at_least_one_message() {
+    let mut fx = Fixture::new();
+    fx.commit(append((0..10).map(|i| message("T", 0, &format!("m{i}"), 1)).collect()));
+    assert_eq!(1, fx.state.read_queue("T", 0, 0, 100, 1).unwrap().len());
+    assert_eq!(3, fx.state.read_queue("T", 0, 0, 3, usize::MAX).unwrap().len());
+}
+
+#[test]
+fn given_messages_stored_over_time_then_offset_lookup_by_time_finds_the_first_at_or_after() {
+    let mut fx = Fixture::new();
+    for (i, ts) in [100, 200, 200, 300].into_iter().enumerate() {
+        fx.commit(append(vec![message("T", 0, &format!("m{i}"), ts)]));
+    }
+    let at = |ts| fx.state.queue_offset_at_time("T", 0, ts).unwrap();
+    assert_eq!(0, at(0));
+    assert_eq!(0, at(100));
+    assert_eq!(1, at(150));
+    assert_eq!(1, at(200));
+    assert_eq!(3, at(201));
+    assert_eq!(4, at(301), "after the last message: the next offset");
+    assert_eq!(0, fx.state.queue_offset_at_time("empty", 0, 5).unwrap());
+}
