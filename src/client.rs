@@ -30,7 +30,12 @@ impl ClientError {
         match self {
             ClientError::Unavailable(_) => true,
             ClientError::Rejected { code, .. } => {
-                matches!(code, Code::HaNotAvailable | Code::MasterPersistenceTimeout | Code::InternalServerError)
+                matches!(
+                    code,
+                    Code::HaNotAvailable
+                        | Code::MasterPersistenceTimeout
+                        | Code::InternalServerError
+                )
             }
             ClientError::BadEndpoint(_) => false,
         }
@@ -126,7 +131,10 @@ impl Client {
         Err(last)
     }
 
-    pub async fn send(&self, messages: Vec<v2::Message>) -> Result<Vec<v2::SendResultEntry>, ClientError> {
+    pub async fn send(
+        &self,
+        messages: Vec<v2::Message>,
+    ) -> Result<Vec<v2::SendResultEntry>, ClientError> {
         self.with_failover(|mut client| {
             let request = self.request(v2::SendMessageRequest {
                 messages: messages.clone(),
@@ -198,7 +206,11 @@ impl Client {
                     .map_err(|s| ClientError::Unavailable(s.message().to_string()))?
                 {
                     match frame.content {
-                        Some(Content::Status(status)) if status.code != Code::MessageNotFound as i32 => check(Some(&status))?,
+                        Some(Content::Status(status))
+                            if status.code != Code::MessageNotFound as i32 =>
+                        {
+                            check(Some(&status))?
+                        }
                         Some(Content::Message(message)) => messages.push(message),
                         Some(Content::NextOffset(n)) => next = n.max(0) as u64,
                         _ => {}
@@ -210,7 +222,12 @@ impl Client {
         .await
     }
 
-    pub async fn query_offset(&self, topic: &str, queue_id: i32, policy: v2::QueryOffsetPolicy) -> Result<u64, ClientError> {
+    pub async fn query_offset(
+        &self,
+        topic: &str,
+        queue_id: i32,
+        policy: v2::QueryOffsetPolicy,
+    ) -> Result<u64, ClientError> {
         self.with_failover(|mut client| {
             let request = self.request(v2::QueryOffsetRequest {
                 message_queue: Some(queue(topic, queue_id)),
@@ -231,7 +248,12 @@ impl Client {
     }
 
     /// The group's committed offset of a queue, if it has one.
-    pub async fn get_offset(&self, group: &str, topic: &str, queue_id: i32) -> Result<Option<u64>, ClientError> {
+    pub async fn get_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        queue_id: i32,
+    ) -> Result<Option<u64>, ClientError> {
         let result = self
             .with_failover(|mut client| {
                 let request = self.request(v2::GetOffsetRequest {
@@ -259,7 +281,13 @@ impl Client {
         }
     }
 
-    pub async fn update_offset(&self, group: &str, topic: &str, queue_id: i32, offset: u64) -> Result<(), ClientError> {
+    pub async fn update_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        queue_id: i32,
+        offset: u64,
+    ) -> Result<(), ClientError> {
         self.with_failover(|mut client| {
             let request = self.request(v2::UpdateOffsetRequest {
                 group: Some(resource(group)),
@@ -305,7 +333,9 @@ impl Client {
         for index in 0..self.endpoints.len() {
             match call(self.admin_at(index)).await {
                 Ok(value) => return Ok(value),
-                Err(status) if status.code() == tonic::Code::Unavailable => last = status.message().to_string(),
+                Err(status) if status.code() == tonic::Code::Unavailable => {
+                    last = status.message().to_string()
+                }
                 Err(status) => {
                     return Err(ClientError::Rejected {
                         code: Code::BadRequest,

@@ -170,25 +170,49 @@ impl BrokerArgs {
         let node_id = match self.node_id.or(file.node_id) {
             Some(id) => id,
             None => node_id_from_hostname().ok_or_else(|| {
-                invalid("node_id", "not set, and the host name does not end in `-<number>`")
+                invalid(
+                    "node_id",
+                    "not set, and the host name does not end in `-<number>`",
+                )
             })?,
         };
         let config = BrokerConfig {
             node_id,
-            group: self.group.or(file.group).unwrap_or_else(|| "broker-a".into()),
-            data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| "data".into()),
+            group: self
+                .group
+                .or(file.group)
+                .unwrap_or_else(|| "broker-a".into()),
+            data_dir: self
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| "data".into()),
             members,
             bind_host: self.bind_host.or(file.bind_host),
             flush,
-            auto_create_topics: self.auto_create_topics.or(file.auto_create_topics).unwrap_or(false),
-            default_queues: self.default_queues.or(file.default_queues).unwrap_or(DEFAULT_QUEUES),
-            max_body_bytes: self.max_body_bytes.or(file.max_body_bytes).unwrap_or(DEFAULT_MAX_BODY_BYTES),
-            heartbeat_interval: Duration::from_millis(self.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(100)),
+            auto_create_topics: self
+                .auto_create_topics
+                .or(file.auto_create_topics)
+                .unwrap_or(false),
+            default_queues: self
+                .default_queues
+                .or(file.default_queues)
+                .unwrap_or(DEFAULT_QUEUES),
+            max_body_bytes: self
+                .max_body_bytes
+                .or(file.max_body_bytes)
+                .unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            heartbeat_interval: Duration::from_millis(
+                self.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(100),
+            ),
             election_timeout_min: Duration::from_millis(
-                self.election_timeout_min_ms.or(file.election_timeout_min_ms).unwrap_or(500),
+                self.election_timeout_min_ms
+                    .or(file.election_timeout_min_ms)
+                    .unwrap_or(500),
             ),
             election_timeout_max: Duration::from_millis(
-                self.election_timeout_max_ms.or(file.election_timeout_max_ms).unwrap_or(1000),
+                self.election_timeout_max_ms
+                    .or(file.election_timeout_max_ms)
+                    .unwrap_or(1000),
             ),
         };
         config.validate()
@@ -198,37 +222,60 @@ impl BrokerArgs {
 impl BrokerConfig {
     fn validate(self) -> Result<BrokerConfig, ConfigError> {
         if self.members.is_empty() {
-            return Err(invalid("members", "no members configured (set --members or [[members]])"));
+            return Err(invalid(
+                "members",
+                "no members configured (set --members or [[members]])",
+            ));
         }
         if !self.members.contains_key(&self.node_id) {
             return Err(invalid(
                 "node_id",
-                format!("{} is not among the members {:?}", self.node_id, self.members.keys().collect::<Vec<_>>()),
+                format!(
+                    "{} is not among the members {:?}",
+                    self.node_id,
+                    self.members.keys().collect::<Vec<_>>()
+                ),
             ));
         }
         if self.members.len() % 2 == 0 {
-            tracing::warn!(members = self.members.len(), "an even number of members tolerates no more failures than one fewer");
+            tracing::warn!(
+                members = self.members.len(),
+                "an even number of members tolerates no more failures than one fewer"
+            );
         }
         if self.default_queues == 0 || self.default_queues > MAX_QUEUES {
-            return Err(invalid("default_queues", format!("must be within 1..={MAX_QUEUES}")));
+            return Err(invalid(
+                "default_queues",
+                format!("must be within 1..={MAX_QUEUES}"),
+            ));
         }
         if self.max_body_bytes == 0 || self.max_body_bytes > MAX_BODY_BYTES_CAP {
-            return Err(invalid("max_body_bytes", format!("must be within 1..={MAX_BODY_BYTES_CAP}")));
+            return Err(invalid(
+                "max_body_bytes",
+                format!("must be within 1..={MAX_BODY_BYTES_CAP}"),
+            ));
         }
-        if self.heartbeat_interval.is_zero() || self.heartbeat_interval * 3 > self.election_timeout_min {
+        if self.heartbeat_interval.is_zero()
+            || self.heartbeat_interval * 3 > self.election_timeout_min
+        {
             return Err(invalid(
                 "heartbeat_ms",
                 "must be > 0 and at most a third of election_timeout_min_ms",
             ));
         }
         if self.election_timeout_min >= self.election_timeout_max {
-            return Err(invalid("election_timeout_min_ms", "must be < election_timeout_max_ms"));
+            return Err(invalid(
+                "election_timeout_min_ms",
+                "must be < election_timeout_max_ms",
+            ));
         }
         Ok(self)
     }
 
     pub fn me(&self) -> &pb::Node {
-        self.members.get(&self.node_id).expect("validated: node_id is a member")
+        self.members
+            .get(&self.node_id)
+            .expect("validated: node_id is a member")
     }
 
     /// Where to listen for `addr` (a member address of this node), honouring `bind_host`.
@@ -239,7 +286,10 @@ impl BrokerConfig {
             .ok_or_else(|| invalid("members", format!("`{addr}` has no valid port")))?;
         let host = match &self.bind_host {
             Some(host) => host.clone(),
-            None => addr.rsplit_once(':').map(|(host, _)| host.to_string()).unwrap_or_default(),
+            None => addr
+                .rsplit_once(':')
+                .map(|(host, _)| host.to_string())
+                .unwrap_or_default(),
         };
         use std::net::ToSocketAddrs;
         (host.as_str(), port)
@@ -254,12 +304,22 @@ impl BrokerConfig {
 pub fn parse_members(text: &str) -> Result<BTreeMap<u64, pb::Node>, ConfigError> {
     let mut members = BTreeMap::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let bad = || invalid("members", format!("`{part}` is not ID=RAFT_HOST:PORT/CLIENT_HOST:PORT"));
+        let bad = || {
+            invalid(
+                "members",
+                format!("`{part}` is not ID=RAFT_HOST:PORT/CLIENT_HOST:PORT"),
+            )
+        };
         let (id, addrs) = part.split_once('=').ok_or_else(bad)?;
         let id: u64 = id.trim().parse().map_err(|_| bad())?;
         let (raft_addr, client_addr) = addrs.split_once('/').ok_or_else(bad)?;
         for addr in [raft_addr, client_addr] {
-            if addr.rsplit_once(':').and_then(|(h, p)| (!h.is_empty()).then(|| p.parse::<u16>().ok())).flatten().is_none() {
+            if addr
+                .rsplit_once(':')
+                .and_then(|(h, p)| (!h.is_empty()).then(|| p.parse::<u16>().ok()))
+                .flatten()
+                .is_none()
+            {
                 return Err(bad());
             }
         }
@@ -343,7 +403,10 @@ mod tests {
         .unwrap();
         assert_eq!(2, config.node_id);
         assert_eq!(3, config.members.len());
-        assert!(!config.auto_create_topics, "the production sample keeps auto-create off");
+        assert!(
+            !config.auto_create_topics,
+            "the production sample keeps auto-create off"
+        );
         assert_eq!(FlushMode::Sync, config.flush);
     }
 

@@ -6,7 +6,11 @@ use raftmq::config::BrokerArgs;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "raftmq", version, about = "A RocketMQ-compatible message broker replicated with Raft")]
+#[command(
+    name = "raftmq",
+    version,
+    about = "A RocketMQ-compatible message broker replicated with Raft"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -39,12 +43,15 @@ fn init_tracing(default: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
         Command::Broker { args, pid_file } => {
             init_tracing("info,openraft=warn");

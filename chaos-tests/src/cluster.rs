@@ -2,7 +2,7 @@
 //!
 //! Each node gets its own data dir and log file under one temporary folder. The folder is
 //! removed when the cluster is dropped after a passing test and kept (its path printed) when
-//! the test panics, so the logs of a failure can be read.
+//! the test panics or `RAFTMQ_KEEP_CLUSTER` is set, so the logs of a failure can be read.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -99,7 +99,9 @@ impl Cluster {
     /// Start every node and wait until the group has a leader.
     pub async fn start(options: ClusterOptions) -> anyhow::Result<Cluster> {
         let binary = raftmq_binary()?;
-        let root = tempfile::Builder::new().prefix("raftmq-cluster-").tempdir()?;
+        let root = tempfile::Builder::new()
+            .prefix("raftmq-cluster-")
+            .tempdir()?;
         let mut nodes = Vec::new();
         for id in 1..=options.nodes {
             nodes.push(Node {
@@ -176,9 +178,19 @@ impl Cluster {
             .args(["--node-id", &id.to_string()])
             .arg("--data-dir")
             .arg(node.data_dir())
-            .args(["--members", &members, "--flush", flush, "--auto-create-topics", &auto_create])
+            .args([
+                "--members",
+                &members,
+                "--flush",
+                flush,
+                "--auto-create-topics",
+                &auto_create,
+            ])
             .args(&extra)
-            .env("RUST_LOG", std::env::var("RAFTMQ_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RAFTMQ_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -230,7 +242,12 @@ impl Cluster {
                 out.push((node.id, None));
                 continue;
             }
-            let status = self.node_client(node.id).cluster_status().await.pop().and_then(|(_, s)| s.ok());
+            let status = self
+                .node_client(node.id)
+                .cluster_status()
+                .await
+                .pop()
+                .and_then(|(_, s)| s.ok());
             out.push((node.id, status));
         }
         out
@@ -268,7 +285,9 @@ impl Cluster {
     pub async fn wait_caught_up(&self, timeout: Duration) -> anyhow::Result<()> {
         let give_up = Instant::now() + timeout;
         loop {
-            let leader = self.wait_for_leader(give_up.saturating_duration_since(Instant::now())).await?;
+            let leader = self
+                .wait_for_leader(give_up.saturating_duration_since(Instant::now()))
+                .await?;
             let statuses = self.statuses().await;
             let committed = statuses
                 .iter()
@@ -285,7 +304,9 @@ impl Cluster {
                 return Ok(());
             }
             if Instant::now() > give_up {
-                bail!("nodes still behind commit index {committed:?} after {timeout:?}: {behind:?}");
+                bail!(
+                    "nodes still behind commit index {committed:?} after {timeout:?}: {behind:?}"
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -322,7 +343,12 @@ impl Cluster {
             let text = std::fs::read_to_string(node.log_file()).unwrap_or_default();
             let all: Vec<&str> = text.lines().collect();
             let tail = &all[all.len().saturating_sub(lines)..];
-            out.push_str(&format!("--- node {} ({})\n{}\n", node.id, node.log_file().display(), tail.join("\n")));
+            out.push_str(&format!(
+                "--- node {} ({})\n{}\n",
+                node.id,
+                node.log_file().display(),
+                tail.join("\n")
+            ));
         }
         out
     }
@@ -333,9 +359,8 @@ impl Drop for Cluster {
         for id in 1..=self.nodes.len() as u64 {
             self.kill_node(id);
         }
-        if std::thread::panicking()
-            && let Some(root) = self.root.take()
-        {
+        let keep = std::thread::panicking() || std::env::var_os("RAFTMQ_KEEP_CLUSTER").is_some();
+        if keep && let Some(root) = self.root.take() {
             let kept = root.keep();
             eprintln!("cluster data and logs kept in {}", kept.display());
         }

@@ -59,15 +59,28 @@ impl History {
 
     /// Send `body` to `topic`, retrying with the same message id until it is acknowledged
     /// or `give_up` passes. Retries may reach a different node and a different leader.
-    pub async fn send_until_acked(&self, client: &Client, topic: &str, body: String, give_up: Duration) -> Result<Ack, ClientError> {
+    pub async fn send_until_acked(
+        &self,
+        client: &Client,
+        topic: &str,
+        body: String,
+        give_up: Duration,
+    ) -> Result<Ack, ClientError> {
         let msg = message(topic, body.clone().into_bytes(), Some("chaos"), &[]);
-        let message_id = msg.system_properties.as_ref().map(|p| p.message_id.clone()).unwrap_or_default();
+        let message_id = msg
+            .system_properties
+            .as_ref()
+            .map(|p| p.message_id.clone())
+            .unwrap_or_default();
         let deadline = Instant::now() + give_up;
         let started = self.tick();
         loop {
             match client.send(vec![msg.clone()]).await {
                 Ok(entries) => {
-                    let offset = entries.first().map(|e| e.offset.max(0) as u64).unwrap_or_default();
+                    let offset = entries
+                        .first()
+                        .map(|e| e.offset.max(0) as u64)
+                        .unwrap_or_default();
                     let ack = Ack {
                         body,
                         message_id,
@@ -93,12 +106,25 @@ impl History {
 }
 
 /// Read every queue of `topic` from offset 0 on the node `client` talks to.
-pub async fn read_topic(client: &Client, topic: &str, queues: i32) -> Result<Vec<Stored>, ClientError> {
+pub async fn read_topic(
+    client: &Client,
+    topic: &str,
+    queues: i32,
+) -> Result<Vec<Stored>, ClientError> {
     let mut out = Vec::new();
     for queue_id in 0..queues {
         let mut offset = 0u64;
         loop {
-            let (messages, next) = client.pull("chaos-checker", topic, queue_id, offset, 256, Duration::ZERO).await?;
+            let (messages, next) = client
+                .pull(
+                    "chaos-checker",
+                    topic,
+                    queue_id,
+                    offset,
+                    256,
+                    Duration::ZERO,
+                )
+                .await?;
             if messages.is_empty() {
                 break;
             }
@@ -181,11 +207,15 @@ pub fn check(acks: &[Ack], unknown: &[String], stored: &[Stored]) -> Report {
             Some(copies) => {
                 let first = copies[0];
                 if first.offset != ack.offset {
-                    report
-                        .wrong_offset
-                        .push(format!("{}: acknowledged at offset {}, stored at {}", ack.body, ack.offset, first.offset));
+                    report.wrong_offset.push(format!(
+                        "{}: acknowledged at offset {}, stored at {}",
+                        ack.body, ack.offset, first.offset
+                    ));
                 }
-                per_queue.entry(first.queue_id).or_default().push((first.offset, ack));
+                per_queue
+                    .entry(first.queue_id)
+                    .or_default()
+                    .push((first.offset, ack));
             }
         }
     }
@@ -199,7 +229,9 @@ pub fn check(acks: &[Ack], unknown: &[String], stored: &[Stored]) -> Report {
             if let Some(above) = earliest_ack_above
                 && above.acked < ack.started
             {
-                report.reordered.push((above.body.clone(), ack.body.clone()));
+                report
+                    .reordered
+                    .push((above.body.clone(), ack.body.clone()));
             }
             if earliest_ack_above.is_none_or(|a| ack.acked < a.acked) {
                 earliest_ack_above = Some(ack);
@@ -227,8 +259,10 @@ pub fn check(acks: &[Ack], unknown: &[String], stored: &[Stored]) -> Report {
 /// `a` and `b` hold the same messages at the same places.
 pub fn replicas_identical(a: &[Stored], b: &[Stored]) -> bool {
     let sorted = |list: &[Stored]| {
-        let mut v: Vec<(i32, u64, String, String)> =
-            list.iter().map(|s| (s.queue_id, s.offset, s.message_id.clone(), s.body.clone())).collect();
+        let mut v: Vec<(i32, u64, String, String)> = list
+            .iter()
+            .map(|s| (s.queue_id, s.offset, s.message_id.clone(), s.body.clone()))
+            .collect();
         v.sort();
         v
     };
@@ -314,7 +348,12 @@ mod tests {
     fn each_kind_of_fault_is_reported() {
         let acks = [ack("a", 0, 0, 1), ack("b", 1, 2, 3), ack("lost", 2, 4, 5)];
         // b stored before a although a was acknowledged before b's send started.
-        let held = [stored(0, 0, "b"), stored(0, 1, "a"), stored(0, 2, "a"), stored(0, 3, "ghost")];
+        let held = [
+            stored(0, 0, "b"),
+            stored(0, 1, "a"),
+            stored(0, 2, "a"),
+            stored(0, 3, "ghost"),
+        ];
         let report = check(&acks, &[], &held);
         assert_eq!(report.lost, vec!["lost".to_string()]);
         assert_eq!(report.duplicated, vec!["a".to_string()]);

@@ -30,12 +30,27 @@ async fn each_bad_input_gets_its_code() -> anyhow::Result<()> {
             let name = name.to_string();
             move |m: &mut Message| m.topic.as_mut().unwrap().name = name
         };
-        assert_eq!(send_code(&client, topic("bad topic!")).await, Code::IllegalTopic);
-        assert_eq!(send_code(&client, topic(&"t".repeat(128))).await, Code::IllegalTopic);
+        assert_eq!(
+            send_code(&client, topic("bad topic!")).await,
+            Code::IllegalTopic
+        );
+        assert_eq!(
+            send_code(&client, topic(&"t".repeat(128))).await,
+            Code::IllegalTopic
+        );
         assert_eq!(send_code(&client, topic("")).await, Code::IllegalTopic);
-        assert_eq!(send_code(&client, topic("unknown-topic")).await, Code::TopicNotFound);
-        assert_eq!(code_of(client.route("unknown-topic").await), Code::TopicNotFound);
-        assert_eq!(send_code(&client, |m| m.body = Default::default()).await, Code::MessageBodyEmpty);
+        assert_eq!(
+            send_code(&client, topic("unknown-topic")).await,
+            Code::TopicNotFound
+        );
+        assert_eq!(
+            code_of(client.route("unknown-topic").await),
+            Code::TopicNotFound
+        );
+        assert_eq!(
+            send_code(&client, |m| m.body = Default::default()).await,
+            Code::MessageBodyEmpty
+        );
         assert_eq!(
             send_code(&client, |m| m.body = vec![7u8; 4 * 1024 * 1024 + 1].into()).await,
             Code::MessageBodyTooLarge
@@ -51,19 +66,36 @@ async fn each_bad_input_gets_its_code() -> anyhow::Result<()> {
         );
         assert_eq!(
             send_code(&client, |m| {
-                m.user_properties.insert("big".into(), "v".repeat(17 * 1024));
+                m.user_properties
+                    .insert("big".into(), "v".repeat(17 * 1024));
             })
             .await,
             Code::MessagePropertiesTooLarge
         );
-        assert_eq!(send_code(&client, |m| m.system_properties = None).await, Code::MessageCorrupted);
         assert_eq!(
-            send_code(&client, |m| m.system_properties.as_mut().unwrap().message_id.clear()).await,
+            send_code(&client, |m| m.system_properties = None).await,
+            Code::MessageCorrupted
+        );
+        assert_eq!(
+            send_code(&client, |m| m
+                .system_properties
+                .as_mut()
+                .unwrap()
+                .message_id
+                .clear())
+            .await,
             Code::IllegalMessageId
         );
-        assert_eq!(code_of(client.send(Vec::new()).await), Code::MessageCorrupted);
         assert_eq!(
-            code_of(client.pull("bad group!", "good", 0, 0, 10, Duration::ZERO).await),
+            code_of(client.send(Vec::new()).await),
+            Code::MessageCorrupted
+        );
+        assert_eq!(
+            code_of(
+                client
+                    .pull("bad group!", "good", 0, 0, 10, Duration::ZERO)
+                    .await
+            ),
             Code::IllegalConsumerGroup
         );
         assert_eq!(
@@ -71,7 +103,11 @@ async fn each_bad_input_gets_its_code() -> anyhow::Result<()> {
             Code::BadRequest
         );
         assert_eq!(
-            code_of(client.pull("g", "unknown-topic", 0, 0, 10, Duration::ZERO).await),
+            code_of(
+                client
+                    .pull("g", "unknown-topic", 0, 0, 10, Duration::ZERO)
+                    .await
+            ),
             Code::TopicNotFound
         );
     }
@@ -79,11 +115,14 @@ async fn each_bad_input_gets_its_code() -> anyhow::Result<()> {
     // Nothing was stored, nothing was created, and good requests still work everywhere.
     let client = cluster.client();
     assert_eq!(client.route("good").await?.len(), 8);
-    let sent = client.send(vec![message("good", b"fine".to_vec(), None, &[])]).await?;
+    let sent = client
+        .send(vec![message("good", b"fine".to_vec(), None, &[])])
+        .await?;
     assert_eq!(sent.len(), 1);
     cluster.wait_caught_up(Duration::from_secs(20)).await?;
     for node in 1..=3 {
-        let stored = chaos_tests::history::read_topic(&cluster.node_client(node), "good", 8).await?;
+        let stored =
+            chaos_tests::history::read_topic(&cluster.node_client(node), "good", 8).await?;
         assert_eq!(stored.len(), 1, "node {node} holds only the good message");
         assert_eq!(stored[0].body, "fine");
     }
@@ -99,12 +138,18 @@ async fn topics_are_auto_created_when_enabled() -> anyhow::Result<()> {
     })
     .await?;
     let client = cluster.client();
-    let sent = client.send(vec![message("fresh", b"hello".to_vec(), None, &[])]).await?;
+    let sent = client
+        .send(vec![message("fresh", b"hello".to_vec(), None, &[])])
+        .await?;
     assert_eq!(sent[0].offset, 0);
     assert_eq!(client.route("fresh").await?.len(), 4);
     // Illegal names are still refused, not created.
     assert_eq!(
-        code_of(client.send(vec![message("no/slashes", b"x".to_vec(), None, &[])]).await),
+        code_of(
+            client
+                .send(vec![message("no/slashes", b"x".to_vec(), None, &[])])
+                .await
+        ),
         Code::IllegalTopic
     );
     Ok(())

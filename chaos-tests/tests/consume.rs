@@ -17,12 +17,22 @@ async fn a_waiting_pull_wakes_when_a_message_is_committed() -> anyhow::Result<()
     // A follower holds the long poll: it must wake when its own state machine applies.
     let reader = cluster.node_client(follower);
     let started = Instant::now();
-    let pull = tokio::spawn(async move { reader.pull("g", "poll", 0, 0, 16, Duration::from_secs(20)).await });
+    let pull = tokio::spawn(async move {
+        reader
+            .pull("g", "poll", 0, 0, 16, Duration::from_secs(20))
+            .await
+    });
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!pull.is_finished(), "an empty queue holds the pull");
-    cluster.client().send(vec![message("poll", b"wake up".to_vec(), None, &[])]).await?;
+    cluster
+        .client()
+        .send(vec![message("poll", b"wake up".to_vec(), None, &[])])
+        .await?;
     let (messages, next) = pull.await??;
-    assert!(started.elapsed() < Duration::from_secs(15), "woke before the long-poll timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "woke before the long-poll timeout"
+    );
     assert_eq!(messages.len(), 1);
     assert_eq!(&messages[0].body[..], b"wake up");
     assert_eq!(next, 1);
@@ -35,16 +45,33 @@ async fn offsets_are_queried_and_committed() -> anyhow::Result<()> {
     cluster.create_topic("offsets", 2).await?;
     let client = cluster.client();
     for i in 0..10 {
-        client.send(vec![message("offsets", format!("m{i}").into_bytes(), None, &[])]).await?;
+        client
+            .send(vec![message(
+                "offsets",
+                format!("m{i}").into_bytes(),
+                None,
+                &[],
+            )])
+            .await?;
     }
-    let begin = client.query_offset("offsets", 0, QueryOffsetPolicy::Beginning).await?;
-    let end = client.query_offset("offsets", 0, QueryOffsetPolicy::End).await?;
+    let begin = client
+        .query_offset("offsets", 0, QueryOffsetPolicy::Beginning)
+        .await?;
+    let end = client
+        .query_offset("offsets", 0, QueryOffsetPolicy::End)
+        .await?;
     assert_eq!((begin, end), (0, 5), "round robin over 2 queues");
     assert_eq!(client.get_offset("g", "offsets", 0).await?, None);
     client.update_offset("g", "offsets", 0, 3).await?;
     cluster.wait_caught_up(Duration::from_secs(20)).await?;
     for node in 1..=3 {
-        assert_eq!(cluster.node_client(node).get_offset("g", "offsets", 0).await?, Some(3));
+        assert_eq!(
+            cluster
+                .node_client(node)
+                .get_offset("g", "offsets", 0)
+                .await?,
+            Some(3)
+        );
     }
     // Committing past the end of the queue is refused.
     assert!(client.update_offset("g", "offsets", 0, 6).await.is_err());
@@ -61,7 +88,11 @@ async fn the_cli_produces_consumes_and_reports() -> anyhow::Result<()> {
     let binary = raftmq_binary()?;
     let endpoints = cluster.endpoints().join(",");
     let run = |args: &[&str]| {
-        let output = Command::new(&binary).args(args).args(["--endpoints", &endpoints]).output().expect("run raftmq");
+        let output = Command::new(&binary)
+            .args(args)
+            .args(["--endpoints", &endpoints])
+            .output()
+            .expect("run raftmq");
         assert!(
             output.status.success(),
             "raftmq {args:?} failed: {}",
@@ -70,13 +101,29 @@ async fn the_cli_produces_consumes_and_reports() -> anyhow::Result<()> {
         String::from_utf8_lossy(&output.stdout).into_owned()
     };
     run(&["produce", "--topic", "cli", "--count", "25"]);
-    let consumed = run(&["consume", "--topic", "cli", "--from", "beginning", "--count", "25"]);
-    assert_eq!(consumed.lines().filter(|l| !l.trim().is_empty()).count(), 25, "{consumed}");
+    let consumed = run(&[
+        "consume",
+        "--topic",
+        "cli",
+        "--from",
+        "beginning",
+        "--count",
+        "25",
+    ]);
+    assert_eq!(
+        consumed.lines().filter(|l| !l.trim().is_empty()).count(),
+        25,
+        "{consumed}"
+    );
 
     let status: serde_json::Value = serde_json::from_str(&run(&["admin", "cluster", "--json"]))?;
     let nodes = status["nodes"].as_array().expect("nodes array");
     assert_eq!(nodes.len(), 3);
-    assert_eq!(nodes.iter().filter(|n| n["role"] == "leader").count(), 1, "{status}");
+    assert_eq!(
+        nodes.iter().filter(|n| n["role"] == "leader").count(),
+        1,
+        "{status}"
+    );
     let table = run(&["admin", "cluster"]);
     assert!(table.contains("leader"), "{table}");
 

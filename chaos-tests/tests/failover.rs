@@ -16,7 +16,11 @@ const MESSAGES_PER_PRODUCER: usize = 320;
 async fn wait_for_acks(history: &History, count: usize, timeout: Duration) {
     let give_up = Instant::now() + timeout;
     while history.acked() < count {
-        assert!(Instant::now() < give_up, "only {} of {count} sends acknowledged after {timeout:?}", history.acked());
+        assert!(
+            Instant::now() < give_up,
+            "only {} of {count} sends acknowledged after {timeout:?}",
+            history.acked()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -41,7 +45,10 @@ async fn acknowledged_messages_survive_two_leader_kills() -> anyhow::Result<()> 
                     break;
                 }
                 let body = format!("p{producer}:s{seq}");
-                if let Err(e) = history.send_until_acked(&client, TOPIC, body.clone(), Duration::from_secs(30)).await {
+                if let Err(e) = history
+                    .send_until_acked(&client, TOPIC, body.clone(), Duration::from_secs(30))
+                    .await
+                {
                     panic!("{body} was never acknowledged: {e}");
                 }
             }
@@ -73,13 +80,20 @@ async fn acknowledged_messages_survive_two_leader_kills() -> anyhow::Result<()> 
         producer.await?;
     }
     assert_eq!(history.acked(), total, "every send was acknowledged");
-    eprintln!("killed leaders {killed:?}; {} acknowledged", history.acked());
+    eprintln!(
+        "killed leaders {killed:?}; {} acknowledged",
+        history.acked()
+    );
 
     cluster.wait_caught_up(Duration::from_secs(60)).await?;
     let stored = check_every_node(&cluster, &history, TOPIC, QUEUES).await?;
     assert_eq!(stored.len(), total);
     let used_queues: std::collections::BTreeSet<i32> = stored.iter().map(|s| s.queue_id).collect();
-    assert_eq!(used_queues.len(), QUEUES as usize, "messages spread over every queue");
+    assert_eq!(
+        used_queues.len(),
+        QUEUES as usize,
+        "messages spread over every queue"
+    );
     Ok(())
 }
 
@@ -90,18 +104,39 @@ async fn a_wiped_follower_catches_up_completely() -> anyhow::Result<()> {
     let history = History::default();
     let client = cluster.client();
     for seq in 0..500 {
-        history.send_until_acked(&client, TOPIC, format!("before:{seq}"), Duration::from_secs(10)).await?;
+        history
+            .send_until_acked(
+                &client,
+                TOPIC,
+                format!("before:{seq}"),
+                Duration::from_secs(10),
+            )
+            .await?;
     }
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
     let follower = (1..=3).find(|id| *id != leader).unwrap();
     cluster.wipe_node(follower)?;
     // Writes continue while the follower is gone, and after it is back.
     for seq in 0..300 {
-        history.send_until_acked(&client, TOPIC, format!("during:{seq}"), Duration::from_secs(10)).await?;
+        history
+            .send_until_acked(
+                &client,
+                TOPIC,
+                format!("during:{seq}"),
+                Duration::from_secs(10),
+            )
+            .await?;
     }
     cluster.start_node(follower)?;
     for seq in 0..200 {
-        history.send_until_acked(&client, TOPIC, format!("after:{seq}"), Duration::from_secs(10)).await?;
+        history
+            .send_until_acked(
+                &client,
+                TOPIC,
+                format!("after:{seq}"),
+                Duration::from_secs(10),
+            )
+            .await?;
     }
     cluster.wait_caught_up(Duration::from_secs(60)).await?;
     let stored = check_every_node(&cluster, &history, TOPIC, QUEUES).await?;
@@ -116,7 +151,9 @@ async fn restarting_every_node_at_once_loses_nothing() -> anyhow::Result<()> {
     let history = History::default();
     let client = cluster.client();
     for seq in 0..600 {
-        history.send_until_acked(&client, TOPIC, format!("m:{seq}"), Duration::from_secs(10)).await?;
+        history
+            .send_until_acked(&client, TOPIC, format!("m:{seq}"), Duration::from_secs(10))
+            .await?;
     }
     client.update_offset("restart-group", TOPIC, 3, 42).await?;
     // SIGKILL, not a clean stop: whatever was acknowledged must already be on disk.
@@ -127,10 +164,16 @@ async fn restarting_every_node_at_once_loses_nothing() -> anyhow::Result<()> {
         cluster.start_node(id)?;
     }
     cluster.wait_for_leader(Duration::from_secs(30)).await?;
-    assert_eq!(client.get_offset("restart-group", TOPIC, 3).await?, Some(42), "committed consumer offset survives");
+    assert_eq!(
+        client.get_offset("restart-group", TOPIC, 3).await?,
+        Some(42),
+        "committed consumer offset survives"
+    );
     // The group works again.
     for seq in 600..700 {
-        history.send_until_acked(&client, TOPIC, format!("m:{seq}"), Duration::from_secs(10)).await?;
+        history
+            .send_until_acked(&client, TOPIC, format!("m:{seq}"), Duration::from_secs(10))
+            .await?;
     }
     cluster.wait_caught_up(Duration::from_secs(60)).await?;
     let stored = check_every_node(&cluster, &history, TOPIC, QUEUES).await?;
@@ -159,7 +202,10 @@ async fn retried_sends_across_a_leader_kill_are_stored_once() -> anyhow::Result<
     for (m, first) in messages.iter().zip(&first_offsets) {
         let entries = client.send(vec![m.clone()]).await?;
         assert_eq!(entries.len(), 1);
-        assert_eq!(entries[0].offset, *first, "a retry answers with the first send's offset");
+        assert_eq!(
+            entries[0].offset, *first,
+            "a retry answers with the first send's offset"
+        );
         assert_eq!(
             entries[0].message_id,
             m.system_properties.as_ref().unwrap().message_id
@@ -176,7 +222,8 @@ async fn retried_sends_across_a_leader_kill_are_stored_once() -> anyhow::Result<
     cluster.start_node(leader)?;
     cluster.wait_caught_up(Duration::from_secs(60)).await?;
     for node in 1..=3 {
-        let stored = chaos_tests::history::read_topic(&cluster.node_client(node), TOPIC, QUEUES).await?;
+        let stored =
+            chaos_tests::history::read_topic(&cluster.node_client(node), TOPIC, QUEUES).await?;
         assert_eq!(stored.len(), 50, "node {node} holds each message once");
     }
     Ok(())

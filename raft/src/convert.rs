@@ -6,10 +6,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use openraft::EntryPayload;
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, StreamAppendError, StreamAppendResult, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, StreamAppendError, StreamAppendResult,
+    VoteRequest, VoteResponse,
+};
 use raftmq_proto::raft::v1 as pb;
 
-use crate::types::{Entry, LeaderId, LogId, Membership, Request, StoredMembership, TypeConfig, Vote};
+use crate::types::{
+    Entry, LeaderId, LogId, Membership, Request, StoredMembership, TypeConfig, Vote,
+};
 
 /// A protobuf record lacks a field openraft needs.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +65,10 @@ pub fn log_id_to_pb(id: &LogId) -> pb::LogId {
 }
 
 pub fn log_id_from_pb(id: &pb::LogId) -> Result<LogId, MissingField> {
-    let leader = id.leader_id.as_ref().ok_or_else(|| missing("LogId", "leader_id"))?;
+    let leader = id
+        .leader_id
+        .as_ref()
+        .ok_or_else(|| missing("LogId", "leader_id"))?;
     Ok(LogId::new(leader_id_from_pb(leader), id.index))
 }
 
@@ -76,7 +84,10 @@ pub fn vote_to_pb(vote: &Vote) -> pb::Vote {
 }
 
 pub fn vote_from_pb(vote: &pb::Vote) -> Result<Vote, MissingField> {
-    let leader = vote.leader_id.as_ref().ok_or_else(|| missing("Vote", "leader_id"))?;
+    let leader = vote
+        .leader_id
+        .as_ref()
+        .ok_or_else(|| missing("Vote", "leader_id"))?;
     Ok(Vote {
         leader_id: leader_id_from_pb(leader),
         committed: vote.committed,
@@ -92,7 +103,10 @@ pub fn membership_to_pb(membership: &Membership) -> pb::Membership {
                 ids: ids.iter().copied().collect(),
             })
             .collect(),
-        nodes: membership.nodes().map(|(id, node)| (*id, node.clone())).collect(),
+        nodes: membership
+            .nodes()
+            .map(|(id, node)| (*id, node.clone()))
+            .collect(),
     }
 }
 
@@ -102,7 +116,11 @@ pub fn membership_from_pb(membership: &pb::Membership) -> Result<Membership, Mis
         .iter()
         .map(|set| set.ids.iter().copied().collect())
         .collect();
-    let nodes: BTreeMap<u64, pb::Node> = membership.nodes.iter().map(|(id, node)| (*id, node.clone())).collect();
+    let nodes: BTreeMap<u64, pb::Node> = membership
+        .nodes
+        .iter()
+        .map(|(id, node)| (*id, node.clone()))
+        .collect();
     Membership::new(configs, nodes).map_err(|e| MissingField {
         record: "Membership",
         reason: e.to_string(),
@@ -116,7 +134,9 @@ pub fn stored_membership_to_pb(stored: &StoredMembership) -> pb::StoredMembershi
     }
 }
 
-pub fn stored_membership_from_pb(stored: &pb::StoredMembership) -> Result<StoredMembership, MissingField> {
+pub fn stored_membership_from_pb(
+    stored: &pb::StoredMembership,
+) -> Result<StoredMembership, MissingField> {
     let membership = stored
         .membership
         .as_ref()
@@ -130,8 +150,12 @@ pub fn stored_membership_from_pb(stored: &pb::StoredMembership) -> Result<Stored
 pub fn entry_to_pb(entry: &Entry) -> pb::Entry {
     let payload = match &entry.payload {
         EntryPayload::Blank => None,
-        EntryPayload::Normal(Request(command)) => Some(pb::entry::Payload::Command(command.clone())),
-        EntryPayload::Membership(membership) => Some(pb::entry::Payload::Membership(membership_to_pb(membership))),
+        EntryPayload::Normal(Request(command)) => {
+            Some(pb::entry::Payload::Command(command.clone()))
+        }
+        EntryPayload::Membership(membership) => {
+            Some(pb::entry::Payload::Membership(membership_to_pb(membership)))
+        }
     };
     pb::Entry {
         log_id: Some(log_id_to_pb(&entry.log_id)),
@@ -140,11 +164,18 @@ pub fn entry_to_pb(entry: &Entry) -> pb::Entry {
 }
 
 pub fn entry_from_pb(entry: pb::Entry) -> Result<Entry, MissingField> {
-    let log_id = log_id_from_pb(entry.log_id.as_ref().ok_or_else(|| missing("Entry", "log_id"))?)?;
+    let log_id = log_id_from_pb(
+        entry
+            .log_id
+            .as_ref()
+            .ok_or_else(|| missing("Entry", "log_id"))?,
+    )?;
     let payload = match entry.payload {
         None => EntryPayload::Blank,
         Some(pb::entry::Payload::Command(command)) => EntryPayload::Normal(Request(command)),
-        Some(pb::entry::Payload::Membership(membership)) => EntryPayload::Membership(membership_from_pb(&membership)?),
+        Some(pb::entry::Payload::Membership(membership)) => {
+            EntryPayload::Membership(membership_from_pb(&membership)?)
+        }
     };
     Ok(Entry { log_id, payload })
 }
@@ -158,17 +189,29 @@ pub fn append_request_to_pb(req: &AppendEntriesRequest<TypeConfig>) -> pb::Appen
     }
 }
 
-pub fn append_request_from_pb(req: pb::AppendEntriesRequest) -> Result<AppendEntriesRequest<TypeConfig>, MissingField> {
-    let vote = vote_from_pb(req.vote.as_ref().ok_or_else(|| missing("AppendEntriesRequest", "vote"))?)?;
+pub fn append_request_from_pb(
+    req: pb::AppendEntriesRequest,
+) -> Result<AppendEntriesRequest<TypeConfig>, MissingField> {
+    let vote = vote_from_pb(
+        req.vote
+            .as_ref()
+            .ok_or_else(|| missing("AppendEntriesRequest", "vote"))?,
+    )?;
     Ok(AppendEntriesRequest {
         vote,
         prev_log_id: opt_log_id_from_pb(req.prev_log_id.as_ref())?,
         leader_commit: opt_log_id_from_pb(req.leader_commit.as_ref())?,
-        entries: req.entries.into_iter().map(entry_from_pb).collect::<Result<_, _>>()?,
+        entries: req
+            .entries
+            .into_iter()
+            .map(entry_from_pb)
+            .collect::<Result<_, _>>()?,
     })
 }
 
-pub fn append_response_to_pb(resp: &AppendEntriesResponse<TypeConfig>) -> pb::AppendEntriesResponse {
+pub fn append_response_to_pb(
+    resp: &AppendEntriesResponse<TypeConfig>,
+) -> pb::AppendEntriesResponse {
     let mut out = pb::AppendEntriesResponse::default();
     match resp {
         AppendEntriesResponse::Success => {}
@@ -182,7 +225,9 @@ pub fn append_response_to_pb(resp: &AppendEntriesResponse<TypeConfig>) -> pb::Ap
     out
 }
 
-pub fn append_response_from_pb(resp: &pb::AppendEntriesResponse) -> Result<AppendEntriesResponse<TypeConfig>, MissingField> {
+pub fn append_response_from_pb(
+    resp: &pb::AppendEntriesResponse,
+) -> Result<AppendEntriesResponse<TypeConfig>, MissingField> {
     if let Some(vote) = &resp.rejected_by {
         return Ok(AppendEntriesResponse::HigherVote(vote_from_pb(vote)?));
     }
@@ -190,7 +235,9 @@ pub fn append_response_from_pb(resp: &pb::AppendEntriesResponse) -> Result<Appen
         return Ok(AppendEntriesResponse::Conflict);
     }
     if resp.partial {
-        return Ok(AppendEntriesResponse::PartialSuccess(opt_log_id_from_pb(resp.last_log_id.as_ref())?));
+        return Ok(AppendEntriesResponse::PartialSuccess(opt_log_id_from_pb(
+            resp.last_log_id.as_ref(),
+        )?));
     }
     Ok(AppendEntriesResponse::Success)
 }
@@ -209,12 +256,17 @@ pub fn stream_result_to_pb(result: &StreamAppendResult<TypeConfig>) -> pb::Appen
     out
 }
 
-pub fn stream_result_from_pb(resp: &pb::AppendEntriesResponse) -> Result<StreamAppendResult<TypeConfig>, MissingField> {
+pub fn stream_result_from_pb(
+    resp: &pb::AppendEntriesResponse,
+) -> Result<StreamAppendResult<TypeConfig>, MissingField> {
     if let Some(vote) = &resp.rejected_by {
         return Ok(Err(StreamAppendError::HigherVote(vote_from_pb(vote)?)));
     }
     if resp.conflict {
-        let log_id = resp.last_log_id.as_ref().ok_or_else(|| missing("AppendEntriesResponse", "last_log_id"))?;
+        let log_id = resp
+            .last_log_id
+            .as_ref()
+            .ok_or_else(|| missing("AppendEntriesResponse", "last_log_id"))?;
         return Ok(Err(StreamAppendError::Conflict(log_id_from_pb(log_id)?)));
     }
     Ok(Ok(opt_log_id_from_pb(resp.last_log_id.as_ref())?))
@@ -228,8 +280,14 @@ pub fn vote_request_to_pb(req: &VoteRequest<TypeConfig>) -> pb::VoteRequest {
     }
 }
 
-pub fn vote_request_from_pb(req: &pb::VoteRequest) -> Result<VoteRequest<TypeConfig>, MissingField> {
-    let vote = vote_from_pb(req.vote.as_ref().ok_or_else(|| missing("VoteRequest", "vote"))?)?;
+pub fn vote_request_from_pb(
+    req: &pb::VoteRequest,
+) -> Result<VoteRequest<TypeConfig>, MissingField> {
+    let vote = vote_from_pb(
+        req.vote
+            .as_ref()
+            .ok_or_else(|| missing("VoteRequest", "vote"))?,
+    )?;
     let mut out = VoteRequest::new(vote, opt_log_id_from_pb(req.last_log_id.as_ref())?);
     out.leadership_transfer = req.leadership_transfer;
     Ok(out)
@@ -243,8 +301,14 @@ pub fn vote_response_to_pb(resp: &VoteResponse<TypeConfig>) -> pb::VoteResponse 
     }
 }
 
-pub fn vote_response_from_pb(resp: &pb::VoteResponse) -> Result<VoteResponse<TypeConfig>, MissingField> {
-    let vote = vote_from_pb(resp.vote.as_ref().ok_or_else(|| missing("VoteResponse", "vote"))?)?;
+pub fn vote_response_from_pb(
+    resp: &pb::VoteResponse,
+) -> Result<VoteResponse<TypeConfig>, MissingField> {
+    let vote = vote_from_pb(
+        resp.vote
+            .as_ref()
+            .ok_or_else(|| missing("VoteResponse", "vote"))?,
+    )?;
     Ok(VoteResponse::new(
         vote,
         opt_log_id_from_pb(resp.last_log_id.as_ref())?,
@@ -265,10 +329,18 @@ mod tests {
 
     #[test]
     fn entries_round_trip_through_protobuf() {
-        let log_id = LogId::new(LeaderId { term: 3, node_id: 2 }, 17);
+        let log_id = LogId::new(
+            LeaderId {
+                term: 3,
+                node_id: 2,
+            },
+            17,
+        );
         let membership = Membership::new(
             vec![[1, 2, 3].into_iter().collect()],
-            [(1, node(9000)), (2, node(9010)), (3, node(9020))].into_iter().collect::<BTreeMap<_, _>>(),
+            [(1, node(9000)), (2, node(9010)), (3, node(9020))]
+                .into_iter()
+                .collect::<BTreeMap<_, _>>(),
         )
         .unwrap();
         let command = pb::Command {
@@ -299,9 +371,18 @@ mod tests {
 
     #[test]
     fn append_responses_round_trip() {
-        let log_id = LogId::new(LeaderId { term: 1, node_id: 1 }, 5);
+        let log_id = LogId::new(
+            LeaderId {
+                term: 1,
+                node_id: 1,
+            },
+            5,
+        );
         let vote = Vote {
-            leader_id: LeaderId { term: 2, node_id: 3 },
+            leader_id: LeaderId {
+                term: 2,
+                node_id: 3,
+            },
             committed: true,
         };
         for resp in [
@@ -311,7 +392,10 @@ mod tests {
             AppendEntriesResponse::Conflict,
             AppendEntriesResponse::HigherVote(vote),
         ] {
-            assert_eq!(resp, append_response_from_pb(&append_response_to_pb(&resp)).unwrap());
+            assert_eq!(
+                resp,
+                append_response_from_pb(&append_response_to_pb(&resp)).unwrap()
+            );
         }
     }
 }

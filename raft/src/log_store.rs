@@ -13,7 +13,9 @@ use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 use raftmq_storage::LogStore;
 
-use crate::convert::{entry_from_pb, entry_to_pb, log_id_from_pb, log_id_to_pb, vote_from_pb, vote_to_pb};
+use crate::convert::{
+    entry_from_pb, entry_to_pb, log_id_from_pb, log_id_to_pb, vote_from_pb, vote_to_pb,
+};
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 #[derive(Clone)]
@@ -98,7 +100,9 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
-        Ok(self.store.save_committed(committed.as_ref().map(log_id_to_pb).as_ref())?)
+        Ok(self
+            .store
+            .save_committed(committed.as_ref().map(log_id_to_pb).as_ref())?)
     }
 
     async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
@@ -113,7 +117,10 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let records: Vec<_> = entries.into_iter().map(|entry| entry_to_pb(&entry)).collect();
+        let records: Vec<_> = entries
+            .into_iter()
+            .map(|entry| entry_to_pb(&entry))
+            .collect();
         self.store.append(
             &records,
             Box::new(move |result| callback.io_completed(result.map_err(io::Error::from))),
@@ -123,7 +130,8 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
         let index = last_log_id.map(|id| id.index);
-        self.blocking(move |store| store.truncate_after(index)).await
+        self.blocking(move |store| store.truncate_after(index))
+            .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> io::Result<()> {

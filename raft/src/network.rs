@@ -13,7 +13,10 @@ use futures::{Stream, StreamExt};
 use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::RPCOption;
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest,
+    VoteResponse,
+};
 use openraft::{OptionalSend, RaftNetworkFactory, RaftNetworkV2};
 use raftmq_proto::raft::v1 as pb;
 use raftmq_proto::raft::v1::raft_service_client::RaftServiceClient;
@@ -50,7 +53,10 @@ impl Network {
         Ok(channel)
     }
 
-    pub fn client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, tonic::transport::Error> {
+    pub fn client(
+        &self,
+        addr: &str,
+    ) -> Result<RaftServiceClient<Channel>, tonic::transport::Error> {
         Ok(RaftServiceClient::new(self.channel(addr)?)
             .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES))
@@ -64,6 +70,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerClient {
             target,
             client: self.client(&node.raft_addr).map_err(|e| e.to_string()),
+            failed_streams: 0,
         }
     }
 }
@@ -72,11 +79,22 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct PeerClient {
     target: NodeId,
     client: Result<RaftServiceClient<Channel>, String>,
+    /// Replication streams to this peer that failed to open in a row.
+    failed_streams: u32,
+}
+
+/// Pause before reporting a stream that could not be opened: openraft opens the next one at
+/// once, and a dead peer would otherwise cost a busy loop of connection attempts (and a log
+/// line each). Grows from 10 ms to 320 ms while the peer stays unreachable.
+fn reconnect_pause(failed_streams: u32) -> std::time::Duration {
+    std::time::Duration::from_millis(10u64 << failed_streams.min(5))
 }
 
 fn status_to_rpc_error(status: tonic::Status) -> RPCError<TypeConfig> {
     match status.code() {
-        tonic::Code::Unavailable | tonic::Code::Cancelled => RPCError::Unreachable(Unreachable::new(&status)),
+        tonic::Code::Unavailable | tonic::Code::Cancelled => {
+            RPCError::Unreachable(Unreachable::new(&status))
+        }
         _ => RPCError::Network(NetworkError::new(&status)),
     }
 }
@@ -131,18 +149,30 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         &'s mut self,
         input: S,
         _option: RPCOption,
-    ) -> BoxFuture<'s, Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>>
+    ) -> BoxFuture<
+        's,
+        Result<
+            BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
+            RPCError<TypeConfig>,
+        >,
+    >
     where
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {
         Box::pin(async move {
             let mut client = self.client()?;
             let requests = input.map(|req| convert::append_request_to_pb(&req));
-            let replies = client
-                .stream_append(requests)
-                .await
-                .map_err(status_to_rpc_error)?
-                .into_inner();
+            let replies = match client.stream_append(requests).await {
+                Ok(replies) => {
+                    self.failed_streams = 0;
+                    replies.into_inner()
+                }
+                Err(status) => {
+                    tokio::time::sleep(reconnect_pause(self.failed_streams)).await;
+                    self.failed_streams = self.failed_streams.saturating_add(1);
+                    return Err(status_to_rpc_error(status));
+                }
+            };
             let results = replies.map(|reply| {
                 let reply = reply.map_err(status_to_rpc_error)?;
                 convert::stream_result_from_pb(&reply).map_err(bad_reply)
@@ -151,15 +181,33 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         })
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         let request = with_timeout(convert::vote_request_to_pb(&rpc), &option);
-        let reply = self.client()?.vote(request).await.map_err(status_to_rpc_error)?.into_inner();
+        let reply = self
+            .client()?
+            .vote(request)
+            .await
+            .map_err(status_to_rpc_error)?
+            .into_inner();
         convert::vote_response_from_pb(&reply).map_err(bad_reply)
     }
 
-    async fn pre_vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         let request = with_timeout(convert::vote_request_to_pb(&rpc), &option);
-        let reply = self.client()?.pre_vote(request).await.map_err(status_to_rpc_error)?.into_inner();
+        let reply = self
+            .client()?
+            .pre_vote(request)
+            .await
+            .map_err(status_to_rpc_error)?
+            .into_inner();
         convert::vote_response_from_pb(&reply).map_err(bad_reply)
     }
 
@@ -176,15 +224,23 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         })?;
         let meta = pb::SnapshotMeta {
             vote: Some(convert::vote_to_pb(&vote)),
-            last_log_id: snapshot.meta.last_log_id.as_ref().map(convert::log_id_to_pb),
-            last_membership: Some(convert::stored_membership_to_pb(&snapshot.meta.last_membership)),
+            last_log_id: snapshot
+                .meta
+                .last_log_id
+                .as_ref()
+                .map(convert::log_id_to_pb),
+            last_membership: Some(convert::stored_membership_to_pb(
+                &snapshot.meta.last_membership,
+            )),
         };
         let mut chunks = vec![pb::SnapshotChunk {
             payload: Some(pb::snapshot_chunk::Payload::Meta(meta)),
         }];
         for piece in snapshot.snapshot.chunks(SNAPSHOT_CHUNK_BYTES) {
             chunks.push(pb::SnapshotChunk {
-                payload: Some(pb::snapshot_chunk::Payload::Data(bytes::Bytes::copy_from_slice(piece))),
+                payload: Some(pb::snapshot_chunk::Payload::Data(
+                    bytes::Bytes::copy_from_slice(piece),
+                )),
             });
         }
         let send = client.snapshot(futures::stream::iter(chunks));
@@ -198,7 +254,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 reason: "missing field `vote`".into(),
             }))
         })?;
-        let vote = convert::vote_from_pb(&vote).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let vote = convert::vote_from_pb(&vote)
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         Ok(SnapshotResponse { vote })
     }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::async_runtime::WatchReceiver;
-use openraft::errors::ClientWriteError;
+use openraft::errors::{ClientWriteError, LinearizableReadError};
 use openraft::{Config, RaftMetrics, SnapshotPolicy};
 use raftmq_proto::raft::v1 as pb;
 use raftmq_storage::{BrokerState, Db, FlushMode, LogStore, StorageError};
@@ -78,10 +78,12 @@ impl RaftNode {
         if !config.members.contains_key(&config.node_id) {
             return Err(StartError::NotAMember(config.node_id));
         }
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| StartError::Config(format!(
-            "create data dir {}: {e}",
-            config.data_dir.display()
-        )))?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            StartError::Config(format!(
+                "create data dir {}: {e}",
+                config.data_dir.display()
+            ))
+        })?;
         let db = Db::open(&config.data_dir.join("rocksdb"), config.flush)?;
         let log = LogStore::new(db.clone());
         let state = Arc::new(BrokerState::open(db)?);
@@ -95,6 +97,9 @@ impl RaftNode {
             max_in_snapshot_log_to_keep: u64::MAX,
             snapshot_policy: SnapshotPolicy::Never,
             enable_pre_vote: Some(true),
+            // A follower whose disk was replaced comes back with an empty log; the leader must
+            // then send everything again instead of treating it as a bug.
+            allow_log_reversion: Some(true),
             ..Default::default()
         }
         .validate()
@@ -155,7 +160,10 @@ impl RaftNode {
                 }
                 match self.peer_initialized(node).await {
                     Some(true) => {
-                        tracing::info!(peer = id, "group already initialized; waiting for the leader to replicate");
+                        tracing::info!(
+                            peer = id,
+                            "group already initialized; waiting for the leader to replicate"
+                        );
                         return;
                     }
                     Some(false) => {}
@@ -165,7 +173,9 @@ impl RaftNode {
             if all_empty {
                 let voters: BTreeMap<_, _> = self.members.clone();
                 match self.raft.initialize(voters).await {
-                    Ok(()) => tracing::info!(members = ?self.members.keys().collect::<Vec<_>>(), "initialized the group"),
+                    Ok(()) => {
+                        tracing::info!(members = ?self.members.keys().collect::<Vec<_>>(), "initialized the group")
+                    }
                     Err(e) => tracing::warn!(error = %e, "initialize"),
                 }
                 return;
@@ -178,24 +188,37 @@ impl RaftNode {
         let mut client = self.network.client(&node.raft_addr).ok()?;
         let mut request = tonic::Request::new(pb::NodeStatusRequest {});
         request.set_timeout(Duration::from_millis(800));
-        client.node_status(request).await.ok().map(|r| r.into_inner().initialized)
+        client
+            .node_status(request)
+            .await
+            .ok()
+            .map(|r| r.into_inner().initialized)
     }
 
     /// Replicate a command through the group's leader and return what applying it produced.
-    pub async fn propose(&self, command: pb::Command, deadline: Duration) -> Result<pb::CommandResult, ProposeError> {
+    pub async fn propose(
+        &self,
+        command: pb::Command,
+        deadline: Duration,
+    ) -> Result<pb::CommandResult, ProposeError> {
         let give_up = Instant::now() + deadline;
         let mut forwarded_once = false;
         loop {
             let leader = match self.raft.client_write(Request(command.clone())).await {
                 Ok(response) => {
-                    return response
-                        .data
-                        .0
-                        .ok_or_else(|| ProposeError::Fatal("a command was applied without a result".into()));
+                    return response.data.0.ok_or_else(|| {
+                        ProposeError::Fatal("a command was applied without a result".into())
+                    });
                 }
-                Err(openraft::errors::RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => forward.leader_id,
-                Err(openraft::errors::RaftError::APIError(other)) => return Err(ProposeError::Fatal(other.to_string())),
-                Err(openraft::errors::RaftError::Fatal(fatal)) => return Err(ProposeError::Fatal(fatal.to_string())),
+                Err(openraft::errors::RaftError::APIError(ClientWriteError::ForwardToLeader(
+                    forward,
+                ))) => forward.leader_id,
+                Err(openraft::errors::RaftError::APIError(other)) => {
+                    return Err(ProposeError::Fatal(other.to_string()));
+                }
+                Err(openraft::errors::RaftError::Fatal(fatal)) => {
+                    return Err(ProposeError::Fatal(fatal.to_string()));
+                }
             };
             if let Some(leader) = leader.filter(|id| *id != self.id)
                 && let Some(node) = self.members.get(&leader)
@@ -219,7 +242,65 @@ impl RaftNode {
         }
     }
 
-    async fn forward(&self, leader: &pb::Node, command: &pb::Command, give_up: Instant) -> Forwarded {
+    /// Wait until this node has applied everything committed before the call: after it, a
+    /// read of the local state sees every write acknowledged so far. A follower asks the
+    /// leader for its read index; the leader confirms its leadership with a quorum.
+    pub async fn read_barrier(&self, deadline: Duration) -> Result<(), ProposeError> {
+        let give_up = Instant::now() + deadline;
+        let index = loop {
+            let leader = match self
+                .raft
+                .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+                .await
+            {
+                Ok(read) => break read.index(),
+                Err(openraft::errors::RaftError::APIError(
+                    LinearizableReadError::ForwardToLeader(forward),
+                )) => forward.leader_id,
+                // Leadership could not be confirmed with a quorum: try again until the deadline.
+                Err(openraft::errors::RaftError::APIError(_)) => None,
+                Err(openraft::errors::RaftError::Fatal(fatal)) => {
+                    return Err(ProposeError::Fatal(fatal.to_string()));
+                }
+            };
+            if let Some(node) = leader
+                .filter(|id| *id != self.id)
+                .and_then(|id| self.members.get(&id))
+                && let Ok(mut client) = self.network.client(&node.raft_addr)
+            {
+                let mut request = tonic::Request::new(pb::ReadIndexRequest {});
+                request.set_timeout(
+                    give_up
+                        .saturating_duration_since(Instant::now())
+                        .max(Duration::from_millis(100)),
+                );
+                if let Ok(reply) = client.read_index(request).await
+                    && let Some(pb::read_index_response::Outcome::Index(index)) =
+                        reply.into_inner().outcome
+                {
+                    break index;
+                }
+            }
+            if Instant::now() >= give_up {
+                return Err(ProposeError::NoLeader);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let mut applied = self.state.subscribe_applied();
+        let reached =
+            tokio::time::timeout_at(give_up.into(), applied.wait_for(|a| *a >= index)).await;
+        match reached {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(ProposeError::NoLeader),
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: &pb::Node,
+        command: &pb::Command,
+        give_up: Instant,
+    ) -> Forwarded {
         let mut client = match self.network.client(&leader.raft_addr) {
             Ok(client) => client,
             Err(e) => return Forwarded::Unknown(e.to_string()),
@@ -227,7 +308,11 @@ impl RaftNode {
         let mut request = tonic::Request::new(pb::ProposeRequest {
             command: Some(command.clone()),
         });
-        request.set_timeout(give_up.saturating_duration_since(Instant::now()).max(Duration::from_millis(100)));
+        request.set_timeout(
+            give_up
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(100)),
+        );
         match client.propose(request).await {
             Ok(reply) => match reply.into_inner().outcome {
                 Some(pb::propose_response::Outcome::Result(result)) => Forwarded::Done(result),

@@ -35,13 +35,19 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl RaftService for RaftGrpc {
-    async fn vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
+    async fn vote(
+        &self,
+        request: Request<pb::VoteRequest>,
+    ) -> Result<Response<pb::VoteResponse>, Status> {
         let req = convert::vote_request_from_pb(request.get_ref())?;
         let resp = self.node.raft.vote(req).await.map_err(fatal)?;
         Ok(Response::new(convert::vote_response_to_pb(&resp)))
     }
 
-    async fn pre_vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
+    async fn pre_vote(
+        &self,
+        request: Request<pb::VoteRequest>,
+    ) -> Result<Response<pb::VoteResponse>, Status> {
         let req = convert::vote_request_from_pb(request.get_ref())?;
         let resp = self.node.raft.pre_vote(req).await.map_err(fatal)?;
         Ok(Response::new(convert::vote_response_to_pb(&resp)))
@@ -76,20 +82,29 @@ impl RaftService for RaftGrpc {
                     None => None,
                 }
             });
-        let output = self.node.raft.stream_append(input).map(|result| match result {
-            Ok(result) => Ok(convert::stream_result_to_pb(&result)),
-            Err(e) => Err(fatal(e)),
-        });
+        let output = self
+            .node
+            .raft
+            .stream_append(input)
+            .map(|result| match result {
+                Ok(result) => Ok(convert::stream_result_to_pb(&result)),
+                Err(e) => Err(fatal(e)),
+            });
         Ok(Response::new(Box::pin(output)))
     }
 
-    async fn snapshot(&self, request: Request<Streaming<pb::SnapshotChunk>>) -> Result<Response<pb::SnapshotResponse>, Status> {
+    async fn snapshot(
+        &self,
+        request: Request<Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::SnapshotResponse>, Status> {
         let mut chunks = request.into_inner();
         let Some(first) = chunks.next().await.transpose()? else {
             return Err(Status::invalid_argument("empty snapshot stream"));
         };
         let Some(pb::snapshot_chunk::Payload::Meta(meta)) = first.payload else {
-            return Err(Status::invalid_argument("a snapshot stream must start with its meta"));
+            return Err(Status::invalid_argument(
+                "a snapshot stream must start with its meta",
+            ));
         };
         let mut data = Vec::new();
         while let Some(chunk) = chunks.next().await.transpose()? {
@@ -98,7 +113,11 @@ impl RaftService for RaftGrpc {
                 _ => return Err(Status::invalid_argument("snapshot meta sent twice")),
             }
         }
-        let vote = convert::vote_from_pb(meta.vote.as_ref().ok_or_else(|| Status::invalid_argument("snapshot without vote"))?)?;
+        let vote = convert::vote_from_pb(
+            meta.vote
+                .as_ref()
+                .ok_or_else(|| Status::invalid_argument("snapshot without vote"))?,
+        )?;
         let membership = meta
             .last_membership
             .as_ref()
@@ -110,13 +129,21 @@ impl RaftService for RaftGrpc {
             },
             snapshot: data,
         };
-        let resp = self.node.raft.install_full_snapshot(vote, snapshot).await.map_err(fatal)?;
+        let resp = self
+            .node
+            .raft
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(fatal)?;
         Ok(Response::new(pb::SnapshotResponse {
             vote: Some(convert::vote_to_pb(&resp.vote)),
         }))
     }
 
-    async fn propose(&self, request: Request<pb::ProposeRequest>) -> Result<Response<pb::ProposeResponse>, Status> {
+    async fn propose(
+        &self,
+        request: Request<pb::ProposeRequest>,
+    ) -> Result<Response<pb::ProposeResponse>, Status> {
         let command = request
             .into_inner()
             .command
@@ -133,10 +160,39 @@ impl RaftService for RaftGrpc {
             }
             Err(e) => pb::propose_response::Outcome::Error(e.to_string()),
         };
-        Ok(Response::new(pb::ProposeResponse { outcome: Some(outcome) }))
+        Ok(Response::new(pb::ProposeResponse {
+            outcome: Some(outcome),
+        }))
     }
 
-    async fn node_status(&self, _request: Request<pb::NodeStatusRequest>) -> Result<Response<pb::NodeStatusResponse>, Status> {
+    async fn read_index(
+        &self,
+        _request: Request<pb::ReadIndexRequest>,
+    ) -> Result<Response<pb::ReadIndexResponse>, Status> {
+        use pb::read_index_response::Outcome;
+        let outcome = match self
+            .node
+            .raft
+            .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+            .await
+        {
+            Ok(read) => Outcome::Index(read.index()),
+            Err(RaftError::APIError(openraft::errors::LinearizableReadError::ForwardToLeader(
+                forward,
+            ))) => Outcome::NotLeader(pb::NotLeader {
+                leader_id: forward.leader_id,
+            }),
+            Err(e) => Outcome::Error(e.to_string()),
+        };
+        Ok(Response::new(pb::ReadIndexResponse {
+            outcome: Some(outcome),
+        }))
+    }
+
+    async fn node_status(
+        &self,
+        _request: Request<pb::NodeStatusRequest>,
+    ) -> Result<Response<pb::NodeStatusResponse>, Status> {
         let initialized = self.node.raft.is_initialized().await.map_err(fatal)?;
         Ok(Response::new(pb::NodeStatusResponse {
             node_id: self.node.id,

@@ -13,8 +13,12 @@ use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use raftmq_storage::{ApplyItem, BrokerState, StateExport};
 
-use crate::convert::{log_id_to_pb, membership_to_pb, opt_log_id_from_pb, stored_membership_from_pb};
-use crate::types::{LogId, Request, Response, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::convert::{
+    log_id_to_pb, membership_to_pb, opt_log_id_from_pb, stored_membership_from_pb,
+};
+use crate::types::{
+    LogId, Request, Response, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
+};
 
 /// At most this many entries are applied in one RocksDB write.
 const APPLY_CHUNK: usize = 512;
@@ -51,7 +55,9 @@ impl StateMachine {
             let item = match entry.payload {
                 EntryPayload::Blank => ApplyItem::Blank,
                 EntryPayload::Normal(Request(command)) => ApplyItem::Command(command),
-                EntryPayload::Membership(membership) => ApplyItem::Membership(membership_to_pb(&membership)),
+                EntryPayload::Membership(membership) => {
+                    ApplyItem::Membership(membership_to_pb(&membership))
+                }
             };
             items.push((log_id_to_pb(&entry.log_id), item));
             responders.push(responder);
@@ -100,7 +106,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> io::Result<()> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> io::Result<()> {
         tracing::info!(last_log_id = ?meta.last_log_id, bytes = snapshot.len(), "installing snapshot");
         let state = self.state.clone();
         tokio::task::spawn_blocking(move || state.import(&snapshot))

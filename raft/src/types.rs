@@ -18,7 +18,11 @@ impl fmt::Display for Request {
             Some(Kind::Append(append)) => write!(f, "append({} messages)", append.messages.len()),
             Some(Kind::CreateTopic(create)) => write!(f, "create_topic({})", create.name),
             Some(Kind::CommitOffset(commit)) => {
-                write!(f, "commit_offset({}/{}/{}={})", commit.group, commit.topic, commit.queue_id, commit.offset)
+                write!(
+                    f,
+                    "commit_offset({}/{}/{}={})",
+                    commit.group, commit.topic, commit.queue_id, commit.offset
+                )
             }
             None => f.write_str("unknown"),
         }

@@ -13,7 +13,9 @@ use raftmq_storage::{BrokerState, Db, FlushMode, LogStore};
 struct RocksBuilder;
 
 impl StoreBuilder<TypeConfig, RaftLogStore, StateMachine, tempfile::TempDir> for RocksBuilder {
-    async fn build(&self) -> Result<(tempfile::TempDir, RaftLogStore, StateMachine), StorageError<TypeConfig>> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, RaftLogStore, StateMachine), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("temporary dir");
         let db = Db::open(&dir.path().join("rocksdb"), FlushMode::Sync).expect("open RocksDB");
         let log = RaftLogStore::new(LogStore::new(db.clone()));

@@ -25,7 +25,9 @@ fn to_status(rejection: Rejection) -> Status {
     match rejection.code {
         Code::IllegalTopic | Code::BadRequest => Status::invalid_argument(rejection.message),
         Code::TopicNotFound => Status::not_found(rejection.message),
-        Code::HaNotAvailable | Code::MasterPersistenceTimeout => Status::unavailable(rejection.message),
+        Code::HaNotAvailable | Code::MasterPersistenceTimeout => {
+            Status::unavailable(rejection.message)
+        }
         _ => Status::internal(rejection.message),
     }
 }
@@ -44,7 +46,9 @@ impl Admin {
     fn topic_info(&self, topic: pb::TopicConfig) -> admin::TopicInfo {
         let state = &self.broker.node.state;
         admin::TopicInfo {
-            queue_max_offsets: (0..topic.queues).map(|q| state.queue_next_offset(&topic.name, q)).collect(),
+            queue_max_offsets: (0..topic.queues)
+                .map(|q| state.queue_next_offset(&topic.name, q))
+                .collect(),
             name: topic.name,
             queues: topic.queues,
             created_ms: topic.created_ms,
@@ -54,7 +58,10 @@ impl Admin {
 
 #[tonic::async_trait]
 impl AdminService for Admin {
-    async fn cluster_status(&self, _request: Request<admin::ClusterStatusRequest>) -> Result<Response<admin::NodeStatus>, Status> {
+    async fn cluster_status(
+        &self,
+        _request: Request<admin::ClusterStatusRequest>,
+    ) -> Result<Response<admin::NodeStatus>, Status> {
         let node = &self.broker.node;
         let metrics = node.metrics();
         let replication = metrics
@@ -96,21 +103,31 @@ impl AdminService for Admin {
         }))
     }
 
-    async fn create_topic(&self, request: Request<admin::CreateTopicRequest>) -> Result<Response<admin::CreateTopicResponse>, Status> {
+    async fn create_topic(
+        &self,
+        request: Request<admin::CreateTopicRequest>,
+    ) -> Result<Response<admin::CreateTopicResponse>, Status> {
         let request = request.into_inner();
         let queues = if request.queues == 0 {
             self.broker.config.default_queues
         } else {
             request.queues
         };
-        let result = self.broker.create_topic(&request.name, queues).await.map_err(to_status)?;
+        let result = self
+            .broker
+            .create_topic(&request.name, queues)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(admin::CreateTopicResponse {
             topic: result.topic.map(|t| self.topic_info(t)),
             created: result.created,
         }))
     }
 
-    async fn list_topics(&self, _request: Request<admin::ListTopicsRequest>) -> Result<Response<admin::ListTopicsResponse>, Status> {
+    async fn list_topics(
+        &self,
+        _request: Request<admin::ListTopicsRequest>,
+    ) -> Result<Response<admin::ListTopicsResponse>, Status> {
         let topics = self
             .broker
             .node

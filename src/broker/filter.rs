@@ -17,7 +17,10 @@ impl TagFilter {
             return Ok(TagFilter::All);
         };
         if expression.r#type == v2::FilterType::Sql as i32 {
-            return Err(Rejection::new(Code::Unsupported, "SQL92 filters are not supported yet; use a TAG filter"));
+            return Err(Rejection::new(
+                Code::Unsupported,
+                "SQL92 filters are not supported yet; use a TAG filter",
+            ));
         }
         let text = expression.expression.trim();
         if text.is_empty() || text == "*" {
@@ -30,7 +33,10 @@ impl TagFilter {
             .map(str::to_string)
             .collect();
         if tags.is_empty() {
-            return Err(Rejection::new(Code::IllegalFilterExpression, format!("bad tag expression `{text}`")));
+            return Err(Rejection::new(
+                Code::IllegalFilterExpression,
+                format!("bad tag expression `{text}`"),
+            ));
         }
         Ok(TagFilter::AnyOf(tags))
     }

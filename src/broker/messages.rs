@@ -4,7 +4,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use md5::{Digest, Md5};
 use raftmq_proto::raft::v1 as pb;
-use raftmq_proto::rocketmq::v2 as v2;
+use raftmq_proto::rocketmq::v2;
 use raftmq_storage::StoredRecord;
 
 pub fn now_ms() -> i64 {
@@ -26,7 +26,12 @@ fn timestamp(ms: i64) -> prost_types::Timestamp {
 }
 
 /// The stored form of a validated client message, placed in `queue_id`.
-pub fn to_stored(message: v2::Message, topic: &str, queue_id: u32, store_timestamp_ms: i64) -> pb::StoredMessage {
+pub fn to_stored(
+    message: v2::Message,
+    topic: &str,
+    queue_id: u32,
+    store_timestamp_ms: i64,
+) -> pb::StoredMessage {
     let props = message.system_properties.unwrap_or_default();
     pb::StoredMessage {
         topic: topic.to_string(),
@@ -36,7 +41,11 @@ pub fn to_stored(message: v2::Message, topic: &str, queue_id: u32, store_timesta
         keys: props.keys,
         properties: message.user_properties,
         body: message.body,
-        born_timestamp_ms: props.born_timestamp.as_ref().map(timestamp_ms).unwrap_or_default(),
+        born_timestamp_ms: props
+            .born_timestamp
+            .as_ref()
+            .map(timestamp_ms)
+            .unwrap_or_default(),
         born_host: props.born_host,
         message_group: props.message_group,
         message_type: props.message_type,
@@ -124,7 +133,10 @@ mod tests {
         assert_eq!(3, props.queue_id);
         assert_eq!(Some(7), props.queue_offset);
         assert_eq!(v2::Encoding::Identity as i32, props.body_encoding);
-        assert_eq!("5D41402ABC4B2A76B9719D911017C592", props.body_digest.unwrap().checksum);
+        assert_eq!(
+            "5D41402ABC4B2A76B9719D911017C592",
+            props.body_digest.unwrap().checksum
+        );
         assert_eq!(Some(timestamp(1_700_000_000_123)), props.born_timestamp);
         assert_eq!(sent.user_properties, delivered.user_properties);
         assert_eq!(sent.body, delivered.body);

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use raftmq_proto::raft::v1 as pb;
-use raftmq_proto::rocketmq::v2::messaging_service_server::{MessagingService, MessagingServiceServer};
+use raftmq_proto::rocketmq::v2::messaging_service_server::{
+    MessagingService, MessagingServiceServer,
+};
 use raftmq_proto::rocketmq::v2::{self as v2, Code};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -63,7 +65,10 @@ fn endpoints_of(addrs: &[&str], own: &str) -> v2::Endpoints {
         .iter()
         .filter_map(|addr| {
             let (host, port) = addr.rsplit_once(':')?;
-            Some((host.trim_matches(['[', ']']).to_string(), port.parse().ok()?))
+            Some((
+                host.trim_matches(['[', ']']).to_string(),
+                port.parse().ok()?,
+            ))
         })
         .collect();
     let all = |f: fn(&std::net::IpAddr) -> bool| {
@@ -86,15 +91,28 @@ fn endpoints_of(addrs: &[&str], own: &str) -> v2::Endpoints {
     };
     v2::Endpoints {
         scheme: scheme as i32,
-        addresses: chosen.into_iter().map(|(host, port)| v2::Address { host, port }).collect(),
+        addresses: chosen
+            .into_iter()
+            .map(|(host, port)| v2::Address { host, port })
+            .collect(),
     }
 }
 
 impl Messaging {
-    async fn route(&self, request: &v2::QueryRouteRequest) -> Result<Vec<v2::MessageQueue>, Rejection> {
+    async fn route(
+        &self,
+        request: &v2::QueryRouteRequest,
+    ) -> Result<Vec<v2::MessageQueue>, Rejection> {
         let broker = &self.broker;
-        let topic = broker.resolve_topic(resource_name(request.topic.as_ref())).await?;
-        let addrs: Vec<&str> = broker.config.members.values().map(|n| n.client_addr.as_str()).collect();
+        let topic = broker
+            .resolve_topic(resource_name(request.topic.as_ref()))
+            .await?;
+        let addrs: Vec<&str> = broker
+            .config
+            .members
+            .values()
+            .map(|n| n.client_addr.as_str())
+            .collect();
         let endpoints = endpoints_of(&addrs, &broker.config.me().client_addr);
         let resource = request.topic.clone().unwrap_or_default();
         Ok((0..topic.queues)
@@ -107,32 +125,56 @@ impl Messaging {
                     id: 0,
                     endpoints: Some(endpoints.clone()),
                 }),
-                accept_message_types: vec![v2::MessageType::Normal as i32, v2::MessageType::Fifo as i32],
+                accept_message_types: vec![
+                    v2::MessageType::Normal as i32,
+                    v2::MessageType::Fifo as i32,
+                ],
             })
             .collect())
     }
 
-    async fn send(&self, request: v2::SendMessageRequest) -> Result<Vec<v2::SendResultEntry>, Rejection> {
+    async fn send(
+        &self,
+        request: v2::SendMessageRequest,
+    ) -> Result<Vec<v2::SendResultEntry>, Rejection> {
         let broker = &self.broker;
         let Some(first) = request.messages.first() else {
-            return Err(Rejection::new(Code::MessageCorrupted, "SendMessage without messages"));
+            return Err(Rejection::new(
+                Code::MessageCorrupted,
+                "SendMessage without messages",
+            ));
         };
         let topic_name = resource_name(first.topic.as_ref()).to_string();
-        if request.messages.iter().any(|m| resource_name(m.topic.as_ref()) != topic_name) {
-            return Err(Rejection::new(Code::MessageCorrupted, "all messages of one SendMessage must share a topic"));
+        if request
+            .messages
+            .iter()
+            .any(|m| resource_name(m.topic.as_ref()) != topic_name)
+        {
+            return Err(Rejection::new(
+                Code::MessageCorrupted,
+                "all messages of one SendMessage must share a topic",
+            ));
         }
         validate::topic_name(&topic_name)?;
         for message in &request.messages {
             validate::message(message, broker.config.max_body_bytes)?;
         }
         let topic = broker.resolve_topic(&topic_name).await?;
-        let group = first.system_properties.as_ref().and_then(|p| p.message_group.as_deref());
+        let group = first
+            .system_properties
+            .as_ref()
+            .and_then(|p| p.message_group.as_deref());
         let queue_id = broker.choose_queue(&topic, group);
         let store_ms = now_ms();
         let message_ids: Vec<String> = request
             .messages
             .iter()
-            .map(|m| m.system_properties.as_ref().map(|p| p.message_id.clone()).unwrap_or_default())
+            .map(|m| {
+                m.system_properties
+                    .as_ref()
+                    .map(|p| p.message_id.clone())
+                    .unwrap_or_default()
+            })
             .collect();
         let messages = request
             .messages
@@ -144,10 +186,16 @@ impl Messaging {
         };
         let appended = match broker.node.propose(command, PROPOSE_DEADLINE).await?.kind {
             Some(pb::command_result::Kind::Append(result)) => result.messages,
-            other => return Err(Rejection::internal(format!("unexpected result of a send: {other:?}"))),
+            other => {
+                return Err(Rejection::internal(format!(
+                    "unexpected result of a send: {other:?}"
+                )));
+            }
         };
         if appended.len() != message_ids.len() {
-            return Err(Rejection::internal("the broker stored a different number of messages than it was sent"));
+            return Err(Rejection::internal(
+                "the broker stored a different number of messages than it was sent",
+            ));
         }
         Ok(message_ids
             .into_iter()
@@ -162,14 +210,19 @@ impl Messaging {
             .collect())
     }
 
-    async fn pull(&self, request: v2::PullMessageRequest) -> Result<(Vec<v2::Message>, u64), Rejection> {
+    async fn pull(
+        &self,
+        request: v2::PullMessageRequest,
+    ) -> Result<(Vec<v2::Message>, u64), Rejection> {
         let broker = &self.broker;
         validate::group_name(resource_name(request.group.as_ref()))?;
         let queue = request
             .message_queue
             .as_ref()
             .ok_or_else(|| Rejection::bad_request("PullMessage without message_queue"))?;
-        let topic = broker.resolve_topic(resource_name(queue.topic.as_ref())).await?;
+        let topic = broker
+            .resolve_topic(resource_name(queue.topic.as_ref()))
+            .await?;
         let queue_id = broker.check_queue(&topic, queue.id)?;
         let filter = TagFilter::parse(request.filter_expression.as_ref())?;
         let batch = match request.batch_size {
@@ -183,7 +236,8 @@ impl Messaging {
             .min(LONG_POLL_MAX);
         let state = &broker.node.state;
         let next = state.queue_next_offset(&topic.name, queue_id);
-        let requested = u64::try_from(request.offset).map_err(|_| Rejection::new(Code::IllegalOffset, "negative offset"))?;
+        let requested = u64::try_from(request.offset)
+            .map_err(|_| Rejection::new(Code::IllegalOffset, "negative offset"))?;
         if requested > next {
             return Err(Rejection::new(
                 Code::IllegalOffset,
@@ -210,23 +264,37 @@ impl Messaging {
                 }
                 continue;
             }
-            if tokio::time::timeout_at(deadline, applied.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, applied.changed())
+                .await
+                .is_err()
+            {
                 return Ok((Vec::new(), from));
             }
         }
     }
 
-    fn message_queue<'a>(&self, queue: Option<&'a v2::MessageQueue>) -> Result<&'a v2::MessageQueue, Rejection> {
+    fn message_queue<'a>(
+        &self,
+        queue: Option<&'a v2::MessageQueue>,
+    ) -> Result<&'a v2::MessageQueue, Rejection> {
         queue.ok_or_else(|| Rejection::bad_request("request without message_queue"))
     }
 
     async fn query_offset(&self, request: &v2::QueryOffsetRequest) -> Result<u64, Rejection> {
         let queue = self.message_queue(request.message_queue.as_ref())?;
-        let topic = self.broker.resolve_topic(resource_name(queue.topic.as_ref())).await?;
+        let topic = self
+            .broker
+            .resolve_topic(resource_name(queue.topic.as_ref()))
+            .await?;
         let queue_id = self.broker.check_queue(&topic, queue.id)?;
         let state = &self.broker.node.state;
-        let policy = v2::QueryOffsetPolicy::try_from(request.query_offset_policy)
-            .map_err(|_| Rejection::bad_request(format!("unknown query_offset_policy {}", request.query_offset_policy)))?;
+        let policy =
+            v2::QueryOffsetPolicy::try_from(request.query_offset_policy).map_err(|_| {
+                Rejection::bad_request(format!(
+                    "unknown query_offset_policy {}",
+                    request.query_offset_policy
+                ))
+            })?;
         Ok(match policy {
             v2::QueryOffsetPolicy::Beginning => state.queue_min_offset(&topic.name, queue_id)?,
             v2::QueryOffsetPolicy::End => state.queue_next_offset(&topic.name, queue_id),
@@ -245,7 +313,10 @@ impl Messaging {
         let group = resource_name(request.group.as_ref());
         validate::group_name(group)?;
         let queue = self.message_queue(request.message_queue.as_ref())?;
-        let topic = self.broker.resolve_topic(resource_name(queue.topic.as_ref())).await?;
+        let topic = self
+            .broker
+            .resolve_topic(resource_name(queue.topic.as_ref()))
+            .await?;
         let queue_id = self.broker.check_queue(&topic, queue.id)?;
         self.broker
             .node
@@ -254,7 +325,10 @@ impl Messaging {
             .ok_or_else(|| {
                 Rejection::new(
                     Code::OffsetNotFound,
-                    format!("group `{group}` has no offset for {}:{queue_id}", topic.name),
+                    format!(
+                        "group `{group}` has no offset for {}:{queue_id}",
+                        topic.name
+                    ),
                 )
             })
     }
@@ -263,10 +337,18 @@ impl Messaging {
         let group = resource_name(request.group.as_ref());
         validate::group_name(group)?;
         let queue = self.message_queue(request.message_queue.as_ref())?;
-        let topic = self.broker.resolve_topic(resource_name(queue.topic.as_ref())).await?;
+        let topic = self
+            .broker
+            .resolve_topic(resource_name(queue.topic.as_ref()))
+            .await?;
         let queue_id = self.broker.check_queue(&topic, queue.id)?;
-        let offset = u64::try_from(request.offset).map_err(|_| Rejection::new(Code::IllegalOffset, "negative offset"))?;
-        let next = self.broker.node.state.queue_next_offset(&topic.name, queue_id);
+        let offset = u64::try_from(request.offset)
+            .map_err(|_| Rejection::new(Code::IllegalOffset, "negative offset"))?;
+        let next = self
+            .broker
+            .node
+            .state
+            .queue_next_offset(&topic.name, queue_id);
         if offset > next {
             return Err(Rejection::new(
                 Code::IllegalOffset,
@@ -292,11 +374,19 @@ impl Messaging {
                 publishing.max_body_size = self.broker.config.max_body_bytes as i32;
                 settings.backoff_policy = Some(v2::RetryPolicy {
                     max_attempts: 3,
-                    strategy: Some(v2::retry_policy::Strategy::ExponentialBackoff(v2::ExponentialBackoff {
-                        initial: Some(prost_types::Duration { seconds: 0, nanos: 10_000_000 }),
-                        max: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
-                        multiplier: 2.0,
-                    })),
+                    strategy: Some(v2::retry_policy::Strategy::ExponentialBackoff(
+                        v2::ExponentialBackoff {
+                            initial: Some(prost_types::Duration {
+                                seconds: 0,
+                                nanos: 10_000_000,
+                            }),
+                            max: Some(prost_types::Duration {
+                                seconds: 1,
+                                nanos: 0,
+                            }),
+                            multiplier: 2.0,
+                        },
+                    )),
                 });
             }
             Some(v2::settings::PubSub::Subscription(subscription)) => {
@@ -311,14 +401,20 @@ impl Messaging {
             }
             None => {}
         }
-        settings.metric = Some(v2::Metric { on: false, endpoints: None });
+        settings.metric = Some(v2::Metric {
+            on: false,
+            endpoints: None,
+        });
         settings
     }
 }
 
 #[tonic::async_trait]
 impl MessagingService for Messaging {
-    async fn query_route(&self, request: Request<v2::QueryRouteRequest>) -> Result<Response<v2::QueryRouteResponse>, Status> {
+    async fn query_route(
+        &self,
+        request: Request<v2::QueryRouteRequest>,
+    ) -> Result<Response<v2::QueryRouteResponse>, Status> {
         let client = ClientKind::of(&request);
         let reply = match self.route(request.get_ref()).await {
             Ok(message_queues) => v2::QueryRouteResponse {
@@ -333,18 +429,29 @@ impl MessagingService for Messaging {
         Ok(Response::new(reply))
     }
 
-    async fn heartbeat(&self, _request: Request<v2::HeartbeatRequest>) -> Result<Response<v2::HeartbeatResponse>, Status> {
+    async fn heartbeat(
+        &self,
+        _request: Request<v2::HeartbeatRequest>,
+    ) -> Result<Response<v2::HeartbeatResponse>, Status> {
         Ok(Response::new(v2::HeartbeatResponse { status: Some(ok()) }))
     }
 
-    async fn send_message(&self, request: Request<v2::SendMessageRequest>) -> Result<Response<v2::SendMessageResponse>, Status> {
+    async fn send_message(
+        &self,
+        request: Request<v2::SendMessageRequest>,
+    ) -> Result<Response<v2::SendMessageResponse>, Status> {
         let client = ClientKind::of(&request);
         let request = request.into_inner();
         let count = request.messages.len().max(1);
         let ids: Vec<String> = request
             .messages
             .iter()
-            .map(|m| m.system_properties.as_ref().map(|p| p.message_id.clone()).unwrap_or_default())
+            .map(|m| {
+                m.system_properties
+                    .as_ref()
+                    .map(|p| p.message_id.clone())
+                    .unwrap_or_default()
+            })
             .collect();
         let reply = match self.send(request).await {
             Ok(entries) => v2::SendMessageResponse {
@@ -388,7 +495,9 @@ impl MessagingService for Messaging {
     ) -> Result<Response<Self::ReceiveMessageStream>, Status> {
         let frames = vec![
             Ok(v2::ReceiveMessageResponse {
-                content: Some(v2::receive_message_response::Content::Status(not_implemented("ReceiveMessage"))),
+                content: Some(v2::receive_message_response::Content::Status(
+                    not_implemented("ReceiveMessage"),
+                )),
             }),
             Ok(v2::ReceiveMessageResponse {
                 content: Some(v2::receive_message_response::Content::DeliveryTimestamp(
@@ -399,7 +508,10 @@ impl MessagingService for Messaging {
         Ok(Response::new(Box::pin(futures::stream::iter(frames))))
     }
 
-    async fn ack_message(&self, request: Request<v2::AckMessageRequest>) -> Result<Response<v2::AckMessageResponse>, Status> {
+    async fn ack_message(
+        &self,
+        request: Request<v2::AckMessageRequest>,
+    ) -> Result<Response<v2::AckMessageResponse>, Status> {
         let status = not_implemented("AckMessage");
         let entries = request
             .into_inner()
@@ -428,7 +540,10 @@ impl MessagingService for Messaging {
 
     type PullMessageStream = BoxStream<v2::PullMessageResponse>;
 
-    async fn pull_message(&self, request: Request<v2::PullMessageRequest>) -> Result<Response<Self::PullMessageStream>, Status> {
+    async fn pull_message(
+        &self,
+        request: Request<v2::PullMessageRequest>,
+    ) -> Result<Response<Self::PullMessageStream>, Status> {
         use v2::pull_message_response::Content;
         let client = ClientKind::of(&request);
         let request = request.into_inner();
@@ -454,24 +569,32 @@ impl MessagingService for Messaging {
                 Content::NextOffset(requested_offset),
             ],
         };
-        let stream = futures::stream::iter(
-            frames
-                .into_iter()
-                .map(|content| Ok(v2::PullMessageResponse { content: Some(content) })),
-        );
+        let stream = futures::stream::iter(frames.into_iter().map(|content| {
+            Ok(v2::PullMessageResponse {
+                content: Some(content),
+            })
+        }));
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn update_offset(&self, request: Request<v2::UpdateOffsetRequest>) -> Result<Response<v2::UpdateOffsetResponse>, Status> {
+    async fn update_offset(
+        &self,
+        request: Request<v2::UpdateOffsetRequest>,
+    ) -> Result<Response<v2::UpdateOffsetResponse>, Status> {
         let client = ClientKind::of(&request);
         let status = match self.update_offset(request.get_ref()).await {
             Ok(()) => ok(),
             Err(rejection) => rejected("UpdateOffset", client, &rejection),
         };
-        Ok(Response::new(v2::UpdateOffsetResponse { status: Some(status) }))
+        Ok(Response::new(v2::UpdateOffsetResponse {
+            status: Some(status),
+        }))
     }
 
-    async fn get_offset(&self, request: Request<v2::GetOffsetRequest>) -> Result<Response<v2::GetOffsetResponse>, Status> {
+    async fn get_offset(
+        &self,
+        request: Request<v2::GetOffsetRequest>,
+    ) -> Result<Response<v2::GetOffsetResponse>, Status> {
         let client = ClientKind::of(&request);
         let reply = match self.get_offset(request.get_ref()).await {
             Ok(offset) => v2::GetOffsetResponse {
@@ -486,7 +609,10 @@ impl MessagingService for Messaging {
         Ok(Response::new(reply))
     }
 
-    async fn query_offset(&self, request: Request<v2::QueryOffsetRequest>) -> Result<Response<v2::QueryOffsetResponse>, Status> {
+    async fn query_offset(
+        &self,
+        request: Request<v2::QueryOffsetRequest>,
+    ) -> Result<Response<v2::QueryOffsetResponse>, Status> {
         let client = ClientKind::of(&request);
         let reply = match self.query_offset(request.get_ref()).await {
             Ok(offset) => v2::QueryOffsetResponse {
@@ -512,7 +638,10 @@ impl MessagingService for Messaging {
 
     type TelemetryStream = BoxStream<v2::TelemetryCommand>;
 
-    async fn telemetry(&self, request: Request<Streaming<v2::TelemetryCommand>>) -> Result<Response<Self::TelemetryStream>, Status> {
+    async fn telemetry(
+        &self,
+        request: Request<Streaming<v2::TelemetryCommand>>,
+    ) -> Result<Response<Self::TelemetryStream>, Status> {
         // Reply headers must go out at once (the Rust client awaits them with no timeout), so
         // the inbound stream is read by a task of its own.
         let (tx, rx) = mpsc::channel(16);
@@ -525,7 +654,9 @@ impl MessagingService for Messaging {
                 if let Some(v2::telemetry_command::Command::Settings(settings)) = command.command {
                     let reply = v2::TelemetryCommand {
                         status: Some(ok()),
-                        command: Some(v2::telemetry_command::Command::Settings(this.merged_settings(settings))),
+                        command: Some(v2::telemetry_command::Command::Settings(
+                            this.merged_settings(settings),
+                        )),
                     };
                     // Never block on a client that stopped reading.
                     if tx.try_send(Ok(reply)).is_err() {
@@ -541,7 +672,9 @@ impl MessagingService for Messaging {
         &self,
         _request: Request<v2::NotifyClientTerminationRequest>,
     ) -> Result<Response<v2::NotifyClientTerminationResponse>, Status> {
-        Ok(Response::new(v2::NotifyClientTerminationResponse { status: Some(ok()) }))
+        Ok(Response::new(v2::NotifyClientTerminationResponse {
+            status: Some(ok()),
+        }))
     }
 
     async fn change_invisible_duration(
@@ -554,7 +687,10 @@ impl MessagingService for Messaging {
         }))
     }
 
-    async fn recall_message(&self, _request: Request<v2::RecallMessageRequest>) -> Result<Response<v2::RecallMessageResponse>, Status> {
+    async fn recall_message(
+        &self,
+        _request: Request<v2::RecallMessageRequest>,
+    ) -> Result<Response<v2::RecallMessageResponse>, Status> {
         Ok(Response::new(v2::RecallMessageResponse {
             status: Some(not_implemented("RecallMessage")),
             message_id: String::new(),
@@ -580,8 +716,17 @@ mod tests {
         let ips = endpoints_of(&["127.0.0.1:8081", "127.0.0.1:8082"], "127.0.0.1:8081");
         assert_eq!(v2::AddressScheme::IPv4 as i32, ips.scheme);
         assert_eq!(2, ips.addresses.len());
-        let names = endpoints_of(&["raftmq-0.raftmq:8081", "raftmq-1.raftmq:8081"], "raftmq-1.raftmq:8081");
+        let names = endpoints_of(
+            &["raftmq-0.raftmq:8081", "raftmq-1.raftmq:8081"],
+            "raftmq-1.raftmq:8081",
+        );
         assert_eq!(v2::AddressScheme::DomainName as i32, names.scheme);
-        assert_eq!(vec![v2::Address { host: "raftmq-1.raftmq".into(), port: 8081 }], names.addresses);
+        assert_eq!(
+            vec![v2::Address {
+                host: "raftmq-1.raftmq".into(),
+                port: 8081
+            }],
+            names.addresses
+        );
     }
 }

@@ -24,9 +24,9 @@ use std::time::Duration;
 use anyhow::Context;
 use raftmq_proto::raft::v1 as pb;
 use raftmq_proto::rocketmq::v2::Code;
+use raftmq_raft::RaftNode;
 use raftmq_raft::node::NodeConfig;
 use raftmq_raft::service::RaftGrpc;
-use raftmq_raft::RaftNode;
 
 use crate::config::BrokerConfig;
 use status::Rejection;
@@ -49,17 +49,29 @@ impl Broker {
         if let Some(topic) = self.node.state.topic(name) {
             return Ok(topic);
         }
+        // This node may lag behind (a follower catching up): look again once it has applied
+        // everything committed so far, so that no node denies a topic that exists.
+        self.node.read_barrier(PROPOSE_DEADLINE).await?;
+        if let Some(topic) = self.node.state.topic(name) {
+            return Ok(topic);
+        }
         if !self.config.auto_create_topics {
             return Err(Rejection::new(
                 Code::TopicNotFound,
-                format!("topic `{name}` does not exist (create it with `raftmq admin topic create {name}`)"),
+                format!(
+                    "topic `{name}` does not exist (create it with `raftmq admin topic create {name}`)"
+                ),
             ));
         }
         let created = self.create_topic(name, self.config.default_queues).await?;
         Ok(created.topic.unwrap_or_default())
     }
 
-    pub async fn create_topic(&self, name: &str, queues: u32) -> Result<pb::TopicResult, Rejection> {
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        queues: u32,
+    ) -> Result<pb::TopicResult, Rejection> {
         validate::topic_name(name)?;
         if queues == 0 || queues > crate::config::MAX_QUEUES {
             return Err(Rejection::bad_request(format!(
@@ -81,7 +93,9 @@ impl Broker {
                 }
                 Ok(result)
             }
-            other => Err(Rejection::internal(format!("unexpected result of create topic: {other:?}"))),
+            other => Err(Rejection::internal(format!(
+                "unexpected result of create topic: {other:?}"
+            ))),
         }
     }
 
@@ -109,7 +123,10 @@ impl Broker {
 }
 
 /// Run a broker node until `shutdown` completes, then stop in order: client RPCs, Raft, storage.
-pub async fn run(config: BrokerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: BrokerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let client_listen = config.listen_addr(&config.me().client_addr)?;
     let raft_listen = config.listen_addr(&config.me().raft_addr)?;
@@ -174,12 +191,22 @@ pub async fn run(config: BrokerConfig, shutdown: impl Future<Output = ()> + Send
     let started = std::time::Instant::now();
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), client_task).await;
-    tracing::info!(stage = "stop raft", elapsed_ms = started.elapsed().as_millis() as u64, "shutting down");
+    tracing::info!(
+        stage = "stop raft",
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "shutting down"
+    );
     if let Err(e) = node.raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), raft_task).await;
-    node.state.db().sync_wal().context("sync the WAL at shutdown")?;
-    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "broker stopped");
+    node.state
+        .db()
+        .sync_wal()
+        .context("sync the WAL at shutdown")?;
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "broker stopped"
+    );
     Ok(())
 }

@@ -62,7 +62,11 @@ pub enum ClientKind {
 
 impl ClientKind {
     pub fn of<T>(request: &tonic::Request<T>) -> ClientKind {
-        match request.metadata().get("x-mq-language").and_then(|v| v.to_str().ok()) {
+        match request
+            .metadata()
+            .get("x-mq-language")
+            .and_then(|v| v.to_str().ok())
+        {
             Some("RUST") => ClientKind::Rust,
             Some("PYTHON") => ClientKind::Python,
             _ => ClientKind::Other,
@@ -72,10 +76,18 @@ impl ClientKind {
     /// Replace codes this client does not know by the closest one it does.
     pub fn code(self, code: Code) -> Code {
         match (self, code) {
-            (ClientKind::Rust, Code::MessageBodyEmpty | Code::IllegalOffset | Code::IllegalLiteTopic) => Code::BadRequest,
+            (
+                ClientKind::Rust,
+                Code::MessageBodyEmpty | Code::IllegalOffset | Code::IllegalLiteTopic,
+            ) => Code::BadRequest,
             (ClientKind::Rust, Code::OffsetNotFound) => Code::NotFound,
-            (ClientKind::Rust, Code::LiteTopicQuotaExceeded | Code::LiteSubscriptionQuotaExceeded) => Code::TooManyRequests,
-            (ClientKind::Rust | ClientKind::Python, Code::InvalidClientProperties) => Code::BadRequest,
+            (
+                ClientKind::Rust,
+                Code::LiteTopicQuotaExceeded | Code::LiteSubscriptionQuotaExceeded,
+            ) => Code::TooManyRequests,
+            (ClientKind::Rust | ClientKind::Python, Code::InvalidClientProperties) => {
+                Code::BadRequest
+            }
             (_, code) => code,
         }
     }
@@ -101,15 +113,27 @@ mod tests {
 
     #[test]
     fn rust_clients_never_get_codes_they_cannot_decode() {
-        assert_eq!(Code::BadRequest, ClientKind::Rust.code(Code::MessageBodyEmpty));
+        assert_eq!(
+            Code::BadRequest,
+            ClientKind::Rust.code(Code::MessageBodyEmpty)
+        );
         assert_eq!(Code::NotFound, ClientKind::Rust.code(Code::OffsetNotFound));
-        assert_eq!(Code::MessageBodyEmpty, ClientKind::Python.code(Code::MessageBodyEmpty));
-        assert_eq!(Code::MessageBodyEmpty, ClientKind::Other.code(Code::MessageBodyEmpty));
+        assert_eq!(
+            Code::MessageBodyEmpty,
+            ClientKind::Python.code(Code::MessageBodyEmpty)
+        );
+        assert_eq!(
+            Code::MessageBodyEmpty,
+            ClientKind::Other.code(Code::MessageBodyEmpty)
+        );
     }
 
     #[test]
     fn propose_errors_map_to_retryable_codes() {
-        assert_eq!(Code::HaNotAvailable, Rejection::from(ProposeError::NoLeader).code);
+        assert_eq!(
+            Code::HaNotAvailable,
+            Rejection::from(ProposeError::NoLeader).code
+        );
         assert_eq!(
             Code::MasterPersistenceTimeout,
             Rejection::from(ProposeError::Unknown("leader died".into())).code

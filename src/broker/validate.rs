@@ -87,7 +87,12 @@ fn name_chars_ok(name: &str) -> bool {
 }
 
 pub fn topic_name(name: &str) -> Result<(), Rejection> {
-    let bad = |why: &str| Err(Rejection::new(Code::IllegalTopic, format!("illegal topic name `{name}`: {why}")));
+    let bad = |why: &str| {
+        Err(Rejection::new(
+            Code::IllegalTopic,
+            format!("illegal topic name `{name}`: {why}"),
+        ))
+    };
     if name.is_empty() {
         return bad("it is empty");
     }
@@ -129,24 +134,36 @@ fn blank_or_control(text: &str) -> bool {
 /// Check one message of a SendMessage request. `max_body_bytes` is the broker's limit.
 pub fn message(message: &v2::Message, max_body_bytes: usize) -> Result<(), Rejection> {
     let Some(props) = &message.system_properties else {
-        return Err(Rejection::new(Code::MessageCorrupted, "message without system_properties"));
+        return Err(Rejection::new(
+            Code::MessageCorrupted,
+            "message without system_properties",
+        ));
     };
     if props.message_id.trim().is_empty() {
-        return Err(Rejection::new(Code::IllegalMessageId, "message_id must not be blank"));
+        return Err(Rejection::new(
+            Code::IllegalMessageId,
+            "message_id must not be blank",
+        ));
     }
     if let Some(tag) = &props.tag
         && (blank_or_control(tag) || tag.contains('|'))
     {
         return Err(Rejection::new(
             Code::IllegalMessageTag,
-            format!("illegal tag `{}`: it must be non-blank, without `|` or control characters", tag.escape_debug()),
+            format!(
+                "illegal tag `{}`: it must be non-blank, without `|` or control characters",
+                tag.escape_debug()
+            ),
         ));
     }
     for key in &props.keys {
         if blank_or_control(key) {
             return Err(Rejection::new(
                 Code::IllegalMessageKey,
-                format!("illegal key `{}`: it must be non-blank, without control characters", key.escape_debug()),
+                format!(
+                    "illegal key `{}`: it must be non-blank, without control characters",
+                    key.escape_debug()
+                ),
             ));
         }
     }
@@ -155,16 +172,22 @@ pub fn message(message: &v2::Message, max_body_bytes: usize) -> Result<(), Rejec
     {
         return Err(Rejection::new(
             Code::IllegalMessageGroup,
-            format!("illegal message group: it must be non-blank, without control characters, shorter than {MESSAGE_GROUP_BYTES_LIMIT} bytes"),
+            format!(
+                "illegal message group: it must be non-blank, without control characters, shorter than {MESSAGE_GROUP_BYTES_LIMIT} bytes"
+            ),
         ));
     }
     if message.user_properties.len() > PROPERTIES_MAX {
         return Err(Rejection::new(
             Code::MessagePropertiesTooLarge,
-            format!("{} user properties; at most {PROPERTIES_MAX} are allowed", message.user_properties.len()),
+            format!(
+                "{} user properties; at most {PROPERTIES_MAX} are allowed",
+                message.user_properties.len()
+            ),
         ));
     }
-    let mut property_bytes = props.tag.as_ref().map_or(0, String::len) + props.keys.iter().map(String::len).sum::<usize>();
+    let mut property_bytes = props.tag.as_ref().map_or(0, String::len)
+        + props.keys.iter().map(String::len).sum::<usize>();
     for (key, value) in &message.user_properties {
         if key.is_empty() || key.chars().any(char::is_control) {
             return Err(Rejection::new(
@@ -183,23 +206,37 @@ pub fn message(message: &v2::Message, max_body_bytes: usize) -> Result<(), Rejec
     if property_bytes > PROPERTIES_BYTES_MAX {
         return Err(Rejection::new(
             Code::MessagePropertiesTooLarge,
-            format!("properties, tag and keys take {property_bytes} bytes; at most {PROPERTIES_BYTES_MAX} are allowed"),
+            format!(
+                "properties, tag and keys take {property_bytes} bytes; at most {PROPERTIES_BYTES_MAX} are allowed"
+            ),
         ));
     }
     if message.body.is_empty() {
-        return Err(Rejection::new(Code::MessageBodyEmpty, "message body is empty"));
+        return Err(Rejection::new(
+            Code::MessageBodyEmpty,
+            "message body is empty",
+        ));
     }
     if message.body.len() > max_body_bytes {
         return Err(Rejection::new(
             Code::MessageBodyTooLarge,
-            format!("message body is {} bytes; the limit is {max_body_bytes}", message.body.len()),
+            format!(
+                "message body is {} bytes; the limit is {max_body_bytes}",
+                message.body.len()
+            ),
         ));
     }
     if props.message_type == v2::MessageType::Transaction as i32 {
-        return Err(Rejection::new(Code::Unsupported, "transactional messages are not supported yet"));
+        return Err(Rejection::new(
+            Code::Unsupported,
+            "transactional messages are not supported yet",
+        ));
     }
     if props.delivery_timestamp.is_some() {
-        return Err(Rejection::new(Code::Unsupported, "delay messages are not supported yet"));
+        return Err(Rejection::new(
+            Code::Unsupported,
+            "delay messages are not supported yet",
+        ));
     }
     Ok(())
 }
@@ -234,7 +271,15 @@ mod tests {
         for ok in ["T", "a-b_c%d|e", &"x".repeat(127)] {
             assert_eq!(Code::Ok, code_of(topic_name(ok)), "{ok}");
         }
-        for bad in ["", "bad topic!", "a/b", &"x".repeat(128), "SCHEDULE_TOPIC_XXXX", "rmq_sys_foo", "é"] {
+        for bad in [
+            "",
+            "bad topic!",
+            "a/b",
+            &"x".repeat(128),
+            "SCHEDULE_TOPIC_XXXX",
+            "rmq_sys_foo",
+            "é",
+        ] {
             assert_eq!(Code::IllegalTopic, code_of(topic_name(bad)), "{bad}");
         }
     }
@@ -243,7 +288,10 @@ mod tests {
     fn group_names_follow_rocketmq_rules() {
         assert_eq!(Code::Ok, code_of(group_name("GID_orders-1")));
         assert_eq!(Code::IllegalConsumerGroup, code_of(group_name("")));
-        assert_eq!(Code::IllegalConsumerGroup, code_of(group_name(&"g".repeat(121))));
+        assert_eq!(
+            Code::IllegalConsumerGroup,
+            code_of(group_name(&"g".repeat(121)))
+        );
         assert_eq!(Code::IllegalConsumerGroup, code_of(group_name("a b")));
     }
 
@@ -252,28 +300,68 @@ mod tests {
         let limit = 1024;
         assert_eq!(Code::Ok, code_of(message(&valid(), limit)));
         let cases: Vec<(Code, Box<dyn Fn(&mut v2::Message)>)> = vec![
-            (Code::MessageCorrupted, Box::new(|m| m.system_properties = None)),
-            (Code::IllegalMessageId, Box::new(|m| m.system_properties.as_mut().unwrap().message_id = " ".into())),
-            (Code::IllegalMessageTag, Box::new(|m| m.system_properties.as_mut().unwrap().tag = Some("a|b".into()))),
-            (Code::IllegalMessageTag, Box::new(|m| m.system_properties.as_mut().unwrap().tag = Some("  ".into()))),
-            (Code::IllegalMessageKey, Box::new(|m| m.system_properties.as_mut().unwrap().keys = vec!["a\nb".into()])),
-            (Code::IllegalMessageGroup, Box::new(|m| m.system_properties.as_mut().unwrap().message_group = Some("g".repeat(64)))),
-            (Code::MessageBodyEmpty, Box::new(|m| m.body = bytes::Bytes::new())),
-            (Code::MessageBodyTooLarge, Box::new(|m| m.body = vec![0u8; 1025].into())),
-            (Code::IllegalMessagePropertyKey, Box::new(|m| {
-                m.user_properties.insert("UNIQ_KEY".into(), "x".into());
-            })),
-            (Code::MessagePropertiesTooLarge, Box::new(|m| {
-                for i in 0..129 {
-                    m.user_properties.insert(format!("p{i}"), "v".into());
-                }
-            })),
-            (Code::MessagePropertiesTooLarge, Box::new(|m| {
-                m.user_properties.insert("big".into(), "v".repeat(16 * 1024));
-            })),
-            (Code::Unsupported, Box::new(|m| {
-                m.system_properties.as_mut().unwrap().message_type = v2::MessageType::Transaction as i32
-            })),
+            (
+                Code::MessageCorrupted,
+                Box::new(|m| m.system_properties = None),
+            ),
+            (
+                Code::IllegalMessageId,
+                Box::new(|m| m.system_properties.as_mut().unwrap().message_id = " ".into()),
+            ),
+            (
+                Code::IllegalMessageTag,
+                Box::new(|m| m.system_properties.as_mut().unwrap().tag = Some("a|b".into())),
+            ),
+            (
+                Code::IllegalMessageTag,
+                Box::new(|m| m.system_properties.as_mut().unwrap().tag = Some("  ".into())),
+            ),
+            (
+                Code::IllegalMessageKey,
+                Box::new(|m| m.system_properties.as_mut().unwrap().keys = vec!["a\nb".into()]),
+            ),
+            (
+                Code::IllegalMessageGroup,
+                Box::new(|m| {
+                    m.system_properties.as_mut().unwrap().message_group = Some("g".repeat(64))
+                }),
+            ),
+            (
+                Code::MessageBodyEmpty,
+                Box::new(|m| m.body = bytes::Bytes::new()),
+            ),
+            (
+                Code::MessageBodyTooLarge,
+                Box::new(|m| m.body = vec![0u8; 1025].into()),
+            ),
+            (
+                Code::IllegalMessagePropertyKey,
+                Box::new(|m| {
+                    m.user_properties.insert("UNIQ_KEY".into(), "x".into());
+                }),
+            ),
+            (
+                Code::MessagePropertiesTooLarge,
+                Box::new(|m| {
+                    for i in 0..129 {
+                        m.user_properties.insert(format!("p{i}"), "v".into());
+                    }
+                }),
+            ),
+            (
+                Code::MessagePropertiesTooLarge,
+                Box::new(|m| {
+                    m.user_properties
+                        .insert("big".into(), "v".repeat(16 * 1024));
+                }),
+            ),
+            (
+                Code::Unsupported,
+                Box::new(|m| {
+                    m.system_properties.as_mut().unwrap().message_type =
+                        v2::MessageType::Transaction as i32
+                }),
+            ),
         ];
         for (expected, mutate) in cases {
             let mut m = valid();

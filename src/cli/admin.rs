@@ -50,7 +50,11 @@ fn opt(value: Option<u64>) -> String {
     value.map_or_else(|| "-".into(), |v| v.to_string())
 }
 
-fn node_json(endpoint: &str, status: &Result<admin::NodeStatus, String>, lag: Option<u64>) -> serde_json::Value {
+fn node_json(
+    endpoint: &str,
+    status: &Result<admin::NodeStatus, String>,
+    lag: Option<u64>,
+) -> serde_json::Value {
     match status {
         Ok(s) => json!({
             "endpoint": endpoint,
@@ -87,18 +91,27 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Cluster { json } => {
             let statuses = client.cluster_status().await;
             // Lag is what the leader knows: its last log index minus each node's matched index.
-            let leader = statuses.iter().find_map(|(_, s)| s.as_ref().ok().filter(|s| s.role == "leader"));
+            let leader = statuses
+                .iter()
+                .find_map(|(_, s)| s.as_ref().ok().filter(|s| s.role == "leader"));
             let lag_of = |node_id: u64| -> Option<u64> {
                 let leader = leader?;
                 let matched = leader.replication.iter().find(|r| r.node_id == node_id)?;
-                Some(leader.last_log_index?.saturating_sub(matched.matched_index.unwrap_or(0)))
+                Some(
+                    leader
+                        .last_log_index?
+                        .saturating_sub(matched.matched_index.unwrap_or(0)),
+                )
             };
             if json {
                 let nodes: Vec<_> = statuses
                     .iter()
                     .map(|(e, s)| node_json(e, s, s.as_ref().ok().and_then(|s| lag_of(s.node_id))))
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&json!({ "nodes": nodes }))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({ "nodes": nodes }))?
+                );
                 return Ok(());
             }
             println!(
@@ -118,7 +131,10 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                         opt(s.applied_index),
                         opt(lag_of(s.node_id)),
                     ),
-                    Err(e) => println!("{:<6} {:<10} {:>6} {:>7} {:>10} {:>10} {:>10} {:>6}  {endpoint} ({e})", "?", "unreachable", "-", "-", "-", "-", "-", "-"),
+                    Err(e) => println!(
+                        "{:<6} {:<10} {:>6} {:>7} {:>10} {:>10} {:>10} {:>6}  {endpoint} ({e})",
+                        "?", "unreachable", "-", "-", "-", "-", "-", "-"
+                    ),
                 }
             }
         }
@@ -126,7 +142,10 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             TopicCommand::Create { name, queues } => {
                 let reply = client
                     .admin(|mut c| {
-                        let request = admin::CreateTopicRequest { name: name.clone(), queues };
+                        let request = admin::CreateTopicRequest {
+                            name: name.clone(),
+                            queues,
+                        };
                         async move { c.create_topic(request).await.map(|r| r.into_inner()) }
                     })
                     .await?;
@@ -134,20 +153,35 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 if reply.created {
                     println!("created topic {} with {} queues", topic.name, topic.queues);
                 } else {
-                    println!("topic {} already exists with {} queues", topic.name, topic.queues);
+                    println!(
+                        "topic {} already exists with {} queues",
+                        topic.name, topic.queues
+                    );
                 }
             }
             TopicCommand::List { json } => {
                 let reply = client
-                    .admin(|mut c| async move { c.list_topics(admin::ListTopicsRequest {}).await.map(|r| r.into_inner()) })
+                    .admin(|mut c| async move {
+                        c.list_topics(admin::ListTopicsRequest {})
+                            .await
+                            .map(|r| r.into_inner())
+                    })
                     .await?;
                 if json {
                     let topics: Vec<_> = reply.topics.iter().map(topic_json).collect();
-                    println!("{}", serde_json::to_string_pretty(&json!({ "topics": topics }))?);
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&json!({ "topics": topics }))?
+                    );
                 } else {
                     println!("{:<40} {:>7} {:>12}", "TOPIC", "QUEUES", "MESSAGES");
                     for t in &reply.topics {
-                        println!("{:<40} {:>7} {:>12}", t.name, t.queues, t.queue_max_offsets.iter().sum::<u64>());
+                        println!(
+                            "{:<40} {:>7} {:>12}",
+                            t.name,
+                            t.queues,
+                            t.queue_max_offsets.iter().sum::<u64>()
+                        );
                     }
                 }
             }

@@ -72,7 +72,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit())
         .map(|i| text.split_at(i))
         .unwrap_or((text, "s"));
-    let n: u64 = number.parse().map_err(|_| format!("`{text}` is not a duration like 30s or 500ms"))?;
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 30s or 500ms"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" | "" => Ok(Duration::from_secs(n)),
@@ -128,7 +130,10 @@ struct Counters {
 }
 
 async fn produce(bench: ProduceBench) -> anyhow::Result<()> {
-    anyhow::ensure!(bench.concurrency > 0 && bench.batch > 0 && bench.size > 0, "concurrency, batch and size must be > 0");
+    anyhow::ensure!(
+        bench.concurrency > 0 && bench.batch > 0 && bench.size > 0,
+        "concurrency, batch and size must be > 0"
+    );
     // Talk to the leader first: a follower would forward every send (an extra hop).
     let mut endpoints = bench.endpoints.list();
     let probe = Client::new(&endpoints)?;
@@ -148,15 +153,17 @@ async fn produce(bench: ProduceBench) -> anyhow::Result<()> {
     let counters = Arc::new(Counters::default());
     let start = Instant::now();
     let end = start + bench.duration;
-    let per_worker_interval = (bench.rate > 0)
-        .then(|| Duration::from_secs_f64(bench.concurrency as f64 * bench.batch as f64 / bench.rate as f64));
+    let per_worker_interval = (bench.rate > 0).then(|| {
+        Duration::from_secs_f64(bench.concurrency as f64 * bench.batch as f64 / bench.rate as f64)
+    });
     let mut workers = Vec::new();
     for _ in 0..bench.concurrency {
         let client = client.clone();
         let counters = counters.clone();
         let bench = bench.clone();
         workers.push(tokio::spawn(async move {
-            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
+            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+                .expect("valid histogram bounds");
             let body = vec![b'x'; bench.size];
             let mut next_send = Instant::now();
             while Instant::now() < end {
@@ -167,15 +174,21 @@ async fn produce(bench: ProduceBench) -> anyhow::Result<()> {
                     }
                     next_send += interval;
                 }
-                let messages = (0..bench.batch).map(|_| message(&bench.topic, body.clone(), None, &[])).collect();
+                let messages = (0..bench.batch)
+                    .map(|_| message(&bench.topic, body.clone(), None, &[]))
+                    .collect();
                 let sent = Instant::now();
                 match client.send(messages).await {
                     Ok(_) => {
                         histogram.saturating_record(sent.elapsed().as_micros() as u64);
-                        counters.acked.fetch_add(bench.batch as u64, Ordering::Relaxed);
+                        counters
+                            .acked
+                            .fetch_add(bench.batch as u64, Ordering::Relaxed);
                     }
                     Err(_) => {
-                        counters.failed.fetch_add(bench.batch as u64, Ordering::Relaxed);
+                        counters
+                            .failed
+                            .fetch_add(bench.batch as u64, Ordering::Relaxed);
                     }
                 }
             }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use raftmq_proto::rocketmq::v2 as v2;
+use raftmq_proto::rocketmq::v2;
 
 use super::EndpointArgs;
 
@@ -43,11 +43,24 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     let mut offsets = Vec::with_capacity(queues as usize);
     for queue in 0..queues {
         let offset = match args.from {
-            StartFrom::Beginning => client.query_offset(&args.topic, queue, v2::QueryOffsetPolicy::Beginning).await?,
-            StartFrom::End => client.query_offset(&args.topic, queue, v2::QueryOffsetPolicy::End).await?,
-            StartFrom::Committed => match client.get_offset(&args.group, &args.topic, queue).await? {
+            StartFrom::Beginning => {
+                client
+                    .query_offset(&args.topic, queue, v2::QueryOffsetPolicy::Beginning)
+                    .await?
+            }
+            StartFrom::End => {
+                client
+                    .query_offset(&args.topic, queue, v2::QueryOffsetPolicy::End)
+                    .await?
+            }
+            StartFrom::Committed => match client.get_offset(&args.group, &args.topic, queue).await?
+            {
                 Some(offset) => offset,
-                None => client.query_offset(&args.topic, queue, v2::QueryOffsetPolicy::Beginning).await?,
+                None => {
+                    client
+                        .query_offset(&args.topic, queue, v2::QueryOffsetPolicy::Beginning)
+                        .await?
+                }
             },
         };
         offsets.push(offset);
@@ -57,7 +70,9 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
         let mut any = false;
         for queue in 0..queues {
             let from = offsets[queue as usize];
-            let (messages, mut next) = client.pull(&args.group, &args.topic, queue, from, 64, Duration::ZERO).await?;
+            let (messages, mut next) = client
+                .pull(&args.group, &args.topic, queue, from, 64, Duration::ZERO)
+                .await?;
             for m in &messages {
                 let props = m.system_properties.clone().unwrap_or_default();
                 let offset = props.queue_offset.unwrap_or_default();
@@ -78,7 +93,9 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
                 any = true;
                 offsets[queue as usize] = next;
                 if !args.no_commit {
-                    client.update_offset(&args.group, &args.topic, queue, next).await?;
+                    client
+                        .update_offset(&args.group, &args.topic, queue, next)
+                        .await?;
                 }
             }
             if args.count.is_some_and(|c| received >= c) {

@@ -57,7 +57,11 @@ impl LocalNode {
 
     fn restart_command(&self) -> String {
         let quoted: Vec<String> = self.command.iter().map(|a| shell_quote(a)).collect();
-        format!("{} >> {} 2>&1 &", quoted.join(" "), shell_quote(&self.log_file().display().to_string()))
+        format!(
+            "{} >> {} 2>&1 &",
+            quoted.join(" "),
+            shell_quote(&self.log_file().display().to_string())
+        )
     }
 
     fn start(&mut self) -> anyhow::Result<()> {
@@ -79,7 +83,10 @@ impl LocalNode {
 }
 
 fn shell_quote(text: &str) -> String {
-    if text.chars().all(|c| c.is_ascii_alphanumeric() || "/._-=:,@".contains(c)) {
+    if text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-=:,@".contains(c))
+    {
         text.to_string()
     } else {
         format!("'{}'", text.replace('\'', "'\\''"))
@@ -91,7 +98,10 @@ fn read_pid(path: &Path) -> Option<i32> {
 }
 
 pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.nodes >= 1 && args.nodes <= 9, "--nodes must be within 1..=9");
+    anyhow::ensure!(
+        args.nodes >= 1 && args.nodes <= 9,
+        "--nodes must be within 1..=9"
+    );
     std::fs::create_dir_all(&args.dir).with_context(|| format!("create {}", args.dir.display()))?;
     let dir = args.dir.canonicalize()?;
     let exe = std::env::current_exe().context("find the raftmq executable")?;
@@ -151,11 +161,18 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     write_cluster_json(&dir, &nodes)?;
 
     let endpoints: Vec<String> = nodes.iter().map(|n| n.client_addr.clone()).collect();
-    println!("raftmq local: {} nodes, data and logs under {}", nodes.len(), dir.display());
+    println!(
+        "raftmq local: {} nodes, data and logs under {}",
+        nodes.len(),
+        dir.display()
+    );
     let client = Client::new(&endpoints)?;
     match wait_for_leader(&client, Duration::from_secs(30)).await {
         Some(leader) => println!("leader elected: node {leader}"),
-        None => println!("no leader yet after 30 s; see the logs in {}", dir.display()),
+        None => println!(
+            "no leader yet after 30 s; see the logs in {}",
+            dir.display()
+        ),
     }
     let endpoint_list = endpoints.join(",");
     println!(
@@ -165,7 +182,10 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         dir.join("cluster.json").display()
     );
     if args.detach {
-        println!("nodes left running; stop them with: kill $(cat {}/node-*/broker.pid)", dir.display());
+        println!(
+            "nodes left running; stop them with: kill $(cat {}/node-*/broker.pid)",
+            dir.display()
+        );
         return Ok(());
     }
     println!("press Ctrl-C to stop every node");
@@ -224,15 +244,23 @@ fn write_cluster_json(dir: &Path, nodes: &[LocalNode]) -> anyhow::Result<()> {
         })
         .collect();
     let path = dir.join("cluster.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&json!({ "nodes": entries }))?)
-        .with_context(|| format!("write {}", path.display()))
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&json!({ "nodes": entries }))?,
+    )
+    .with_context(|| format!("write {}", path.display()))
 }
 
 /// SIGTERM every node (children and nodes restarted by hand), wait, then SIGKILL stragglers.
 async fn stop_all(nodes: &mut [LocalNode]) {
     let mut pids = Vec::new();
     for node in nodes.iter() {
-        let pid = node.child.as_ref().and_then(|c| c.id()).map(|p| p as i32).or_else(|| read_pid(&node.pid_file()));
+        let pid = node
+            .child
+            .as_ref()
+            .and_then(|c| c.id())
+            .map(|p| p as i32)
+            .or_else(|| read_pid(&node.pid_file()));
         if let Some(pid) = pid {
             let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
             pids.push(pid);
@@ -241,7 +269,11 @@ async fn stop_all(nodes: &mut [LocalNode]) {
     let give_up = Instant::now() + Duration::from_secs(10);
     for node in nodes.iter_mut() {
         if let Some(child) = node.child.as_mut() {
-            let _ = tokio::time::timeout(give_up.saturating_duration_since(Instant::now()), child.wait()).await;
+            let _ = tokio::time::timeout(
+                give_up.saturating_duration_since(Instant::now()),
+                child.wait(),
+            )
+            .await;
         }
     }
     while Instant::now() < give_up && pids.iter().any(|p| kill(Pid::from_raw(*p), None).is_ok()) {

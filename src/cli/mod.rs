@@ -12,7 +12,12 @@ use crate::client::Client;
 #[derive(Debug, Clone, clap::Args)]
 pub struct EndpointArgs {
     /// Client addresses of the group's nodes, comma-separated.
-    #[arg(long, env = "RAFTMQ_ENDPOINTS", default_value = "127.0.0.1:8081,127.0.0.1:8082,127.0.0.1:8083")]
+    #[arg(
+        long,
+        global = true,
+        env = "RAFTMQ_ENDPOINTS",
+        default_value = "127.0.0.1:8081,127.0.0.1:8082,127.0.0.1:8083"
+    )]
     pub endpoints: String,
 }
 

@@ -34,20 +34,35 @@ pub struct ProduceArgs {
 pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
     let client = args.endpoints.client()?;
     let bodies: Box<dyn Iterator<Item = String>> = if args.stdin {
-        Box::new(std::io::stdin().lock().lines().map_while(Result::ok).collect::<Vec<_>>().into_iter())
+        Box::new(
+            std::io::stdin()
+                .lock()
+                .lines()
+                .map_while(Result::ok)
+                .collect::<Vec<_>>()
+                .into_iter(),
+        )
     } else {
         let template = args.body.clone();
         Box::new((0..args.count).map(move |i| template.replace("{i}", &i.to_string())))
     };
     let mut sent = 0u64;
     for body in bodies {
-        let msg = message(&args.topic, body.into_bytes(), args.tag.as_deref(), &args.keys);
+        let msg = message(
+            &args.topic,
+            body.into_bytes(),
+            args.tag.as_deref(),
+            &args.keys,
+        );
         let entries = client
             .send(vec![msg])
             .await
             .with_context(|| format!("send message #{sent} to topic `{}`", args.topic))?;
         for entry in entries {
-            println!("sent {} to {} at queue offset {}", entry.message_id, args.topic, entry.offset);
+            println!(
+                "sent {} to {} at queue offset {}",
+                entry.message_id, args.topic, entry.offset
+            );
         }
         sent += 1;
     }

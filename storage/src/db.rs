@@ -102,7 +102,11 @@ impl Db {
             .expect("every column family is created when the database is opened")
     }
 
-    pub(crate) fn get(&self, cf: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+    pub(crate) fn get(
+        &self,
+        cf: &'static str,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, StorageError> {
         self.inner
             .get_cf(&self.cf(cf), key)
             .map_err(|source| StorageError::Read { cf, source })
@@ -110,7 +114,11 @@ impl Db {
 
     /// Write a batch and fsync the WAL before returning, whatever the flush mode: for small
     /// records (vote, purge) whose loss would break Raft's safety.
-    pub(crate) fn write_synced(&self, cf: &'static str, batch: rocksdb::WriteBatch) -> Result<(), StorageError> {
+    pub(crate) fn write_synced(
+        &self,
+        cf: &'static str,
+        batch: rocksdb::WriteBatch,
+    ) -> Result<(), StorageError> {
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         self.inner
@@ -119,7 +127,11 @@ impl Db {
     }
 
     /// Write a batch to the WAL and memtable without waiting for an fsync.
-    pub(crate) fn write(&self, cf: &'static str, batch: rocksdb::WriteBatch) -> Result<(), StorageError> {
+    pub(crate) fn write(
+        &self,
+        cf: &'static str,
+        batch: rocksdb::WriteBatch,
+    ) -> Result<(), StorageError> {
         self.inner
             .write(batch)
             .map_err(|source| StorageError::Write { cf, source })

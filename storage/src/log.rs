@@ -72,7 +72,9 @@ impl LogStore {
         for entry in entries {
             let index = entry.log_id.as_ref().map(|id| id.index).unwrap_or_default();
             buf.clear();
-            entry.encode(&mut buf).expect("encoding into a Vec cannot fail");
+            entry
+                .encode(&mut buf)
+                .expect("encoding into a Vec cannot fail");
             batch.put_cf(&cf, keys::log_key(index), &buf);
         }
         drop(cf);
@@ -104,14 +106,20 @@ impl LogStore {
             .iterator_cf(&cf, IteratorMode::From(&start_key, Direction::Forward));
         for item in iter {
             let (key, value) = item.map_err(|source| StorageError::Read { cf: CF_LOG, source })?;
-            let index = keys::decode_log_key(&key).ok_or_else(|| StorageError::corrupt(CF_LOG, &key, "bad key"))?;
+            let index = keys::decode_log_key(&key)
+                .ok_or_else(|| StorageError::corrupt(CF_LOG, &key, "bad key"))?;
             if index >= end {
                 break;
             }
-            let entry = pb::Entry::decode(&*value).map_err(|e| StorageError::corrupt(CF_LOG, &key, e))?;
+            let entry =
+                pb::Entry::decode(&*value).map_err(|e| StorageError::corrupt(CF_LOG, &key, e))?;
             let stored_index = entry.log_id.as_ref().map(|id| id.index);
             if stored_index != Some(index) {
-                return Err(StorageError::corrupt(CF_LOG, &key, "entry index differs from its key"));
+                return Err(StorageError::corrupt(
+                    CF_LOG,
+                    &key,
+                    "entry index differs from its key",
+                ));
             }
             entries.push(entry);
         }
@@ -130,7 +138,8 @@ impl LogStore {
         match iter.next() {
             None => Ok(None),
             Some(item) => {
-                let (key, value) = item.map_err(|source| StorageError::Read { cf: CF_LOG, source })?;
+                let (key, value) =
+                    item.map_err(|source| StorageError::Read { cf: CF_LOG, source })?;
                 pb::Entry::decode(&*value)
                     .map(Some)
                     .map_err(|e| StorageError::corrupt(CF_LOG, &key, e))
@@ -153,8 +162,16 @@ impl LogStore {
     /// Record `purged` as the last purged log id and delete every entry up to its index.
     pub fn purge(&self, purged: &pb::LogId) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
-        batch.put_cf(&self.db.cf(CF_RAFT), keys::PURGED_KEY, purged.encode_to_vec());
-        batch.delete_range_cf(&self.db.cf(CF_LOG), keys::log_key(0), keys::log_key(purged.index + 1));
+        batch.put_cf(
+            &self.db.cf(CF_RAFT),
+            keys::PURGED_KEY,
+            purged.encode_to_vec(),
+        );
+        batch.delete_range_cf(
+            &self.db.cf(CF_LOG),
+            keys::log_key(0),
+            keys::log_key(purged.index + 1),
+        );
         self.db.write_synced(CF_RAFT, batch)
     }
 
@@ -215,7 +232,9 @@ fn run_flusher(db: Db, pending: mpsc::Receiver<OnDurable>) {
         for callback in callbacks {
             callback(match &result {
                 Ok(()) => Ok(()),
-                Err(err) => Err(StorageError::WalSync { reason: err.to_string() }),
+                Err(err) => Err(StorageError::WalSync {
+                    reason: err.to_string(),
+                }),
             });
         }
     }

@@ -82,28 +82,38 @@ impl BrokerState {
     fn reload_cache(&self) -> Result<(), StorageError> {
         let mut cache = Cache::default();
         for (key, value) in self.scan_prefix(CF_META, keys::TOPIC_PREFIX)? {
-            let topic = pb::TopicConfig::decode(&*value).map_err(|e| StorageError::corrupt(CF_META, &key, e))?;
+            let topic = pb::TopicConfig::decode(&*value)
+                .map_err(|e| StorageError::corrupt(CF_META, &key, e))?;
             cache.topics.insert(topic.name.clone(), topic);
         }
         for (key, value) in self.scan_prefix(CF_META, keys::QUEUE_NEXT_PREFIX)? {
             let rest = &key[keys::QUEUE_NEXT_PREFIX.len()..];
             let split = rest.iter().position(|b| *b == 0);
             let (Some(split), Ok(next)) = (split, <[u8; 8]>::try_from(&*value)) else {
-                return Err(StorageError::corrupt(CF_META, &key, "bad queue next-offset record"));
+                return Err(StorageError::corrupt(
+                    CF_META,
+                    &key,
+                    "bad queue next-offset record",
+                ));
             };
             let topic = String::from_utf8_lossy(&rest[..split]).into_owned();
             let queue_bytes: [u8; 4] = rest[split + 1..]
                 .try_into()
                 .map_err(|_| StorageError::corrupt(CF_META, &key, "bad queue id"))?;
-            cache
-                .queue_next
-                .insert((topic, u32::from_be_bytes(queue_bytes)), u64::from_be_bytes(next));
+            cache.queue_next.insert(
+                (topic, u32::from_be_bytes(queue_bytes)),
+                u64::from_be_bytes(next),
+            );
         }
         *self.cache.lock().expect("state cache lock poisoned") = cache;
         Ok(())
     }
 
-    fn scan_prefix(&self, cf: &'static str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    fn scan_prefix(
+        &self,
+        cf: &'static str,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
         let handle = self.db.cf(cf);
         let iter = self
             .db
@@ -144,7 +154,10 @@ impl BrokerState {
 
     /// Apply entries in log order. Returns one result per item (`None` for blank and
     /// membership entries). All effects and the last log id land in one atomic write.
-    pub fn apply(&self, items: Vec<(pb::LogId, ApplyItem)>) -> Result<Vec<Option<pb::CommandResult>>, StorageError> {
+    pub fn apply(
+        &self,
+        items: Vec<(pb::LogId, ApplyItem)>,
+    ) -> Result<Vec<Option<pb::CommandResult>>, StorageError> {
         let Some(last_log_id) = items.last().map(|(id, _)| id.clone()) else {
             return Ok(Vec::new());
         };
@@ -161,20 +174,36 @@ impl BrokerState {
                             log_id: Some(log_id.clone()),
                             membership: Some(membership),
                         };
-                        batch.put_cf(&self.db.cf(CF_META), keys::MEMBERSHIP_KEY, stored.encode_to_vec());
+                        batch.put_cf(
+                            &self.db.cf(CF_META),
+                            keys::MEMBERSHIP_KEY,
+                            stored.encode_to_vec(),
+                        );
                         None
                     }
-                    ApplyItem::Command(command) => {
-                        Some(self.apply_command(&cache, &mut pending, &mut batch, log_id.index, command)?)
-                    }
+                    ApplyItem::Command(command) => Some(self.apply_command(
+                        &cache,
+                        &mut pending,
+                        &mut batch,
+                        log_id.index,
+                        command,
+                    )?),
                 };
                 results.push(result);
             }
         }
         for ((topic, queue), next) in &pending.queue_next {
-            batch.put_cf(&self.db.cf(CF_META), keys::queue_next_key(topic, *queue), next.to_be_bytes());
+            batch.put_cf(
+                &self.db.cf(CF_META),
+                keys::queue_next_key(topic, *queue),
+                next.to_be_bytes(),
+            );
         }
-        batch.put_cf(&self.db.cf(CF_META), keys::APPLIED_KEY, last_log_id.encode_to_vec());
+        batch.put_cf(
+            &self.db.cf(CF_META),
+            keys::APPLIED_KEY,
+            last_log_id.encode_to_vec(),
+        );
         self.db.write(CF_META, batch)?;
         {
             let mut cache = self.cache.lock().expect("state cache lock poisoned");
@@ -196,9 +225,14 @@ impl BrokerState {
         use pb::command::Kind;
         use pb::command_result::Kind as ResultKind;
         let kind = match command.kind {
-            Some(Kind::Append(append)) => ResultKind::Append(self.apply_append(cache, pending, batch, log_index, append)?),
+            Some(Kind::Append(append)) => {
+                ResultKind::Append(self.apply_append(cache, pending, batch, log_index, append)?)
+            }
             Some(Kind::CreateTopic(create)) => {
-                let existing = pending.topics.get(&create.name).or_else(|| cache.topics.get(&create.name));
+                let existing = pending
+                    .topics
+                    .get(&create.name)
+                    .or_else(|| cache.topics.get(&create.name));
                 match existing {
                     Some(topic) => ResultKind::Topic(pb::TopicResult {
                         topic: Some(topic.clone()),
@@ -210,7 +244,11 @@ impl BrokerState {
                             queues: create.queues.max(1),
                             created_ms: create.created_ms,
                         };
-                        batch.put_cf(&self.db.cf(CF_META), keys::topic_key(&topic.name), topic.encode_to_vec());
+                        batch.put_cf(
+                            &self.db.cf(CF_META),
+                            keys::topic_key(&topic.name),
+                            topic.encode_to_vec(),
+                        );
                         pending.topics.insert(topic.name.clone(), topic.clone());
                         ResultKind::Topic(pb::TopicResult {
                             topic: Some(topic),
@@ -255,7 +293,8 @@ impl BrokerState {
                 Some(entry) => Some(entry.clone()),
                 None => match self.db.get(CF_INDEX, &dedup_key)? {
                     Some(bytes) => Some(
-                        pb::DedupEntry::decode(&*bytes).map_err(|e| StorageError::corrupt(CF_INDEX, &dedup_key, e))?,
+                        pb::DedupEntry::decode(&*bytes)
+                            .map_err(|e| StorageError::corrupt(CF_INDEX, &dedup_key, e))?,
                     ),
                     None => None,
                 },
@@ -307,7 +346,12 @@ impl BrokerState {
     }
 
     pub fn topic(&self, name: &str) -> Option<pb::TopicConfig> {
-        self.cache.lock().expect("state cache lock poisoned").topics.get(name).cloned()
+        self.cache
+            .lock()
+            .expect("state cache lock poisoned")
+            .topics
+            .get(name)
+            .cloned()
     }
 
     pub fn topics(&self) -> Vec<pb::TopicConfig> {
@@ -343,13 +387,25 @@ impl BrokerState {
 
     /// The first offset of a queue whose message was stored at or after `timestamp_ms`
     /// (the next offset if there is none): a binary search over the consume queue.
-    pub fn queue_offset_at_time(&self, topic: &str, queue_id: u32, timestamp_ms: i64) -> Result<u64, StorageError> {
-        let (mut low, mut high) = (self.queue_min_offset(topic, queue_id)?, self.queue_next_offset(topic, queue_id));
+    pub fn queue_offset_at_time(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        timestamp_ms: i64,
+    ) -> Result<u64, StorageError> {
+        let (mut low, mut high) = (
+            self.queue_min_offset(topic, queue_id)?,
+            self.queue_next_offset(topic, queue_id),
+        );
         while low < high {
             let middle = low + (high - low) / 2;
             let key = keys::cq_key(topic, queue_id, middle);
             let stored_ms = match self.db.get(CF_CQ, &key)? {
-                Some(bytes) => pb::QueueEntry::decode(&*bytes).map_err(|e| StorageError::corrupt(CF_CQ, &key, e))?.store_timestamp_ms,
+                Some(bytes) => {
+                    pb::QueueEntry::decode(&*bytes)
+                        .map_err(|e| StorageError::corrupt(CF_CQ, &key, e))?
+                        .store_timestamp_ms
+                }
                 // Purged below us meanwhile: everything older is gone, search above.
                 None => i64::MIN,
             };
@@ -405,15 +461,21 @@ impl BrokerState {
             if !key.starts_with(&prefix) {
                 break;
             }
-            let offset = keys::decode_cq_offset(&key).ok_or_else(|| StorageError::corrupt(CF_CQ, &key, "bad key"))?;
-            let location = pb::QueueEntry::decode(&*value).map_err(|e| StorageError::corrupt(CF_CQ, &key, e))?;
+            let offset = keys::decode_cq_offset(&key)
+                .ok_or_else(|| StorageError::corrupt(CF_CQ, &key, "bad key"))?;
+            let location = pb::QueueEntry::decode(&*value)
+                .map_err(|e| StorageError::corrupt(CF_CQ, &key, e))?;
             if current.as_ref().map(|(index, _)| *index) != Some(location.log_index) {
                 current = Some((location.log_index, self.read_append(location.log_index)?));
             }
             let (_, append) = current.as_ref().expect("set just above");
-            let message = append.messages.get(location.slot as usize).cloned().ok_or_else(|| {
-                StorageError::corrupt(CF_CQ, &key, "consume-queue entry points past its batch")
-            })?;
+            let message = append
+                .messages
+                .get(location.slot as usize)
+                .cloned()
+                .ok_or_else(|| {
+                    StorageError::corrupt(CF_CQ, &key, "consume-queue entry points past its batch")
+                })?;
             bytes += message.body.len();
             records.push(StoredRecord {
                 queue_offset: offset,
@@ -426,17 +488,27 @@ impl BrokerState {
 
     fn read_append(&self, log_index: u64) -> Result<pb::AppendMessages, StorageError> {
         let key = keys::log_key(log_index);
-        let entry = read_entry(&self.db, log_index)?
-            .ok_or_else(|| StorageError::corrupt(CF_CQ, &key, "consume queue points to a missing log entry"))?;
+        let entry = read_entry(&self.db, log_index)?.ok_or_else(|| {
+            StorageError::corrupt(CF_CQ, &key, "consume queue points to a missing log entry")
+        })?;
         match entry.payload {
             Some(pb::entry::Payload::Command(pb::Command {
                 kind: Some(pb::command::Kind::Append(append)),
             })) => Ok(append),
-            _ => Err(StorageError::corrupt(CF_CQ, &key, "consume queue points to an entry without messages")),
+            _ => Err(StorageError::corrupt(
+                CF_CQ,
+                &key,
+                "consume queue points to an entry without messages",
+            )),
         }
     }
 
-    pub fn consumer_offset(&self, group: &str, topic: &str, queue_id: u32) -> Result<Option<u64>, StorageError> {
+    pub fn consumer_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        queue_id: u32,
+    ) -> Result<Option<u64>, StorageError> {
         let key = keys::offset_key(group, topic, queue_id);
         match self.db.get(CF_OFFSETS, &key)? {
             None => Ok(None),
@@ -453,16 +525,23 @@ impl BrokerState {
         let meta = |key: &[u8]| {
             snapshot
                 .get_cf(&self.db.cf(CF_META), key)
-                .map_err(|source| StorageError::Read { cf: CF_META, source })
+                .map_err(|source| StorageError::Read {
+                    cf: CF_META,
+                    source,
+                })
         };
         let applied = match meta(keys::APPLIED_KEY)? {
             None => None,
-            Some(bytes) => Some(pb::LogId::decode(&*bytes).map_err(|e| StorageError::corrupt(CF_META, keys::APPLIED_KEY, e))?),
+            Some(bytes) => Some(
+                pb::LogId::decode(&*bytes)
+                    .map_err(|e| StorageError::corrupt(CF_META, keys::APPLIED_KEY, e))?,
+            ),
         };
         let membership = match meta(keys::MEMBERSHIP_KEY)? {
             None => None,
             Some(bytes) => Some(
-                pb::StoredMembership::decode(&*bytes).map_err(|e| StorageError::corrupt(CF_META, keys::MEMBERSHIP_KEY, e))?,
+                pb::StoredMembership::decode(&*bytes)
+                    .map_err(|e| StorageError::corrupt(CF_META, keys::MEMBERSHIP_KEY, e))?,
             ),
         };
         let mut data = Vec::new();
@@ -477,7 +556,11 @@ impl BrokerState {
                 data.extend_from_slice(&value);
             }
         }
-        Ok(StateExport { data, applied, membership })
+        Ok(StateExport {
+            data,
+            applied,
+            membership,
+        })
     }
 
     /// Replace every derived column family with a snapshot's data, atomically.

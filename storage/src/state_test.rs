@@ -48,7 +48,10 @@ impl Fixture {
 
 fn log_id(index: u64) -> pb::LogId {
     pb::LogId {
-        leader_id: Some(pb::LeaderId { term: 1, node_id: 1 }),
+        leader_id: Some(pb::LeaderId {
+            term: 1,
+            node_id: 1,
+        }),
         index,
     }
 }
@@ -86,20 +89,37 @@ fn given_batches_on_two_queues_when_applied_then_offsets_are_dense_per_queue() {
         message("T", 0, "c", 1),
     ])));
     let second = appended(fx.commit(append(vec![message("T", 0, "d", 2)])));
-    let offsets: Vec<_> = first.iter().chain(&second).map(|m| (m.queue_id, m.queue_offset)).collect();
+    let offsets: Vec<_> = first
+        .iter()
+        .chain(&second)
+        .map(|m| (m.queue_id, m.queue_offset))
+        .collect();
     assert_eq!(vec![(0, 0), (1, 0), (0, 1), (0, 2)], offsets);
     assert_eq!(3, fx.state.queue_next_offset("T", 0));
     assert_eq!(1, fx.state.queue_next_offset("T", 1));
 
     let read = fx.state.read_queue("T", 0, 0, 100, usize::MAX).unwrap();
-    let ids: Vec<_> = read.iter().map(|r| (r.queue_offset, r.message.message_id.as_str())).collect();
+    let ids: Vec<_> = read
+        .iter()
+        .map(|r| (r.queue_offset, r.message.message_id.as_str()))
+        .collect();
     assert_eq!(vec![(0, "a"), (1, "c"), (2, "d")], ids);
     assert_eq!(Bytes::from("body-c"), read[1].message.body);
 
     let tail = fx.state.read_queue("T", 0, 2, 100, usize::MAX).unwrap();
     assert_eq!(1, tail.len());
-    assert!(fx.state.read_queue("T", 0, 3, 100, usize::MAX).unwrap().is_empty());
-    assert!(fx.state.read_queue("other", 0, 0, 100, usize::MAX).unwrap().is_empty());
+    assert!(
+        fx.state
+            .read_queue("T", 0, 3, 100, usize::MAX)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        fx.state
+            .read_queue("other", 0, 0, 100, usize::MAX)
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
@@ -109,16 +129,31 @@ fn given_a_retried_message_id_within_the_window_then_the_first_result_is_returne
     let retry = appended(fx.commit(append(vec![message("T", 3, "x", 5_000)])));
     assert!(!first[0].duplicate);
     assert!(retry[0].duplicate);
-    assert_eq!((first[0].queue_id, first[0].queue_offset), (retry[0].queue_id, retry[0].queue_offset));
+    assert_eq!(
+        (first[0].queue_id, first[0].queue_offset),
+        (retry[0].queue_id, retry[0].queue_offset)
+    );
     assert_eq!(1, fx.state.queue_next_offset("T", 0));
-    assert_eq!(0, fx.state.queue_next_offset("T", 3), "the retry stored nothing");
+    assert_eq!(
+        0,
+        fx.state.queue_next_offset("T", 3),
+        "the retry stored nothing"
+    );
 
     // Same id inside one batch: the second copy is a duplicate too.
-    let batch = appended(fx.commit(append(vec![message("T", 0, "y", 6_000), message("T", 0, "y", 6_000)])));
+    let batch = appended(fx.commit(append(vec![
+        message("T", 0, "y", 6_000),
+        message("T", 0, "y", 6_000),
+    ])));
     assert!(!batch[0].duplicate && batch[1].duplicate);
 
     // Past the window the id is new again.
-    let late = appended(fx.commit(append(vec![message("T", 0, "x", 1_000 + DEDUP_WINDOW_MS + 1)])));
+    let late = appended(fx.commit(append(vec![message(
+        "T",
+        0,
+        "x",
+        1_000 + DEDUP_WINDOW_MS + 1,
+    )])));
     assert!(!late[0].duplicate);
     assert_eq!(2, late[0].queue_offset);
 }
@@ -142,7 +177,14 @@ fn given_a_topic_created_twice_then_the_second_reports_the_existing_one() {
     assert!(first.created);
     assert!(!second.created);
     assert_eq!(4, second.topic.unwrap().queues);
-    assert_eq!(vec!["T".to_string()], fx.state.topics().iter().map(|t| t.name.clone()).collect::<Vec<_>>());
+    assert_eq!(
+        vec!["T".to_string()],
+        fx.state
+            .topics()
+            .iter()
+            .map(|t| t.name.clone())
+            .collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -158,7 +200,9 @@ fn given_state_written_when_reopened_then_caches_and_applied_id_are_restored() {
             payload: Some(pb::entry::Payload::Command(command.clone())),
         };
         log.append(&[entry], Box::new(|_| {})).unwrap();
-        state.apply(vec![(log_id(5), ApplyItem::Command(command))]).unwrap();
+        state
+            .apply(vec![(log_id(5), ApplyItem::Command(command))])
+            .unwrap();
         let commit = pb::Command {
             kind: Some(pb::command::Kind::CommitOffset(pb::CommitOffset {
                 group: "G".into(),
@@ -167,7 +211,9 @@ fn given_state_written_when_reopened_then_caches_and_applied_id_are_restored() {
                 offset: 1,
             })),
         };
-        state.apply(vec![(log_id(6), ApplyItem::Command(commit))]).unwrap();
+        state
+            .apply(vec![(log_id(6), ApplyItem::Command(commit))])
+            .unwrap();
     }
     let db = Db::open(dir.path(), FlushMode::Sync).unwrap();
     let state = BrokerState::open(db).unwrap();
@@ -177,13 +223,19 @@ fn given_state_written_when_reopened_then_caches_and_applied_id_are_restored() {
     assert_eq!(0, state.queue_min_offset("T", 2).unwrap());
     assert_eq!(Some(1), state.consumer_offset("G", "T", 2).unwrap());
     assert_eq!(None, state.consumer_offset("G", "T", 1).unwrap());
-    assert_eq!(2, state.read_queue("T", 2, 0, 10, usize::MAX).unwrap().len());
+    assert_eq!(
+        2,
+        state.read_queue("T", 2, 0, 10, usize::MAX).unwrap().len()
+    );
 }
 
 #[test]
 fn given_a_snapshot_export_when_imported_elsewhere_then_the_state_is_identical() {
     let mut source = Fixture::new();
-    source.commit(append(vec![message("T", 0, "a", 1), message("T", 1, "b", 1)]));
+    source.commit(append(vec![
+        message("T", 0, "a", 1),
+        message("T", 1, "b", 1),
+    ]));
     let export = source.state.export().unwrap();
     assert_eq!(Some(1), export.applied.as_ref().map(|id| id.index));
     let data = export.data;
@@ -192,18 +244,31 @@ fn given_a_snapshot_export_when_imported_elsewhere_then_the_state_is_identical()
     target.state.import(&data).unwrap();
     assert_eq!(1, target.state.queue_next_offset("T", 0));
     assert_eq!(1, target.state.queue_next_offset("T", 1));
-    assert_eq!(source.state.applied_log_id().unwrap(), target.state.applied_log_id().unwrap());
+    assert_eq!(
+        source.state.applied_log_id().unwrap(),
+        target.state.applied_log_id().unwrap()
+    );
     assert_eq!(data, target.state.export().unwrap().data);
 
-    assert!(target.state.import(&data[..data.len() - 1]).is_err(), "a truncated snapshot is refused");
+    assert!(
+        target.state.import(&data[..data.len() - 1]).is_err(),
+        "a truncated snapshot is refused"
+    );
 }
 
 #[test]
 fn given_a_byte_budget_then_a_read_stops_early_but_returns_at_least_one_message() {
     let mut fx = Fixture::new();
-    fx.commit(append((0..10).map(|i| message("T", 0, &format!("m{i}"), 1)).collect()));
+    fx.commit(append(
+        (0..10)
+            .map(|i| message("T", 0, &format!("m{i}"), 1))
+            .collect(),
+    ));
     assert_eq!(1, fx.state.read_queue("T", 0, 0, 100, 1).unwrap().len());
-    assert_eq!(3, fx.state.read_queue("T", 0, 0, 3, usize::MAX).unwrap().len());
+    assert_eq!(
+        3,
+        fx.state.read_queue("T", 0, 0, 3, usize::MAX).unwrap().len()
+    );
 }
 
 #[test]
