@@ -58,10 +58,10 @@ pub struct BrokerArgs {
     /// Raft heartbeat interval in ms (default 100).
     #[arg(long, env = "RAFTMQ_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
-    /// Lower bound of the randomized election timeout in ms (default 500).
+    /// Lower bound of the randomized election timeout in ms (default 300).
     #[arg(long, env = "RAFTMQ_ELECTION_TIMEOUT_MIN_MS")]
     pub election_timeout_min_ms: Option<u64>,
-    /// Upper bound of the randomized election timeout in ms (default 1000).
+    /// Upper bound of the randomized election timeout in ms (default 600).
     #[arg(long, env = "RAFTMQ_ELECTION_TIMEOUT_MAX_MS")]
     pub election_timeout_max_ms: Option<u64>,
 }
@@ -207,12 +207,12 @@ impl BrokerArgs {
             election_timeout_min: Duration::from_millis(
                 self.election_timeout_min_ms
                     .or(file.election_timeout_min_ms)
-                    .unwrap_or(500),
+                    .unwrap_or(300),
             ),
             election_timeout_max: Duration::from_millis(
                 self.election_timeout_max_ms
                     .or(file.election_timeout_max_ms)
-                    .unwrap_or(1000),
+                    .unwrap_or(600),
             ),
         };
         config.validate()
