@@ -60,7 +60,7 @@ for mode in $MODES; do
     "$bin" bench produce --endpoints "$endpoints" --topic bench --concurrency "$CONCURRENCY" \
       --size "$SIZE" --duration "$DURATION" --json | tee -a "$WORK/$mode-max.jsonl"
     echo "--- flush=$mode run $run/$RUNS: fixed rate $RATE msgs/s"
-    "$bin" bench produce --endpoints "$endpoints" --topic bench --concurrency 256 \
+    "$bin" bench produce --endpoints "$endpoints" --topic bench --concurrency "$CONCURRENCY" \
       --size "$SIZE" --duration "$DURATION" --rate "$RATE" --json | tee -a "$WORK/$mode-rate.jsonl"
   done
   stop_cluster

@@ -159,6 +159,9 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     where
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {
+        if std::env::var_os("RAFTMQ_SEQUENTIAL_APPEND").is_some() {
+            return openraft::network::stream_append_sequential(self, input, _option);
+        }
         Box::pin(async move {
             let mut client = self.client()?;
             let requests = input.map(|req| convert::append_request_to_pb(&req));

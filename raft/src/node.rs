@@ -50,7 +50,7 @@ pub enum StartError {
 }
 
 /// Why a proposal did not produce a result.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ProposeError {
     /// No leader could be reached before the deadline; the command was not written.
     #[error("no leader available in the broker group (election in progress or no quorum)")]

@@ -181,17 +181,7 @@ impl Messaging {
             .into_iter()
             .map(|m| to_stored(m, &topic_name, queue_id, store_ms))
             .collect();
-        let command = pb::Command {
-            kind: Some(pb::command::Kind::Append(pb::AppendMessages { messages })),
-        };
-        let appended = match broker.node.propose(command, PROPOSE_DEADLINE).await?.kind {
-            Some(pb::command_result::Kind::Append(result)) => result.messages,
-            other => {
-                return Err(Rejection::internal(format!(
-                    "unexpected result of a send: {other:?}"
-                )));
-            }
-        };
+        let appended = broker.sends.append(messages).await?;
         if appended.len() != message_ids.len() {
             return Err(Rejection::internal(
                 "the broker stored a different number of messages than it was sent",

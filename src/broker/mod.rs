@@ -10,6 +10,7 @@
 //! its applied, hence committed, state.
 
 pub mod admin;
+pub mod batcher;
 pub mod filter;
 pub mod messages;
 pub mod messaging;
@@ -27,6 +28,7 @@ use raftmq_proto::rocketmq::v2::Code;
 use raftmq_raft::RaftNode;
 use raftmq_raft::node::NodeConfig;
 use raftmq_raft::service::RaftGrpc;
+use tonic::transport::server::TcpIncoming;
 
 use crate::config::BrokerConfig;
 use status::Rejection;
@@ -39,6 +41,8 @@ pub const MAX_CLIENT_MESSAGE_BYTES: usize = 130 * 1024 * 1024;
 pub struct Broker {
     pub config: Arc<BrokerConfig>,
     pub node: Arc<RaftNode>,
+    /// Packs concurrent sends into shared Raft entries.
+    pub sends: batcher::SendBatcher,
     round_robin: AtomicU64,
 }
 
@@ -144,6 +148,7 @@ pub async fn run(
     let broker = Arc::new(Broker {
         config: config.clone(),
         node: node.clone(),
+        sends: batcher::SendBatcher::start(node.clone()),
         round_robin: AtomicU64::new(0),
     });
 
@@ -167,21 +172,17 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    // Nagle's algorithm must be off on accepted sockets: a small reply (an append ack) would
+    // otherwise wait for the peer's delayed ACK, about 40 ms on Linux. Server::tcp_nodelay does
+    // not apply to a listener we bound ourselves, so it is set on the incoming stream.
+    let incoming = |listener| TcpIncoming::from(listener).with_nodelay(Some(true));
     let raft_server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(RaftGrpc::server(node.clone()))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(raft_listener),
-            stopped(stop_rx.clone()),
-        );
+        .serve_with_incoming_shutdown(incoming(raft_listener), stopped(stop_rx.clone()));
     let client_server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(messaging::service(broker.clone()))
         .add_service(admin::service(broker.clone()))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(client_listener),
-            stopped(stop_rx.clone()),
-        );
+        .serve_with_incoming_shutdown(incoming(client_listener), stopped(stop_rx.clone()));
     let raft_task = tokio::spawn(raft_server);
     let client_task = tokio::spawn(client_server);
     tokio::spawn(node.clone().bootstrap());

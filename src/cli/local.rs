@@ -93,6 +93,18 @@ fn shell_quote(text: &str) -> String {
     }
 }
 
+/// Running, and not a zombie: a node restarted by hand is not our child, and once it exits it
+/// may stay a zombie until whoever adopted it reaps it.
+fn is_running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => kill(Pid::from_raw(pid), None).is_ok(),
+    }
+}
+
 fn read_pid(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
@@ -148,7 +160,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     for node in &mut nodes {
         std::fs::create_dir_all(&node.dir)?;
         if let Some(pid) = read_pid(&node.pid_file())
-            && kill(Pid::from_raw(pid), None).is_ok()
+            && is_running(pid)
         {
             anyhow::bail!(
                 "node {} seems to be running already (pid {pid} from {}); stop it first",
@@ -255,15 +267,15 @@ fn write_cluster_json(dir: &Path, nodes: &[LocalNode]) -> anyhow::Result<()> {
 async fn stop_all(nodes: &mut [LocalNode]) {
     let mut pids = Vec::new();
     for node in nodes.iter() {
-        let pid = node
-            .child
-            .as_ref()
-            .and_then(|c| c.id())
-            .map(|p| p as i32)
-            .or_else(|| read_pid(&node.pid_file()));
-        if let Some(pid) = pid {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-            pids.push(pid);
+        // Both our own child and whatever the pid file names: a node restarted by hand
+        // replaces the pid file while our child handle may still name the dead process.
+        let child = node.child.as_ref().and_then(|c| c.id()).map(|p| p as i32);
+        let from_file = read_pid(&node.pid_file());
+        for pid in [child, from_file].into_iter().flatten() {
+            if !pids.contains(&pid) && is_running(pid) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+                pids.push(pid);
+            }
         }
     }
     let give_up = Instant::now() + Duration::from_secs(10);
@@ -276,11 +288,11 @@ async fn stop_all(nodes: &mut [LocalNode]) {
             .await;
         }
     }
-    while Instant::now() < give_up && pids.iter().any(|p| kill(Pid::from_raw(*p), None).is_ok()) {
+    while Instant::now() < give_up && pids.iter().any(|p| is_running(*p)) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for pid in pids {
-        if kill(Pid::from_raw(pid), None).is_ok() {
+        if is_running(pid) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }

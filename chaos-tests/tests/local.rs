@@ -1,0 +1,133 @@
+//! `raftmq local`, the newcomer's command: three processes, cluster.json with working restart
+//! commands, and a clean stop of every node on SIGTERM.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chaos_tests::cluster::raftmq_binary;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use raftmq::client::{Client, message};
+
+/// Running, and not a zombie waiting for a parent that is gone to reap it.
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn pids(dir: &std::path::Path) -> Vec<i32> {
+    (1..=3)
+        .filter_map(|n| std::fs::read_to_string(dir.join(format!("node-{n}/broker.pid"))).ok())
+        .filter_map(|p| p.trim().parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn local_cluster_survives_a_kill_and_stops_cleanly() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // Ports away from the defaults so a developer's own local cluster does not collide.
+    let (client_port, raft_port) = (28081u16, 29091u16);
+    let mut local = Command::new(raftmq_binary()?)
+        .args(["local", "--dir"])
+        .arg(dir.path())
+        .args([
+            "--client-port",
+            &client_port.to_string(),
+            "--raft-port",
+            &raft_port.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let endpoints: Vec<String> = (0..3)
+        .map(|i| format!("127.0.0.1:{}", client_port + i))
+        .collect();
+    let client = Client::new(&endpoints)?;
+
+    let give_up = Instant::now() + Duration::from_secs(30);
+    let cluster_json = dir.path().join("cluster.json");
+    while !(cluster_json.exists() && pids(dir.path()).len() == 3) {
+        anyhow::ensure!(
+            Instant::now() < give_up,
+            "raftmq local did not write cluster.json and pid files"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut sent = 0;
+    while client
+        .send(vec![message("local-demo", b"first".to_vec(), None, &[])])
+        .await
+        .is_err()
+    {
+        anyhow::ensure!(
+            Instant::now() < give_up,
+            "the local cluster never accepted a send"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    sent += 1;
+
+    // Kill node 2 the hard way and bring it back with the command from cluster.json.
+    let nodes: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cluster_json)?)?;
+    let node2 = nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == 2)
+        .unwrap()
+        .clone();
+    let pid2: i32 = std::fs::read_to_string(dir.path().join("node-2/broker.pid"))?
+        .trim()
+        .parse()?;
+    kill(Pid::from_raw(pid2), Signal::SIGKILL)?;
+    for _ in 0..5 {
+        client
+            .send(vec![message(
+                "local-demo",
+                b"while node 2 is down".to_vec(),
+                None,
+                &[],
+            )])
+            .await?;
+        sent += 1;
+    }
+    let restart = node2["restart_command"].as_str().unwrap();
+    let status = Command::new("sh").arg("-c").arg(restart).status()?;
+    anyhow::ensure!(status.success(), "restart command failed: {restart}");
+
+    // Node 2 catches up and serves every message from its own state.
+    let node2_client = Client::new(&[endpoints[1].clone()])?;
+    loop {
+        let stored = chaos_tests::history::read_topic(&node2_client, "local-demo", 8).await;
+        if stored.as_ref().is_ok_and(|s| s.len() == sent) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < give_up,
+            "node 2 did not catch up: {stored:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // SIGTERM to `raftmq local` stops every node, the restarted one included.
+    let running = pids(dir.path());
+    assert_eq!(running.len(), 3);
+    kill(Pid::from_raw(local.id() as i32), Signal::SIGTERM)?;
+    let exit = tokio::task::spawn_blocking(move || local.wait()).await??;
+    assert!(exit.success(), "raftmq local exited with {exit}");
+    let stop_deadline = Instant::now() + Duration::from_secs(15);
+    while running.iter().any(|p| alive(*p)) {
+        // The restarted node is not our child: it is gone once kill(pid, 0) fails.
+        anyhow::ensure!(
+            Instant::now() < stop_deadline,
+            "nodes still running after raftmq local stopped: {running:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! Coalesces concurrent sends into shared Raft entries.
+//!
+//! Every Raft entry costs the leader a fixed amount of work (openraft bookkeeping, one log
+//! record, one replication message per follower, one apply) whatever it carries. Sends that
+//! arrive while earlier entries are still being replicated are therefore packed into one
+//! `AppendMessages` command, up to a size limit, and each caller gets back its own slice of
+//! the result. At most `MAX_IN_FLIGHT` combined entries are proposed at a time: while they are
+//! busy, new sends queue up and form the next, larger, entry. A lone send under light load is
+//! proposed at once, so batching adds no latency.
+
+use std::sync::Arc;
+
+use raftmq_proto::raft::v1 as pb;
+use raftmq_raft::{ProposeError, RaftNode};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::PROPOSE_DEADLINE;
+
+/// Combined entries being replicated at once.
+const MAX_IN_FLIGHT: usize = 4;
+/// Upper bound of the bodies packed into one entry; a single larger send still goes alone.
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Upper bound of the messages packed into one entry.
+const MAX_BATCH_MESSAGES: usize = 2048;
+
+type Reply = oneshot::Sender<Result<Vec<pb::AppendedMessage>, ProposeError>>;
+
+struct PendingSend {
+    messages: Vec<pb::StoredMessage>,
+    reply: Reply,
+}
+
+#[derive(Clone)]
+pub struct SendBatcher {
+    queue: mpsc::UnboundedSender<PendingSend>,
+}
+
+impl SendBatcher {
+    pub fn start(node: Arc<RaftNode>) -> SendBatcher {
+        let (queue, pending) = mpsc::unbounded_channel();
+        tokio::spawn(run(node, pending));
+        SendBatcher { queue }
+    }
+
+    /// Store `messages` (one client request); returns one result per message, in order.
+    pub async fn append(
+        &self,
+        messages: Vec<pb::StoredMessage>,
+    ) -> Result<Vec<pb::AppendedMessage>, ProposeError> {
+        let (reply, result) = oneshot::channel();
+        self.queue
+            .send(PendingSend { messages, reply })
+            .map_err(|_| ProposeError::Fatal("the broker is shutting down".into()))?;
+        result
+            .await
+            .map_err(|_| ProposeError::Fatal("the broker is shutting down".into()))?
+    }
+}
+
+async fn run(node: Arc<RaftNode>, mut pending: mpsc::UnboundedReceiver<PendingSend>) {
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut carried: Option<PendingSend> = None;
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match carried.take() {
+            Some(send) => send,
+            None => match pending.recv().await {
+                Some(send) => send,
+                None => return,
+            },
+        };
+        let mut bytes = body_bytes(&first.messages);
+        let mut count = first.messages.len();
+        let mut batch = vec![first];
+        while let Ok(next) = pending.try_recv() {
+            let next_bytes = body_bytes(&next.messages);
+            if bytes + next_bytes > MAX_BATCH_BYTES
+                || count + next.messages.len() > MAX_BATCH_MESSAGES
+            {
+                carried = Some(next);
+                break;
+            }
+            bytes += next_bytes;
+            count += next.messages.len();
+            batch.push(next);
+        }
+        let node = node.clone();
+        tokio::spawn(async move {
+            propose_batch(&node, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+fn body_bytes(messages: &[pb::StoredMessage]) -> usize {
+    messages.iter().map(|m| m.body.len()).sum()
+}
+
+async fn propose_batch(node: &RaftNode, batch: Vec<PendingSend>) {
+    let mut sizes = Vec::with_capacity(batch.len());
+    let mut replies = Vec::with_capacity(batch.len());
+    let mut messages = Vec::new();
+    for send in batch {
+        sizes.push(send.messages.len());
+        messages.extend(send.messages);
+        replies.push(send.reply);
+    }
+    let command = pb::Command {
+        kind: Some(pb::command::Kind::Append(pb::AppendMessages { messages })),
+    };
+    let outcome = match node.propose(command, PROPOSE_DEADLINE).await {
+        Ok(pb::CommandResult {
+            kind: Some(pb::command_result::Kind::Append(result)),
+        }) if result.messages.len() == sizes.iter().sum::<usize>() => Ok(result.messages),
+        Ok(other) => Err(ProposeError::Fatal(format!(
+            "unexpected result of a send: {other:?}"
+        ))),
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(mut appended) => {
+            // Hand each caller its own results, front to back.
+            for (size, reply) in sizes.into_iter().zip(replies) {
+                let rest = appended.split_off(size);
+                let _ = reply.send(Ok(std::mem::replace(&mut appended, rest)));
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
