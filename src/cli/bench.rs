@@ -157,7 +157,7 @@ async fn produce(bench: ProduceBench) -> anyhow::Result<()> {
         Duration::from_secs_f64(bench.concurrency as f64 * bench.batch as f64 / bench.rate as f64)
     });
     let mut workers = Vec::new();
-    for _ in 0..bench.concurrency {
+    for worker in 0..bench.concurrency {
         let client = client.clone();
         let counters = counters.clone();
         let bench = bench.clone();
@@ -165,7 +165,12 @@ async fn produce(bench: ProduceBench) -> anyhow::Result<()> {
             let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
                 .expect("valid histogram bounds");
             let body = vec![b'x'; bench.size];
-            let mut next_send = Instant::now();
+            // Spread the workers' schedules over one interval so that a target rate is an even
+            // stream of sends, not a burst of `concurrency` sends at every tick.
+            let mut next_send = Instant::now()
+                + per_worker_interval.map_or(Duration::ZERO, |i| {
+                    i.mul_f64(worker as f64 / bench.concurrency as f64)
+                });
             while Instant::now() < end {
                 if let Some(interval) = per_worker_interval {
                     let now = Instant::now();

@@ -95,7 +95,7 @@ fn shell_quote(text: &str) -> String {
 
 /// Running, and not a zombie: a node restarted by hand is not our child, and once it exits it
 /// may stay a zombie until whoever adopted it reaps it.
-fn is_running(pid: i32) -> bool {
+pub fn is_running(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => !stat
             .rsplit(')')
