@@ -237,7 +237,7 @@ impl BrokerConfig {
                 ),
             ));
         }
-        if self.members.len() % 2 == 0 {
+        if self.members.len().is_multiple_of(2) {
             tracing::warn!(
                 members = self.members.len(),
                 "an even number of members tolerates no more failures than one fewer"

@@ -158,7 +158,7 @@ impl BrokerState {
         &self,
         items: Vec<(pb::LogId, ApplyItem)>,
     ) -> Result<Vec<Option<pb::CommandResult>>, StorageError> {
-        let Some(last_log_id) = items.last().map(|(id, _)| id.clone()) else {
+        let Some(last_log_id) = items.last().map(|(id, _)| *id) else {
             return Ok(Vec::new());
         };
         let mut pending = PendingApply::default();
@@ -171,7 +171,7 @@ impl BrokerState {
                     ApplyItem::Blank => None,
                     ApplyItem::Membership(membership) => {
                         let stored = pb::StoredMembership {
-                            log_id: Some(log_id.clone()),
+                            log_id: Some(log_id),
                             membership: Some(membership),
                         };
                         batch.put_cf(
@@ -290,7 +290,7 @@ impl BrokerState {
         for (slot, message) in append.messages.iter().enumerate() {
             let dedup_key = keys::dedup_key(&message.topic, &message.message_id);
             let previous = match pending.dedup.get(&dedup_key) {
-                Some(entry) => Some(entry.clone()),
+                Some(entry) => Some(*entry),
                 None => match self.db.get(CF_INDEX, &dedup_key)? {
                     Some(bytes) => Some(
                         pb::DedupEntry::decode(&*bytes)

@@ -30,7 +30,7 @@ impl Fixture {
         let log_id = log_id(self.next_index);
         self.next_index += 1;
         let entry = pb::Entry {
-            log_id: Some(log_id.clone()),
+            log_id: Some(log_id),
             payload: Some(pb::entry::Payload::Command(command.clone())),
         };
         let (tx, rx) = std::sync::mpsc::channel();
