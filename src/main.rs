@@ -5,6 +5,11 @@ use raftmq::cli;
 use raftmq::config::BrokerArgs;
 use tracing_subscriber::EnvFilter;
 
+// The broker allocates and frees a few buffers per message; mimalloc does that with less
+// CPU than glibc's allocator (see docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "raftmq",
