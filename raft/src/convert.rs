@@ -147,15 +147,15 @@ pub fn stored_membership_from_pb(
     ))
 }
 
-pub fn entry_to_pb(entry: &Entry) -> pb::Entry {
-    let payload = match &entry.payload {
+/// Takes the entry by value: its command (all of a send's messages) moves into the record
+/// instead of being copied, on the append path and for every replication message.
+pub fn entry_to_pb(entry: Entry) -> pb::Entry {
+    let payload = match entry.payload {
         EntryPayload::Blank => None,
-        EntryPayload::Normal(Request(command)) => {
-            Some(pb::entry::Payload::Command(command.clone()))
-        }
-        EntryPayload::Membership(membership) => {
-            Some(pb::entry::Payload::Membership(membership_to_pb(membership)))
-        }
+        EntryPayload::Normal(Request(command)) => Some(pb::entry::Payload::Command(command)),
+        EntryPayload::Membership(membership) => Some(pb::entry::Payload::Membership(
+            membership_to_pb(&membership),
+        )),
     };
     pb::Entry {
         log_id: Some(log_id_to_pb(&entry.log_id)),
@@ -180,11 +180,11 @@ pub fn entry_from_pb(entry: pb::Entry) -> Result<Entry, MissingField> {
     Ok(Entry { log_id, payload })
 }
 
-pub fn append_request_to_pb(req: &AppendEntriesRequest<TypeConfig>) -> pb::AppendEntriesRequest {
+pub fn append_request_to_pb(req: AppendEntriesRequest<TypeConfig>) -> pb::AppendEntriesRequest {
     pb::AppendEntriesRequest {
         vote: Some(vote_to_pb(&req.vote)),
         prev_log_id: req.prev_log_id.as_ref().map(log_id_to_pb),
-        entries: req.entries.iter().map(entry_to_pb).collect(),
+        entries: req.entries.into_iter().map(entry_to_pb).collect(),
         leader_commit: req.leader_commit.as_ref().map(log_id_to_pb),
     }
 }
@@ -356,8 +356,8 @@ mod tests {
             EntryPayload::Membership(membership),
         ] {
             let entry = Entry { log_id, payload };
-            let back = entry_from_pb(entry_to_pb(&entry)).unwrap();
-            assert_eq!(entry_to_pb(&entry), entry_to_pb(&back));
+            let back = entry_from_pb(entry_to_pb(entry.clone())).unwrap();
+            assert_eq!(entry_to_pb(entry.clone()), entry_to_pb(back.clone()));
             assert_eq!(entry.log_id, back.log_id);
         }
     }

@@ -117,10 +117,7 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let records: Vec<_> = entries
-            .into_iter()
-            .map(|entry| entry_to_pb(&entry))
-            .collect();
+        let records: Vec<_> = entries.into_iter().map(entry_to_pb).collect();
         self.store.append(
             &records,
             Box::new(move |result| callback.io_completed(result.map_err(io::Error::from))),

@@ -135,7 +135,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let request = with_timeout(convert::append_request_to_pb(&rpc), &option);
+        let request = with_timeout(convert::append_request_to_pb(rpc), &option);
         let reply = self
             .client()?
             .append_entries(request)
@@ -159,12 +159,9 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     where
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {
-        if std::env::var_os("RAFTMQ_SEQUENTIAL_APPEND").is_some() {
-            return openraft::network::stream_append_sequential(self, input, _option);
-        }
         Box::pin(async move {
             let mut client = self.client()?;
-            let requests = input.map(|req| convert::append_request_to_pb(&req));
+            let requests = input.map(convert::append_request_to_pb);
             let replies = match client.stream_append(requests).await {
                 Ok(replies) => {
                     self.failed_streams = 0;

@@ -269,11 +269,7 @@ impl RaftNode {
                 && let Ok(mut client) = self.network.client(&node.raft_addr)
             {
                 let mut request = tonic::Request::new(pb::ReadIndexRequest {});
-                request.set_timeout(
-                    give_up
-                        .saturating_duration_since(Instant::now())
-                        .max(Duration::from_millis(100)),
-                );
+                request.set_timeout(time_left(give_up));
                 if let Ok(reply) = client.read_index(request).await
                     && let Some(pb::read_index_response::Outcome::Index(index)) =
                         reply.into_inner().outcome
@@ -308,11 +304,7 @@ impl RaftNode {
         let mut request = tonic::Request::new(pb::ProposeRequest {
             command: Some(command.clone()),
         });
-        request.set_timeout(
-            give_up
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(100)),
-        );
+        request.set_timeout(time_left(give_up));
         match client.propose(request).await {
             Ok(reply) => match reply.into_inner().outcome {
                 Some(pb::propose_response::Outcome::Result(result)) => Forwarded::Done(result),
@@ -325,6 +317,14 @@ impl RaftNode {
             Err(status) => Forwarded::Unknown(status.message().to_string()),
         }
     }
+}
+
+/// Timeout for an RPC made on the way to `give_up`: what is left, but never less than 100 ms
+/// so a call made at the deadline still has a chance to be answered.
+fn time_left(give_up: Instant) -> Duration {
+    give_up
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(100))
 }
 
 enum Forwarded {
