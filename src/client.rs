@@ -222,6 +222,101 @@ impl Client {
         .await
     }
 
+    /// POP-receive up to `batch` messages of `topic` for `group` (any queue), each invisible
+    /// to other receives for `invisible`; empty after `long_poll` when there are none.
+    pub async fn receive(
+        &self,
+        group: &str,
+        topic: &str,
+        batch: i32,
+        invisible: Duration,
+        long_poll: Duration,
+    ) -> Result<Vec<v2::Message>, ClientError> {
+        use v2::receive_message_response::Content;
+        self.with_failover(|mut client| {
+            let mut request = tonic::Request::new(v2::ReceiveMessageRequest {
+                group: Some(resource(group)),
+                message_queue: Some(queue(topic, -1)),
+                filter_expression: None,
+                batch_size: batch,
+                invisible_duration: prost_types::Duration::try_from(invisible).ok(),
+                auto_renew: false,
+                long_polling_timeout: prost_types::Duration::try_from(long_poll).ok(),
+                attempt_id: None,
+            });
+            request.set_timeout(self.timeout + long_poll);
+            async move {
+                let mut stream = client
+                    .receive_message(request)
+                    .await
+                    .map_err(|s| ClientError::Unavailable(s.message().to_string()))?
+                    .into_inner();
+                let mut messages = Vec::new();
+                while let Some(frame) = stream
+                    .message()
+                    .await
+                    .map_err(|s| ClientError::Unavailable(s.message().to_string()))?
+                {
+                    match frame.content {
+                        Some(Content::Status(status))
+                            if status.code != Code::MessageNotFound as i32 =>
+                        {
+                            check(Some(&status))?
+                        }
+                        Some(Content::Message(message)) => messages.push(message),
+                        _ => {}
+                    }
+                }
+                Ok(messages)
+            }
+        })
+        .await
+    }
+
+    /// Acknowledge received messages by their receipt handles; one status per handle.
+    pub async fn ack(
+        &self,
+        group: &str,
+        topic: &str,
+        handles: &[String],
+    ) -> Result<Vec<v2::Status>, ClientError> {
+        self.with_failover(|mut client| {
+            let request = self.request(v2::AckMessageRequest {
+                group: Some(resource(group)),
+                topic: Some(resource(topic)),
+                entries: handles
+                    .iter()
+                    .map(|handle| v2::AckMessageEntry {
+                        message_id: String::new(),
+                        receipt_handle: handle.clone(),
+                        lite_topic: None,
+                    })
+                    .collect(),
+            });
+            async move {
+                let reply = client
+                    .ack_message(request)
+                    .await
+                    .map_err(|s| ClientError::Unavailable(s.message().to_string()))?
+                    .into_inner();
+                let status = reply.status.unwrap_or_default();
+                // Per-entry outcomes decide; only a failure of the call as a whole is retried.
+                if status.code != Code::Ok as i32
+                    && status.code != Code::MultipleResults as i32
+                    && reply.entries.is_empty()
+                {
+                    check(Some(&status))?;
+                }
+                Ok(reply
+                    .entries
+                    .into_iter()
+                    .map(|e| e.status.unwrap_or_default())
+                    .collect())
+            }
+        })
+        .await
+    }
+
     pub async fn query_offset(
         &self,
         topic: &str,

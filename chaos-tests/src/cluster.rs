@@ -336,6 +336,37 @@ impl Cluster {
         }
     }
 
+    /// Create a consumer group (or update its settings) through the admin API.
+    /// `max_delivery_attempts` 0 means the broker default.
+    pub async fn create_group(
+        &self,
+        name: &str,
+        fifo: bool,
+        max_delivery_attempts: u32,
+    ) -> anyhow::Result<()> {
+        let client = self.client();
+        let give_up = Instant::now() + Duration::from_secs(20);
+        loop {
+            let result = client
+                .admin(|mut admin_client| {
+                    let request = admin::CreateGroupRequest {
+                        name: name.to_string(),
+                        fifo,
+                        max_delivery_attempts,
+                    };
+                    async move { admin_client.create_group(request).await }
+                })
+                .await;
+            match result {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_retryable() && Instant::now() < give_up => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => bail!("create group {name}: {e}"),
+            }
+        }
+    }
+
     /// The tail of every node's log, for failure messages.
     pub fn log_tails(&self, lines: usize) -> String {
         let mut out = String::new();

@@ -24,6 +24,23 @@ impl fmt::Display for Request {
                     commit.group, commit.topic, commit.queue_id, commit.offset
                 )
             }
+            Some(Kind::CreateGroup(create)) => write!(f, "create_group({})", create.name),
+            Some(Kind::Pop(pop)) => write!(
+                f,
+                "pop({}/{} max {})",
+                pop.group, pop.topic, pop.max_messages
+            ),
+            Some(Kind::Ack(ack)) => write!(
+                f,
+                "ack({}/{} x{})",
+                ack.group,
+                ack.topic,
+                ack.receipts.len()
+            ),
+            Some(Kind::ChangeInvisible(change)) => {
+                write!(f, "change_invisible({}/{})", change.group, change.topic)
+            }
+            Some(Kind::DeadLetter(dead)) => write!(f, "dead_letter({}/{})", dead.group, dead.topic),
             None => f.write_str("unknown"),
         }
     }

@@ -23,7 +23,9 @@ pub fn service(broker: Arc<Broker>) -> AdminServiceServer<Admin> {
 fn to_status(rejection: Rejection) -> Status {
     use raftmq_proto::rocketmq::v2::Code;
     match rejection.code {
-        Code::IllegalTopic | Code::BadRequest => Status::invalid_argument(rejection.message),
+        Code::IllegalTopic | Code::IllegalConsumerGroup | Code::BadRequest => {
+            Status::invalid_argument(rejection.message)
+        }
         Code::TopicNotFound => Status::not_found(rejection.message),
         Code::HaNotAvailable | Code::MasterPersistenceTimeout => {
             Status::unavailable(rejection.message)
@@ -53,6 +55,18 @@ impl Admin {
             queues: topic.queues,
             created_ms: topic.created_ms,
         }
+    }
+}
+
+fn group_info(group: pb::GroupConfig) -> admin::GroupInfo {
+    admin::GroupInfo {
+        max_delivery_attempts: match group.max_delivery_attempts {
+            0 => raftmq_storage::DEFAULT_MAX_DELIVERY_ATTEMPTS,
+            n => n,
+        },
+        name: group.name,
+        fifo: group.fifo,
+        created_ms: group.created_ms,
     }
 }
 
@@ -153,5 +167,36 @@ impl AdminService for Admin {
         Ok(Response::new(admin::DescribeTopicResponse {
             topic: Some(self.topic_info(topic)),
         }))
+    }
+
+    async fn create_group(
+        &self,
+        request: Request<admin::CreateGroupRequest>,
+    ) -> Result<Response<admin::CreateGroupResponse>, Status> {
+        let request = request.into_inner();
+        let result = self
+            .broker
+            .create_group(&request.name, request.fifo, request.max_delivery_attempts)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(admin::CreateGroupResponse {
+            group: result.group.map(group_info),
+            created: result.created,
+        }))
+    }
+
+    async fn list_groups(
+        &self,
+        _request: Request<admin::ListGroupsRequest>,
+    ) -> Result<Response<admin::ListGroupsResponse>, Status> {
+        let groups = self
+            .broker
+            .node
+            .state
+            .groups()
+            .into_iter()
+            .map(group_info)
+            .collect();
+        Ok(Response::new(admin::ListGroupsResponse { groups }))
     }
 }

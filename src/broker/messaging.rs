@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::consumer::grpc_timeout;
 use super::filter::TagFilter;
 use super::messages::{now_ms, to_delivered, to_stored};
 use super::status::{ClientKind, Rejection, ok};
@@ -27,6 +28,10 @@ use super::{Broker, MAX_CLIENT_MESSAGE_BYTES, PROPOSE_DEADLINE, validate};
 
 /// Longest long poll the broker grants, whatever the client asks.
 const LONG_POLL_MAX: Duration = Duration::from_secs(30);
+/// The message types a topic accepts, as advertised in routes (clients check it before sending).
+pub const ACCEPTED_MESSAGE_TYPES: [v2::MessageType; 2] =
+    [v2::MessageType::Normal, v2::MessageType::Fifo];
+
 /// Most messages one PullMessage returns.
 const PULL_BATCH_MAX: usize = 1024;
 /// Roughly how many body bytes one PullMessage returns (at least one message).
@@ -99,6 +104,17 @@ fn endpoints_of(addrs: &[&str], own: &str) -> v2::Endpoints {
 }
 
 impl Messaging {
+    fn endpoints(&self) -> v2::Endpoints {
+        let broker = &self.broker;
+        let addrs: Vec<&str> = broker
+            .config
+            .members
+            .values()
+            .map(|n| n.client_addr.as_str())
+            .collect();
+        endpoints_of(&addrs, &broker.config.me().client_addr)
+    }
+
     async fn route(
         &self,
         request: &v2::QueryRouteRequest,
@@ -107,13 +123,7 @@ impl Messaging {
         let topic = broker
             .resolve_topic(resource_name(request.topic.as_ref()))
             .await?;
-        let addrs: Vec<&str> = broker
-            .config
-            .members
-            .values()
-            .map(|n| n.client_addr.as_str())
-            .collect();
-        let endpoints = endpoints_of(&addrs, &broker.config.me().client_addr);
+        let endpoints = self.endpoints();
         let resource = request.topic.clone().unwrap_or_default();
         Ok((0..topic.queues)
             .map(|id| v2::MessageQueue {
@@ -125,10 +135,7 @@ impl Messaging {
                     id: 0,
                     endpoints: Some(endpoints.clone()),
                 }),
-                accept_message_types: vec![
-                    v2::MessageType::Normal as i32,
-                    v2::MessageType::Fifo as i32,
-                ],
+                accept_message_types: ACCEPTED_MESSAGE_TYPES.iter().map(|t| *t as i32).collect(),
             })
             .collect())
     }
@@ -380,8 +387,36 @@ impl Messaging {
                 });
             }
             Some(v2::settings::PubSub::Subscription(subscription)) => {
-                subscription.receive_batch_size = Some(32);
-                subscription.fifo = Some(subscription.fifo.unwrap_or(false));
+                subscription.receive_batch_size = Some(super::consumer::RECEIVE_BATCH_MAX as i32);
+                // The group's settings decide, not the client's wish (as in RocketMQ).
+                let group = subscription
+                    .group
+                    .as_ref()
+                    .and_then(|g| self.broker.node.state.group(&g.name));
+                subscription.fifo = Some(group.as_ref().is_some_and(|g| g.fifo));
+                let max_attempts = group
+                    .map(|g| g.max_delivery_attempts)
+                    .filter(|n| *n > 0)
+                    .unwrap_or(raftmq_storage::DEFAULT_MAX_DELIVERY_ATTEMPTS);
+                // RocketMQ's redelivery ladder; push consumers nack with these delays.
+                let ladder = [
+                    1, 5, 10, 30, 60, 120, 180, 240, 300, 360, 420, 480, 540, 600, 1200, 1800,
+                    3600, 7200,
+                ];
+                settings.backoff_policy = Some(v2::RetryPolicy {
+                    max_attempts: max_attempts as i32,
+                    strategy: Some(v2::retry_policy::Strategy::CustomizedBackoff(
+                        v2::CustomizedBackoff {
+                            next: ladder
+                                .iter()
+                                .map(|s| prost_types::Duration {
+                                    seconds: *s,
+                                    nanos: 0,
+                                })
+                                .collect(),
+                        },
+                    )),
+                });
                 let requested = subscription
                     .long_polling_timeout
                     .and_then(|d| Duration::try_from(d).ok())
@@ -469,48 +504,108 @@ impl MessagingService for Messaging {
 
     async fn query_assignment(
         &self,
-        _request: Request<v2::QueryAssignmentRequest>,
+        request: Request<v2::QueryAssignmentRequest>,
     ) -> Result<Response<v2::QueryAssignmentResponse>, Status> {
-        Ok(Response::new(v2::QueryAssignmentResponse {
-            status: Some(not_implemented("QueryAssignment")),
-            assignments: Vec::new(),
-        }))
+        let client = ClientKind::of(&request);
+        let reply = match self
+            .broker
+            .assignments(request.get_ref(), self.endpoints())
+            .await
+        {
+            Ok(assignments) => v2::QueryAssignmentResponse {
+                status: Some(ok()),
+                assignments,
+            },
+            Err(rejection) => v2::QueryAssignmentResponse {
+                status: Some(rejected("QueryAssignment", client, &rejection)),
+                assignments: Vec::new(),
+            },
+        };
+        Ok(Response::new(reply))
     }
 
     type ReceiveMessageStream = BoxStream<v2::ReceiveMessageResponse>;
 
     async fn receive_message(
         &self,
-        _request: Request<v2::ReceiveMessageRequest>,
+        request: Request<v2::ReceiveMessageRequest>,
     ) -> Result<Response<Self::ReceiveMessageStream>, Status> {
-        let frames = vec![
+        use v2::receive_message_response::Content;
+        let client = ClientKind::of(&request);
+        let deadline = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(grpc_timeout);
+        let request = request.into_inner();
+        // Status first, then the messages, then (always last) the delivery timestamp.
+        let mut frames = match self.broker.receive(&request, deadline).await {
+            Ok(messages) if messages.is_empty() => vec![Content::Status(v2::Status {
+                code: Code::MessageNotFound as i32,
+                message: "no new message".into(),
+            })],
+            Ok(messages) => std::iter::once(Content::Status(ok()))
+                .chain(messages.into_iter().map(Content::Message))
+                .collect(),
+            Err(rejection) => vec![Content::Status(rejected(
+                "ReceiveMessage",
+                client,
+                &rejection,
+            ))],
+        };
+        frames.push(Content::DeliveryTimestamp(prost_types::Timestamp::from(
+            std::time::SystemTime::now(),
+        )));
+        let stream = futures::stream::iter(frames.into_iter().map(|content| {
             Ok(v2::ReceiveMessageResponse {
-                content: Some(v2::receive_message_response::Content::Status(
-                    not_implemented("ReceiveMessage"),
-                )),
-            }),
-            Ok(v2::ReceiveMessageResponse {
-                content: Some(v2::receive_message_response::Content::DeliveryTimestamp(
-                    prost_types::Timestamp::from(std::time::SystemTime::now()),
-                )),
-            }),
-        ];
-        Ok(Response::new(Box::pin(futures::stream::iter(frames))))
+                content: Some(content),
+            })
+        }));
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn ack_message(
         &self,
         request: Request<v2::AckMessageRequest>,
     ) -> Result<Response<v2::AckMessageResponse>, Status> {
-        let status = not_implemented("AckMessage");
+        let client = ClientKind::of(&request);
+        let request = request.into_inner();
+        let outcomes = match self.broker.ack(&request).await {
+            Ok(outcomes) => outcomes,
+            Err(rejection) => request
+                .entries
+                .iter()
+                .map(|_| Err(rejection.clone()))
+                .collect(),
+        };
+        let statuses: Vec<v2::Status> = outcomes
+            .iter()
+            .map(|outcome| match outcome {
+                Ok(()) => ok(),
+                Err(rejection) => rejected("AckMessage", client, rejection),
+            })
+            .collect();
+        let status = match statuses.first() {
+            // An ack without entries: refused as a whole.
+            None => rejected(
+                "AckMessage",
+                client,
+                &Rejection::bad_request("AckMessage without entries"),
+            ),
+            Some(first) if statuses.iter().all(|s| s.code == first.code) => first.clone(),
+            Some(_) => v2::Status {
+                code: Code::MultipleResults as i32,
+                message: "the entries have different outcomes".into(),
+            },
+        };
         let entries = request
-            .into_inner()
             .entries
             .into_iter()
-            .map(|e| v2::AckMessageResultEntry {
-                message_id: e.message_id,
-                receipt_handle: e.receipt_handle,
-                status: Some(status.clone()),
+            .zip(statuses)
+            .map(|(entry, status)| v2::AckMessageResultEntry {
+                message_id: entry.message_id,
+                receipt_handle: entry.receipt_handle,
+                status: Some(status),
             })
             .collect();
         Ok(Response::new(v2::AckMessageResponse {
@@ -521,10 +616,15 @@ impl MessagingService for Messaging {
 
     async fn forward_message_to_dead_letter_queue(
         &self,
-        _request: Request<v2::ForwardMessageToDeadLetterQueueRequest>,
+        request: Request<v2::ForwardMessageToDeadLetterQueueRequest>,
     ) -> Result<Response<v2::ForwardMessageToDeadLetterQueueResponse>, Status> {
+        let client = ClientKind::of(&request);
+        let status = match self.broker.forward_to_dead_letter(request.get_ref()).await {
+            Ok(()) => ok(),
+            Err(rejection) => rejected("ForwardMessageToDeadLetterQueue", client, &rejection),
+        };
         Ok(Response::new(v2::ForwardMessageToDeadLetterQueueResponse {
-            status: Some(not_implemented("ForwardMessageToDeadLetterQueue")),
+            status: Some(status),
         }))
     }
 
@@ -671,10 +771,18 @@ impl MessagingService for Messaging {
         &self,
         request: Request<v2::ChangeInvisibleDurationRequest>,
     ) -> Result<Response<v2::ChangeInvisibleDurationResponse>, Status> {
-        Ok(Response::new(v2::ChangeInvisibleDurationResponse {
-            status: Some(not_implemented("ChangeInvisibleDuration")),
-            receipt_handle: request.into_inner().receipt_handle,
-        }))
+        let client = ClientKind::of(&request);
+        let reply = match self.broker.change_invisible(request.get_ref()).await {
+            Ok(receipt_handle) => v2::ChangeInvisibleDurationResponse {
+                status: Some(ok()),
+                receipt_handle,
+            },
+            Err(rejection) => v2::ChangeInvisibleDurationResponse {
+                status: Some(rejected("ChangeInvisibleDuration", client, &rejection)),
+                receipt_handle: request.into_inner().receipt_handle,
+            },
+        };
+        Ok(Response::new(reply))
     }
 
     async fn recall_message(

@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod batcher;
+pub mod consumer;
 pub mod filter;
 pub mod messages;
 pub mod messaging;
@@ -35,6 +36,8 @@ use status::Rejection;
 
 /// How long a write waits for the group to commit it (covers a leader election).
 pub const PROPOSE_DEADLINE: Duration = Duration::from_millis(2500);
+/// Highest max-delivery-attempts a group may set.
+pub const MAX_DELIVERY_ATTEMPTS_LIMIT: u32 = 1000;
 /// Largest gRPC message a client may send: a 128 MiB body plus its envelope.
 pub const MAX_CLIENT_MESSAGE_BYTES: usize = 130 * 1024 * 1024;
 
@@ -99,6 +102,44 @@ impl Broker {
             }
             other => Err(Rejection::internal(format!(
                 "unexpected result of create topic: {other:?}"
+            ))),
+        }
+    }
+
+    /// Create a consumer group or update its settings.
+    pub async fn create_group(
+        &self,
+        name: &str,
+        fifo: bool,
+        max_delivery_attempts: u32,
+    ) -> Result<pb::GroupResult, Rejection> {
+        validate::group_name(name)?;
+        if max_delivery_attempts > MAX_DELIVERY_ATTEMPTS_LIMIT {
+            return Err(Rejection::bad_request(format!(
+                "max delivery attempts must be at most {MAX_DELIVERY_ATTEMPTS_LIMIT}, not {max_delivery_attempts}"
+            )));
+        }
+        let command = pb::Command {
+            kind: Some(pb::command::Kind::CreateGroup(pb::CreateGroup {
+                name: name.to_string(),
+                fifo,
+                max_delivery_attempts,
+                created_ms: messages::now_ms(),
+            })),
+        };
+        match self.node.propose(command, PROPOSE_DEADLINE).await?.kind {
+            Some(pb::command_result::Kind::Group(result)) => {
+                tracing::info!(
+                    group = name,
+                    fifo,
+                    max_delivery_attempts,
+                    created = result.created,
+                    "consumer group saved"
+                );
+                Ok(result)
+            }
+            other => Err(Rejection::internal(format!(
+                "unexpected result of create group: {other:?}"
             ))),
         }
     }

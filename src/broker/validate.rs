@@ -299,7 +299,8 @@ mod tests {
     fn each_bad_message_gets_its_code() {
         let limit = 1024;
         assert_eq!(Code::Ok, code_of(message(&valid(), limit)));
-        let cases: Vec<(Code, Box<dyn Fn(&mut v2::Message)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut v2::Message)>;
+        let cases: Vec<(Code, Mutation)> = vec![
             (
                 Code::MessageCorrupted,
                 Box::new(|m| m.system_properties = None),

@@ -1,4 +1,4 @@
-//! `raftmq admin`: cluster status and topics.
+//! `raftmq admin`: cluster status, topics and consumer groups.
 
 use raftmq_proto::admin::v1 as admin;
 use serde_json::json;
@@ -24,6 +24,29 @@ pub enum AdminCommand {
     Topic {
         #[command(subcommand)]
         command: TopicCommand,
+    },
+    /// Create (or update) and list consumer groups.
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum GroupCommand {
+    /// Create a consumer group, or change the settings of an existing one.
+    Create {
+        name: String,
+        /// Deliver each queue's messages one at a time, in order (FIFO consumption).
+        #[arg(long)]
+        fifo: bool,
+        /// Deliveries of one message before it moves to %DLQ%<group> (default 17).
+        #[arg(long, default_value_t = 0)]
+        max_delivery_attempts: u32,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -82,6 +105,15 @@ fn topic_json(t: &admin::TopicInfo) -> serde_json::Value {
         "created_ms": t.created_ms,
         "messages": t.queue_max_offsets.iter().sum::<u64>(),
         "queue_max_offsets": t.queue_max_offsets,
+    })
+}
+
+fn group_json(g: &admin::GroupInfo) -> serde_json::Value {
+    json!({
+        "name": g.name,
+        "fifo": g.fifo,
+        "max_delivery_attempts": g.max_delivery_attempts,
+        "created_ms": g.created_ms,
     })
 }
 
@@ -199,6 +231,56 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                     println!("topic {} ({} queues)", topic.name, topic.queues);
                     for (queue, max) in topic.queue_max_offsets.iter().enumerate() {
                         println!("  queue {queue:>3}: {max} message(s)");
+                    }
+                }
+            }
+        },
+        AdminCommand::Group { command } => match command {
+            GroupCommand::Create {
+                name,
+                fifo,
+                max_delivery_attempts,
+            } => {
+                let reply = client
+                    .admin(|mut c| {
+                        let request = admin::CreateGroupRequest {
+                            name: name.clone(),
+                            fifo,
+                            max_delivery_attempts,
+                        };
+                        async move { c.create_group(request).await.map(|r| r.into_inner()) }
+                    })
+                    .await?;
+                let group = reply.group.unwrap_or_default();
+                println!(
+                    "{} group {} (fifo: {}, max delivery attempts: {})",
+                    if reply.created { "created" } else { "updated" },
+                    group.name,
+                    group.fifo,
+                    group.max_delivery_attempts
+                );
+            }
+            GroupCommand::List { json } => {
+                let reply = client
+                    .admin(|mut c| async move {
+                        c.list_groups(admin::ListGroupsRequest {})
+                            .await
+                            .map(|r| r.into_inner())
+                    })
+                    .await?;
+                if json {
+                    let groups: Vec<_> = reply.groups.iter().map(group_json).collect();
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&json!({ "groups": groups }))?
+                    );
+                } else {
+                    println!("{:<40} {:>5} {:>13}", "GROUP", "FIFO", "MAX_ATTEMPTS");
+                    for g in &reply.groups {
+                        println!(
+                            "{:<40} {:>5} {:>13}",
+                            g.name, g.fifo, g.max_delivery_attempts
+                        );
                     }
                 }
             }

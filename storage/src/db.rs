@@ -19,10 +19,15 @@ pub const CF_INDEX: &str = "index";
 pub const CF_META: &str = "meta";
 /// Consumer-group offsets.
 pub const CF_OFFSETS: &str = "offsets";
+/// POP consumption: per (group, topic, queue) the next offset to hand out and the deliveries
+/// in flight (invisible until, attempt).
+pub const CF_POP: &str = "pop";
 
-pub const ALL_CFS: [&str; 6] = [CF_LOG, CF_RAFT, CF_CQ, CF_INDEX, CF_META, CF_OFFSETS];
+pub const ALL_CFS: [&str; 7] = [
+    CF_LOG, CF_RAFT, CF_CQ, CF_INDEX, CF_META, CF_OFFSETS, CF_POP,
+];
 /// The column families a snapshot carries: everything derived by applying the log.
-pub const STATE_CFS: [&str; 4] = [CF_CQ, CF_INDEX, CF_META, CF_OFFSETS];
+pub const STATE_CFS: [&str; 5] = [CF_CQ, CF_INDEX, CF_META, CF_OFFSETS, CF_POP];
 
 /// When a node reports a log entry as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

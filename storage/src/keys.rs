@@ -46,6 +46,34 @@ pub fn offset_key(group: &str, topic: &str, queue_id: u32) -> Vec<u8> {
     key
 }
 
+/// POP progress (`pop` CF): group, topic, queue id.
+pub fn pop_key(group: &str, topic: &str, queue_id: u32) -> Vec<u8> {
+    offset_key(group, topic, queue_id)
+}
+
+/// The (group, topic, queue id) of a `pop` key.
+pub fn decode_pop_key(key: &[u8]) -> Option<(String, String, u32)> {
+    let (names, queue) = key.split_at(key.len().checked_sub(4)?);
+    let names = names.strip_suffix(&[0])?;
+    let split = names.iter().position(|b| *b == 0)?;
+    let group = std::str::from_utf8(&names[..split]).ok()?;
+    let topic = std::str::from_utf8(&names[split + 1..]).ok()?;
+    Some((
+        group.to_string(),
+        topic.to_string(),
+        u32::from_be_bytes(queue.try_into().ok()?),
+    ))
+}
+
+/// `meta` CF: a consumer group's configuration.
+pub fn group_key(group: &str) -> Vec<u8> {
+    let mut key = GROUP_PREFIX.to_vec();
+    key.extend_from_slice(group.as_bytes());
+    key
+}
+
+pub const GROUP_PREFIX: &[u8] = b"group/";
+
 /// Message-id dedup index (`index` CF): topic, message id.
 pub fn dedup_key(topic: &str, message_id: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(3 + topic.len() + 1 + message_id.len());
@@ -107,6 +135,14 @@ mod tests {
             prop_assert_eq!(a.cmp(&b), cq_key(&topic, queue, a).cmp(&cq_key(&topic, queue, b)));
             prop_assert_eq!(Some(a), decode_cq_offset(&cq_key(&topic, queue, a)));
             prop_assert!(cq_key(&topic, queue, a).starts_with(&cq_prefix(&topic, queue)));
+        }
+
+        #[test]
+        fn pop_keys_round_trip(group in "[a-zA-Z0-9_%|-]{1,20}", topic in "[a-zA-Z0-9_%|-]{1,20}", queue: u32) {
+            prop_assert_eq!(
+                Some((group.clone(), topic.clone(), queue)),
+                decode_pop_key(&pop_key(&group, &topic, queue))
+            );
         }
 
         #[test]

@@ -8,6 +8,7 @@
 //! * [`state`]: the broker state derived from applied entries (topics, consume queues, consumer
 //!   offsets, the message-id dedup index), always written in the same `WriteBatch` as the
 //!   applied log id, so a crash never half-applies an entry.
+//! * [`pop`]: POP consumption (receive, ack, invisibility, dead letters) as replicated state.
 //!
 //! This crate knows nothing about openraft: the `raft` crate converts openraft's types to the
 //! protobuf records stored here.
@@ -16,9 +17,13 @@ pub mod db;
 pub mod error;
 pub mod keys;
 pub mod log;
+pub mod pop;
 pub mod state;
+#[cfg(test)]
+mod test_support;
 
 pub use db::{Db, FlushMode};
 pub use error::StorageError;
 pub use log::LogStore;
+pub use pop::{DEFAULT_MAX_DELIVERY_ATTEMPTS, PopHint, dead_letter_topic};
 pub use state::{ApplyItem, BrokerState, StateExport, StoredRecord};

@@ -14,7 +14,7 @@ use raftmq_proto::raft::v1 as pb;
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 use tokio::sync::watch;
 
-use crate::db::{CF_CQ, CF_INDEX, CF_META, CF_OFFSETS, Db, STATE_CFS};
+use crate::db::{CF_CQ, CF_INDEX, CF_META, CF_OFFSETS, CF_POP, Db, STATE_CFS};
 use crate::error::StorageError;
 use crate::keys;
 use crate::log::read_entry;
@@ -48,16 +48,24 @@ pub struct StateExport {
     pub membership: Option<pb::StoredMembership>,
 }
 
-/// In-memory copies of small, hot records, rebuilt from `meta` at open.
+/// A raw RocksDB record.
+pub(crate) type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// (consumer group, topic, queue id)
+pub(crate) type PopKey = (String, String, u32);
+
+/// In-memory copies of small, hot records, rebuilt from `meta` and `pop` at open.
 #[derive(Default)]
-struct Cache {
-    topics: BTreeMap<String, pb::TopicConfig>,
-    queue_next: HashMap<(String, u32), u64>,
+pub(crate) struct Cache {
+    pub(crate) topics: BTreeMap<String, pb::TopicConfig>,
+    pub(crate) queue_next: HashMap<(String, u32), u64>,
+    pub(crate) groups: BTreeMap<String, pb::GroupConfig>,
+    pub(crate) pops: HashMap<PopKey, pb::PopQueue>,
 }
 
 pub struct BrokerState {
-    db: Db,
-    cache: Mutex<Cache>,
+    pub(crate) db: Db,
+    pub(crate) cache: Mutex<Cache>,
     applied_tx: watch::Sender<u64>,
 }
 
@@ -105,15 +113,27 @@ impl BrokerState {
                 u64::from_be_bytes(next),
             );
         }
+        for (key, value) in self.scan_prefix(CF_META, keys::GROUP_PREFIX)? {
+            let group = pb::GroupConfig::decode(&*value)
+                .map_err(|e| StorageError::corrupt(CF_META, &key, e))?;
+            cache.groups.insert(group.name.clone(), group);
+        }
+        for (key, value) in self.scan_prefix(CF_POP, b"")? {
+            let pop_key = keys::decode_pop_key(&key)
+                .ok_or_else(|| StorageError::corrupt(CF_POP, &key, "bad pop key"))?;
+            let queue = pb::PopQueue::decode(&*value)
+                .map_err(|e| StorageError::corrupt(CF_POP, &key, e))?;
+            cache.pops.insert(pop_key, queue);
+        }
         *self.cache.lock().expect("state cache lock poisoned") = cache;
         Ok(())
     }
 
-    fn scan_prefix(
+    pub(crate) fn scan_prefix(
         &self,
         cf: &'static str,
         prefix: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    ) -> Result<Vec<KeyValue>, StorageError> {
         let handle = self.db.cf(cf);
         let iter = self
             .db
@@ -199,6 +219,23 @@ impl BrokerState {
                 next.to_be_bytes(),
             );
         }
+        for ((group, topic, queue), pop) in &pending.pops {
+            batch.put_cf(
+                &self.db.cf(CF_POP),
+                keys::pop_key(group, topic, *queue),
+                pop.encode_to_vec(),
+            );
+            // The group's consumer offset: everything below it has been acknowledged.
+            let committed = pop
+                .in_flight
+                .first()
+                .map_or(pop.cursor, |f| f.offset.min(pop.cursor));
+            batch.put_cf(
+                &self.db.cf(CF_OFFSETS),
+                keys::offset_key(group, topic, *queue),
+                committed.to_be_bytes(),
+            );
+        }
         batch.put_cf(
             &self.db.cf(CF_META),
             keys::APPLIED_KEY,
@@ -209,12 +246,14 @@ impl BrokerState {
             let mut cache = self.cache.lock().expect("state cache lock poisoned");
             cache.queue_next.extend(pending.queue_next);
             cache.topics.extend(pending.topics);
+            cache.groups.extend(pending.groups);
+            cache.pops.extend(pending.pops);
         }
         self.applied_tx.send_replace(last_log_id.index);
         Ok(results)
     }
 
-    fn apply_command(
+    pub(crate) fn apply_command(
         &self,
         cache: &Cache,
         pending: &mut PendingApply,
@@ -264,6 +303,19 @@ impl BrokerState {
                     commit.offset.to_be_bytes(),
                 );
                 ResultKind::Offset(pb::OffsetResult {})
+            }
+            Some(Kind::CreateGroup(create)) => {
+                ResultKind::Group(self.apply_create_group(cache, pending, batch, create))
+            }
+            Some(Kind::Pop(pop)) => {
+                ResultKind::Pop(self.apply_pop(cache, pending, batch, log_index, pop)?)
+            }
+            Some(Kind::Ack(ack)) => ResultKind::Ack(self.apply_ack(cache, pending, ack)),
+            Some(Kind::ChangeInvisible(change)) => {
+                ResultKind::Receipt(self.apply_change_invisible(cache, pending, log_index, change))
+            }
+            Some(Kind::DeadLetter(dead)) => {
+                ResultKind::Receipt(self.apply_dead_letter(cache, pending, batch, dead)?)
             }
             // An entry from a newer version this node does not understand: applying it as a
             // no-op would diverge from upgraded replicas, so refuse loudly.
@@ -321,12 +373,16 @@ impl BrokerState {
                 log_index,
                 slot: slot as u32,
                 store_timestamp_ms: message.store_timestamp_ms,
+                tag: message.tag.clone(),
             };
             batch.put_cf(
                 &self.db.cf(CF_CQ),
                 keys::cq_key(&message.topic, message.queue_id, next),
                 location.encode_to_vec(),
             );
+            pending
+                .cq
+                .insert((message.topic.clone(), message.queue_id, next), location);
             let dedup = pb::DedupEntry {
                 queue_id: message.queue_id,
                 queue_offset: next,
@@ -597,10 +653,14 @@ fn take_framed(data: &[u8]) -> Option<(&[u8], &[u8])> {
 
 /// Changes made by the apply call in progress, visible to later items of the same call.
 #[derive(Default)]
-struct PendingApply {
-    topics: BTreeMap<String, pb::TopicConfig>,
-    queue_next: HashMap<(String, u32), u64>,
-    dedup: HashMap<Vec<u8>, pb::DedupEntry>,
+pub(crate) struct PendingApply {
+    pub(crate) topics: BTreeMap<String, pb::TopicConfig>,
+    pub(crate) queue_next: HashMap<(String, u32), u64>,
+    pub(crate) dedup: HashMap<Vec<u8>, pb::DedupEntry>,
+    pub(crate) groups: BTreeMap<String, pb::GroupConfig>,
+    pub(crate) pops: HashMap<PopKey, pb::PopQueue>,
+    /// Consume-queue entries written by this call: (topic, queue, offset) → location.
+    pub(crate) cq: HashMap<(String, u32, u64), pb::QueueEntry>,
 }
 
 #[cfg(test)]

@@ -4,81 +4,8 @@ use bytes::Bytes;
 use raftmq_proto::raft::v1 as pb;
 
 use super::*;
+use crate::test_support::*;
 use crate::{Db, FlushMode, LogStore};
-
-struct Fixture {
-    _dir: tempfile::TempDir,
-    log: LogStore,
-    state: BrokerState,
-    next_index: u64,
-}
-
-impl Fixture {
-    fn new() -> Fixture {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let db = Db::open(dir.path(), FlushMode::Sync).expect("open db");
-        Fixture {
-            log: LogStore::new(db.clone()),
-            state: BrokerState::open(db).expect("open state"),
-            _dir: dir,
-            next_index: 1,
-        }
-    }
-
-    /// Append a command to the log and apply it, as a committed entry would be.
-    fn commit(&mut self, command: pb::Command) -> pb::CommandResult {
-        let log_id = log_id(self.next_index);
-        self.next_index += 1;
-        let entry = pb::Entry {
-            log_id: Some(log_id),
-            payload: Some(pb::entry::Payload::Command(command.clone())),
-        };
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.log
-            .append(&[entry], Box::new(move |res| tx.send(res.is_ok()).unwrap()))
-            .expect("append");
-        assert!(rx.recv().unwrap(), "append became durable");
-        let mut results = self
-            .state
-            .apply(vec![(log_id, ApplyItem::Command(command))])
-            .expect("apply");
-        results.pop().flatten().expect("a command has a result")
-    }
-}
-
-fn log_id(index: u64) -> pb::LogId {
-    pb::LogId {
-        leader_id: Some(pb::LeaderId {
-            term: 1,
-            node_id: 1,
-        }),
-        index,
-    }
-}
-
-fn message(topic: &str, queue_id: u32, id: &str, store_ms: i64) -> pb::StoredMessage {
-    pb::StoredMessage {
-        topic: topic.into(),
-        queue_id,
-        message_id: id.into(),
-        body: Bytes::from(format!("body-{id}")),
-        store_timestamp_ms: store_ms,
-        ..Default::default()
-    }
-}
-
-fn append(messages: Vec<pb::StoredMessage>) -> pb::Command {
-    pb::Command {
-        kind: Some(pb::command::Kind::Append(pb::AppendMessages { messages })),
-    }
-}
-
-fn appended(result: pb::CommandResult) -> Vec<pb::AppendedMessage> {
-    match result.kind {
-        Some(pb::command_result::Kind::Append(r)) => r.messages,
-        other => panic!("expected an append result, got {other:?}"),
-    }
-}
 
 #[test]
 fn given_batches_on_two_queues_when_applied_then_offsets_are_dense_per_queue() {
