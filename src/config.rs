@@ -14,6 +14,8 @@ use serde::Deserialize;
 
 /// Largest body accepted by default, as in RocketMQ (`maxMessageSize`).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// Longest delay of a delay message (RocketMQ 5 timer default: 3 days).
+pub const DEFAULT_MAX_DELAY_SECS: u64 = 3 * 24 * 3600;
 /// Hard cap on the configurable body limit: gRPC frames above this are refused anyway.
 pub const MAX_BODY_BYTES_CAP: usize = 128 * 1024 * 1024;
 pub const DEFAULT_QUEUES: u32 = 8;
@@ -55,6 +57,9 @@ pub struct BrokerArgs {
     /// Largest message body accepted, in bytes (default 4 MiB).
     #[arg(long, env = "RAFTMQ_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Longest delay of a delay message, in seconds (default 3 days).
+    #[arg(long, env = "RAFTMQ_MAX_DELAY_SECS")]
+    pub max_delay_secs: Option<u64>,
     /// Raft heartbeat interval in ms (default 100).
     #[arg(long, env = "RAFTMQ_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
@@ -78,6 +83,7 @@ pub struct BrokerFile {
     pub auto_create_topics: Option<bool>,
     pub default_queues: Option<u32>,
     pub max_body_bytes: Option<usize>,
+    pub max_delay_secs: Option<u64>,
     pub heartbeat_ms: Option<u64>,
     pub election_timeout_min_ms: Option<u64>,
     pub election_timeout_max_ms: Option<u64>,
@@ -104,6 +110,7 @@ pub struct BrokerConfig {
     pub auto_create_topics: bool,
     pub default_queues: u32,
     pub max_body_bytes: usize,
+    pub max_delay: Duration,
     pub heartbeat_interval: Duration,
     pub election_timeout_min: Duration,
     pub election_timeout_max: Duration,
@@ -201,6 +208,11 @@ impl BrokerArgs {
                 .max_body_bytes
                 .or(file.max_body_bytes)
                 .unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            max_delay: Duration::from_secs(
+                self.max_delay_secs
+                    .or(file.max_delay_secs)
+                    .unwrap_or(DEFAULT_MAX_DELAY_SECS),
+            ),
             heartbeat_interval: Duration::from_millis(
                 self.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(100),
             ),

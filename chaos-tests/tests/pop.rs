@@ -187,3 +187,101 @@ async fn a_waiting_receive_wakes_on_a_send_and_bad_receipts_are_refused() -> any
     assert_eq!(1, other.len());
     Ok(())
 }
+
+fn delayed(topic: &str, body: &str, deliver_at_ms: i64) -> raftmq_proto::rocketmq::v2::Message {
+    let mut m = message(topic, body.as_bytes().to_vec(), None, &[]);
+    m.system_properties.as_mut().unwrap().delivery_timestamp = Some(prost_types::Timestamp {
+        seconds: deliver_at_ms.div_euclid(1000),
+        nanos: (deliver_at_ms.rem_euclid(1000) * 1_000_000) as i32,
+    });
+    m
+}
+
+fn epoch_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Receive until `count` messages arrived; returns (body, arrival ms) in arrival order.
+async fn receive_all(
+    client: &raftmq::client::Client,
+    group: &str,
+    topic: &str,
+    count: usize,
+    give_up: Instant,
+) -> anyhow::Result<Vec<(String, i64)>> {
+    let mut arrived = Vec::new();
+    while arrived.len() < count {
+        anyhow::ensure!(Instant::now() < give_up, "only {arrived:?} arrived in time");
+        let received = match client
+            .receive(group, topic, 32, Duration::from_secs(30), Duration::from_secs(2))
+            .await
+        {
+            Ok(received) => received,
+            Err(e) if e.is_retryable() => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let now = epoch_ms();
+        let handles: Vec<String> = received
+            .iter()
+            .filter_map(|m| m.system_properties.as_ref()?.receipt_handle.clone())
+            .collect();
+        arrived.extend(received.iter().map(|m| (body_of(m), now)));
+        if !handles.is_empty() {
+            client.ack(group, topic, &handles).await?;
+        }
+    }
+    Ok(arrived)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delay_messages_arrive_at_their_time_also_after_a_leader_kill() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
+    cluster.create_topic("delay", 2).await?;
+    let client = cluster.client();
+    let consumer = cluster.client();
+
+    // Light load: each message shows up no earlier than its time and soon after it.
+    let base = epoch_ms() + 1_500;
+    let schedule = [("d-3", base + 900), ("d-1", base), ("d-2", base + 450)];
+    for (body, at) in schedule {
+        client.send(vec![delayed("delay", body, at)]).await?;
+    }
+    client
+        .send(vec![message("delay", b"now".to_vec(), None, &[])])
+        .await?;
+    let give_up = Instant::now() + Duration::from_secs(20);
+    let arrived = receive_all(&consumer, "g", "delay", 4, give_up).await?;
+    let order: Vec<&str> = arrived.iter().map(|(b, _)| b.as_str()).collect();
+    assert_eq!(vec!["now", "d-1", "d-2", "d-3"], order);
+    for (body, at) in schedule {
+        let (_, arrival) = arrived.iter().find(|(b, _)| b == body).unwrap();
+        let late = arrival - at;
+        println!("{body}: arrived {late} ms after its delivery time");
+        assert!(late >= 0, "{body} arrived {} ms early", -late);
+        assert!(late <= 100, "{body} arrived {late} ms late under light load");
+    }
+
+    // Timers are replicated: they fire under the next leader.
+    let at = epoch_ms() + 2_000;
+    client.send(vec![delayed("delay", "after-failover", at)]).await?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    cluster.kill_node(leader);
+    let give_up = Instant::now() + Duration::from_secs(20);
+    let arrived = receive_all(&consumer, "g", "delay", 1, give_up).await?;
+    assert_eq!("after-failover", arrived[0].0);
+    assert!(arrived[0].1 >= at, "not before its time");
+
+    // Absurd delivery times are refused (milliseconds sent as seconds).
+    let err = client
+        .send(vec![delayed("delay", "far", epoch_ms() * 1000)])
+        .await
+        .expect_err("refused");
+    assert!(
+        err.to_string().contains("ILLEGAL_DELIVERY_TIME") || err.to_string().contains("delivery"),
+        "{err}"
+    );
+    Ok(())
+}

@@ -41,6 +41,7 @@ impl fmt::Display for Request {
                 write!(f, "change_invisible({}/{})", change.group, change.topic)
             }
             Some(Kind::DeadLetter(dead)) => write!(f, "dead_letter({}/{})", dead.group, dead.topic),
+            Some(Kind::FireTimers(fire)) => write!(f, "fire_timers(now {})", fire.now_ms),
             None => f.write_str("unknown"),
         }
     }

@@ -29,8 +29,11 @@ use super::{Broker, MAX_CLIENT_MESSAGE_BYTES, PROPOSE_DEADLINE, validate};
 /// Longest long poll the broker grants, whatever the client asks.
 const LONG_POLL_MAX: Duration = Duration::from_secs(30);
 /// The message types a topic accepts, as advertised in routes (clients check it before sending).
-pub const ACCEPTED_MESSAGE_TYPES: [v2::MessageType; 2] =
-    [v2::MessageType::Normal, v2::MessageType::Fifo];
+pub const ACCEPTED_MESSAGE_TYPES: [v2::MessageType; 3] = [
+    v2::MessageType::Normal,
+    v2::MessageType::Fifo,
+    v2::MessageType::Delay,
+];
 
 /// Most messages one PullMessage returns.
 const PULL_BATCH_MAX: usize = 1024;
@@ -163,8 +166,10 @@ impl Messaging {
             ));
         }
         validate::topic_name(&topic_name)?;
+        let now = now_ms();
         for message in &request.messages {
             validate::message(message, broker.config.max_body_bytes)?;
+            validate::delivery_time(message, now, broker.config.max_delay)?;
         }
         let topic = broker.resolve_topic(&topic_name).await?;
         let group = first

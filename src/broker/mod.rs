@@ -16,6 +16,7 @@ pub mod filter;
 pub mod messages;
 pub mod messaging;
 pub mod status;
+pub mod timers;
 pub mod validate;
 
 use std::future::Future;
@@ -224,6 +225,7 @@ pub async fn run(
         .add_service(messaging::service(broker.clone()))
         .add_service(admin::service(broker.clone()))
         .serve_with_incoming_shutdown(incoming(client_listener), stopped(stop_rx.clone()));
+    let timer_task = tokio::spawn(timers::run(broker.clone(), stop_rx.clone()));
     let raft_task = tokio::spawn(raft_server);
     let client_task = tokio::spawn(client_server);
     tokio::spawn(node.clone().bootstrap());
@@ -233,6 +235,7 @@ pub async fn run(
     let started = std::time::Instant::now();
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), client_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(3), timer_task).await;
     tracing::info!(
         stage = "stop raft",
         elapsed_ms = started.elapsed().as_millis() as u64,

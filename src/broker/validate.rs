@@ -232,10 +232,34 @@ pub fn message(message: &v2::Message, max_body_bytes: usize) -> Result<(), Rejec
             "transactional messages are not supported yet",
         ));
     }
-    if props.delivery_timestamp.is_some() {
+    Ok(())
+}
+
+/// A delay message's delivery time: at most `max_delay` ahead of `now_ms` (a time in the past
+/// means "deliver now").
+pub fn delivery_time(
+    message: &v2::Message,
+    now_ms: i64,
+    max_delay: std::time::Duration,
+) -> Result<(), Rejection> {
+    let Some(ts) = message
+        .system_properties
+        .as_ref()
+        .and_then(|p| p.delivery_timestamp.as_ref())
+    else {
+        return Ok(());
+    };
+    let deliver_at = ts.seconds.saturating_mul(1000) + i64::from(ts.nanos / 1_000_000);
+    let latest = now_ms.saturating_add(max_delay.as_millis() as i64);
+    if deliver_at > latest {
         return Err(Rejection::new(
-            Code::Unsupported,
-            "delay messages are not supported yet",
+            Code::IllegalDeliveryTime,
+            format!(
+                "delivery timestamp {}s is more than {}s ahead (the broker's max_delay_secs); \
+                 the timestamp is in seconds since the epoch",
+                ts.seconds,
+                max_delay.as_secs()
+            ),
         ));
     }
     Ok(())
@@ -293,6 +317,29 @@ mod tests {
             code_of(group_name(&"g".repeat(121)))
         );
         assert_eq!(Code::IllegalConsumerGroup, code_of(group_name("a b")));
+    }
+
+    #[test]
+    fn delivery_times_beyond_the_maximum_are_refused() {
+        let at = |seconds: i64| {
+            let mut m = valid();
+            m.system_properties.as_mut().unwrap().delivery_timestamp =
+                Some(prost_types::Timestamp { seconds, nanos: 0 });
+            code_of(delivery_time(
+                &m,
+                1_000_000,
+                std::time::Duration::from_secs(60),
+            ))
+        };
+        assert_eq!(
+            Code::Ok,
+            code_of(delivery_time(&valid(), 0, Default::default()))
+        );
+        assert_eq!(Code::Ok, at(1_000 + 60), "exactly the maximum");
+        assert_eq!(Code::Ok, at(0), "in the past: deliver now");
+        assert_eq!(Code::IllegalDeliveryTime, at(1_000 + 61));
+        // Milliseconds put in the seconds field, a known client mix-up.
+        assert_eq!(Code::IllegalDeliveryTime, at(1_700_000_000_000));
     }
 
     #[test]

@@ -22,12 +22,14 @@ pub const CF_OFFSETS: &str = "offsets";
 /// POP consumption: per (group, topic, queue) the next offset to hand out and the deliveries
 /// in flight (invisible until, attempt).
 pub const CF_POP: &str = "pop";
+/// Delay messages not yet due: (deliver at, log index, slot) → where they go.
+pub const CF_TIMER: &str = "timer";
 
-pub const ALL_CFS: [&str; 7] = [
-    CF_LOG, CF_RAFT, CF_CQ, CF_INDEX, CF_META, CF_OFFSETS, CF_POP,
+pub const ALL_CFS: [&str; 8] = [
+    CF_LOG, CF_RAFT, CF_CQ, CF_INDEX, CF_META, CF_OFFSETS, CF_POP, CF_TIMER,
 ];
 /// The column families a snapshot carries: everything derived by applying the log.
-pub const STATE_CFS: [&str; 5] = [CF_CQ, CF_INDEX, CF_META, CF_OFFSETS, CF_POP];
+pub const STATE_CFS: [&str; 6] = [CF_CQ, CF_INDEX, CF_META, CF_OFFSETS, CF_POP, CF_TIMER];
 
 /// When a node reports a log entry as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

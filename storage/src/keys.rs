@@ -65,6 +65,22 @@ pub fn decode_pop_key(key: &[u8]) -> Option<(String, String, u32)> {
     ))
 }
 
+/// Delay timers (`timer` CF): deliver time (ms, sign bit flipped so that byte order is time
+/// order, earlier times first), log index, slot.
+pub fn timer_key(deliver_at_ms: i64, log_index: u64, slot: u32) -> [u8; 20] {
+    let mut key = [0u8; 20];
+    key[..8].copy_from_slice(&((deliver_at_ms as u64) ^ (1 << 63)).to_be_bytes());
+    key[8..16].copy_from_slice(&log_index.to_be_bytes());
+    key[16..].copy_from_slice(&slot.to_be_bytes());
+    key
+}
+
+/// The deliver time of a `timer` key.
+pub fn decode_timer_time(key: &[u8]) -> Option<i64> {
+    let time: [u8; 8] = key.get(..8)?.try_into().ok()?;
+    Some((u64::from_be_bytes(time) ^ (1 << 63)) as i64)
+}
+
 /// `meta` CF: a consumer group's configuration.
 pub fn group_key(group: &str) -> Vec<u8> {
     let mut key = GROUP_PREFIX.to_vec();
@@ -135,6 +151,13 @@ mod tests {
             prop_assert_eq!(a.cmp(&b), cq_key(&topic, queue, a).cmp(&cq_key(&topic, queue, b)));
             prop_assert_eq!(Some(a), decode_cq_offset(&cq_key(&topic, queue, a)));
             prop_assert!(cq_key(&topic, queue, a).starts_with(&cq_prefix(&topic, queue)));
+        }
+
+        #[test]
+        fn timer_keys_sort_by_time_then_position(a: i64, b: i64, ia: u64, ib: u64) {
+            let (ka, kb) = (timer_key(a, ia, 0), timer_key(b, ib, 0));
+            prop_assert_eq!((a, ia).cmp(&(b, ib)), ka.cmp(&kb));
+            prop_assert_eq!(Some(a), decode_timer_time(&ka));
         }
 
         #[test]

@@ -8,6 +8,7 @@
 //! * [`state`]: the broker state derived from applied entries (topics, consume queues, consumer
 //!   offsets, the message-id dedup index), always written in the same `WriteBatch` as the
 //!   applied log id, so a crash never half-applies an entry.
+//! * [`timer`]: delay messages, entered into their queues when due.
 //! * [`pop`]: POP consumption (receive, ack, invisibility, dead letters) as replicated state.
 //!
 //! This crate knows nothing about openraft: the `raft` crate converts openraft's types to the
@@ -21,6 +22,7 @@ pub mod pop;
 pub mod state;
 #[cfg(test)]
 mod test_support;
+pub mod timer;
 
 pub use db::{Db, FlushMode};
 pub use error::StorageError;

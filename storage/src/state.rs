@@ -317,6 +317,9 @@ impl BrokerState {
             Some(Kind::DeadLetter(dead)) => {
                 ResultKind::Receipt(self.apply_dead_letter(cache, pending, batch, dead)?)
             }
+            Some(Kind::FireTimers(fire)) => {
+                ResultKind::Timers(self.apply_fire_timers(cache, pending, batch, fire)?)
+            }
             // An entry from a newer version this node does not understand: applying it as a
             // no-op would diverge from upgraded replicas, so refuse loudly.
             None => {
@@ -359,6 +362,34 @@ impl BrokerState {
                     queue_offset: first.queue_offset,
                     duplicate: true,
                     store_timestamp_ms: first.store_timestamp_ms,
+                    scheduled: false,
+                });
+                continue;
+            }
+            if let Some(deliver_at) = message.delivery_timestamp_ms
+                && deliver_at > message.store_timestamp_ms
+            {
+                // A delay message: it joins its queue when its time comes (see `timer.rs`).
+                let location = pb::QueueEntry {
+                    log_index,
+                    slot: slot as u32,
+                    store_timestamp_ms: message.store_timestamp_ms,
+                    tag: message.tag.clone(),
+                };
+                self.schedule(pending, batch, deliver_at, message, location);
+                let dedup = pb::DedupEntry {
+                    queue_id: message.queue_id,
+                    queue_offset: 0,
+                    store_timestamp_ms: message.store_timestamp_ms,
+                };
+                batch.put_cf(&self.db.cf(CF_INDEX), &dedup_key, dedup.encode_to_vec());
+                pending.dedup.insert(dedup_key, dedup);
+                appended.push(pb::AppendedMessage {
+                    queue_id: message.queue_id,
+                    queue_offset: 0,
+                    duplicate: false,
+                    store_timestamp_ms: message.store_timestamp_ms,
+                    scheduled: true,
                 });
                 continue;
             }
@@ -396,6 +427,7 @@ impl BrokerState {
                 queue_offset: next,
                 duplicate: false,
                 store_timestamp_ms: message.store_timestamp_ms,
+                scheduled: false,
             });
         }
         Ok(pb::AppendResult { messages: appended })
@@ -661,6 +693,9 @@ pub(crate) struct PendingApply {
     pub(crate) pops: HashMap<PopKey, pb::PopQueue>,
     /// Consume-queue entries written by this call: (topic, queue, offset) → location.
     pub(crate) cq: HashMap<(String, u32, u64), pb::QueueEntry>,
+    /// Timers scheduled by this call, and timer keys fired (deleted) by it.
+    pub(crate) timers: BTreeMap<[u8; 20], pb::TimerEntry>,
+    pub(crate) fired_timers: std::collections::HashSet<[u8; 20]>,
 }
 
 #[cfg(test)]
