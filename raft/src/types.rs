@@ -42,6 +42,20 @@ impl fmt::Display for Request {
             }
             Some(Kind::DeadLetter(dead)) => write!(f, "dead_letter({}/{})", dead.group, dead.topic),
             Some(Kind::FireTimers(fire)) => write!(f, "fire_timers(now {})", fire.now_ms),
+            Some(Kind::EndTransaction(end)) => {
+                write!(
+                    f,
+                    "end_transaction({}/{} commit {})",
+                    end.topic, end.transaction_id, end.commit
+                )
+            }
+            Some(Kind::TransactionChecked(checked)) => {
+                write!(
+                    f,
+                    "transaction_checked({}/{})",
+                    checked.topic, checked.transaction_id
+                )
+            }
             None => f.write_str("unknown"),
         }
     }

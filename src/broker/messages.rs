@@ -52,6 +52,8 @@ pub fn to_stored(
         store_timestamp_ms,
         delivery_timestamp_ms: props.delivery_timestamp.as_ref().map(timestamp_ms),
         trace_context: props.trace_context,
+        producer_client_id: String::new(),
+        first_check_ms: 0,
     }
 }
 

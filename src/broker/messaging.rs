@@ -29,10 +29,11 @@ use super::{Broker, MAX_CLIENT_MESSAGE_BYTES, PROPOSE_DEADLINE, validate};
 /// Longest long poll the broker grants, whatever the client asks.
 const LONG_POLL_MAX: Duration = Duration::from_secs(30);
 /// The message types a topic accepts, as advertised in routes (clients check it before sending).
-pub const ACCEPTED_MESSAGE_TYPES: [v2::MessageType; 3] = [
+pub const ACCEPTED_MESSAGE_TYPES: [v2::MessageType; 4] = [
     v2::MessageType::Normal,
     v2::MessageType::Fifo,
     v2::MessageType::Delay,
+    v2::MessageType::Transaction,
 ];
 
 /// Most messages one PullMessage returns.
@@ -54,6 +55,16 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 fn resource_name(resource: Option<&v2::Resource>) -> &str {
     resource.map(|r| r.name.as_str()).unwrap_or_default()
+}
+
+/// The client id the official clients send with every call.
+fn client_id_of<T>(request: &Request<T>) -> String {
+    request
+        .metadata()
+        .get("x-mq-client-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn rejected(rpc: &'static str, client: ClientKind, rejection: &Rejection) -> v2::Status {
@@ -146,6 +157,7 @@ impl Messaging {
     async fn send(
         &self,
         request: v2::SendMessageRequest,
+        client_id: &str,
     ) -> Result<Vec<v2::SendResultEntry>, Rejection> {
         let broker = &self.broker;
         let Some(first) = request.messages.first() else {
@@ -188,11 +200,26 @@ impl Messaging {
                     .unwrap_or_default()
             })
             .collect();
-        let messages = request
-            .messages
-            .into_iter()
-            .map(|m| to_stored(m, &topic_name, queue_id, store_ms))
-            .collect();
+        let mut transactional = Vec::with_capacity(request.messages.len());
+        let mut messages = Vec::with_capacity(request.messages.len());
+        for message in request.messages {
+            let is_half = message
+                .system_properties
+                .as_ref()
+                .is_some_and(|p| p.message_type == v2::MessageType::Transaction as i32);
+            let first_check = if is_half {
+                super::transactions::first_check_ms(&message, store_ms)?
+            } else {
+                0
+            };
+            let mut stored = to_stored(message, &topic_name, queue_id, store_ms);
+            if is_half {
+                stored.producer_client_id = client_id.to_string();
+                stored.first_check_ms = first_check;
+            }
+            transactional.push(is_half);
+            messages.push(stored);
+        }
         let appended = broker.sends.append(messages).await?;
         if appended.len() != message_ids.len() {
             return Err(Rejection::internal(
@@ -202,10 +229,16 @@ impl Messaging {
         Ok(message_ids
             .into_iter()
             .zip(appended)
-            .map(|(message_id, stored)| v2::SendResultEntry {
+            .zip(transactional)
+            .map(|((message_id, stored), is_half)| v2::SendResultEntry {
                 status: Some(ok()),
+                // A half message's transaction id is its message id.
+                transaction_id: if is_half {
+                    message_id.clone()
+                } else {
+                    String::new()
+                },
                 message_id,
-                transaction_id: String::new(),
                 offset: stored.queue_offset as i64,
                 recall_handle: String::new(),
             })
@@ -471,6 +504,7 @@ impl MessagingService for Messaging {
         request: Request<v2::SendMessageRequest>,
     ) -> Result<Response<v2::SendMessageResponse>, Status> {
         let client = ClientKind::of(&request);
+        let client_id = client_id_of(&request);
         let request = request.into_inner();
         let count = request.messages.len().max(1);
         let ids: Vec<String> = request
@@ -483,7 +517,7 @@ impl MessagingService for Messaging {
                     .unwrap_or_default()
             })
             .collect();
-        let reply = match self.send(request).await {
+        let reply = match self.send(request, &client_id).await {
             Ok(entries) => v2::SendMessageResponse {
                 status: Some(ok()),
                 entries,
@@ -724,10 +758,15 @@ impl MessagingService for Messaging {
 
     async fn end_transaction(
         &self,
-        _request: Request<v2::EndTransactionRequest>,
+        request: Request<v2::EndTransactionRequest>,
     ) -> Result<Response<v2::EndTransactionResponse>, Status> {
+        let client = ClientKind::of(&request);
+        let status = match self.broker.end_transaction(request.get_ref()).await {
+            Ok(()) => ok(),
+            Err(rejection) => rejected("EndTransaction", client, &rejection),
+        };
         Ok(Response::new(v2::EndTransactionResponse {
-            status: Some(not_implemented("EndTransaction")),
+            status: Some(status),
         }))
     }
 
@@ -740,13 +779,20 @@ impl MessagingService for Messaging {
         // Reply headers must go out at once (the Rust client awaits them with no timeout), so
         // the inbound stream is read by a task of its own.
         let (tx, rx) = mpsc::channel(16);
+        let client_id = client_id_of(&request);
         let mut inbound = request.into_inner();
         let this = Messaging {
             broker: self.broker.clone(),
         };
         tokio::spawn(async move {
+            let stream = this.broker.clients.new_stream();
             while let Some(Ok(command)) = inbound.next().await {
                 if let Some(v2::telemetry_command::Command::Settings(settings)) = command.command {
+                    if !client_id.is_empty() {
+                        this.broker
+                            .clients
+                            .register(&client_id, stream, &tx, &settings);
+                    }
                     let reply = v2::TelemetryCommand {
                         status: Some(ok()),
                         command: Some(v2::telemetry_command::Command::Settings(
@@ -759,6 +805,8 @@ impl MessagingService for Messaging {
                     }
                 }
             }
+            // The client closed its side: dropping every sender completes our side.
+            this.broker.clients.unregister(&client_id, stream);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

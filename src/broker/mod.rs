@@ -11,12 +11,14 @@
 
 pub mod admin;
 pub mod batcher;
+pub mod clients;
 pub mod consumer;
 pub mod filter;
 pub mod messages;
 pub mod messaging;
 pub mod status;
 pub mod timers;
+pub mod transactions;
 pub mod validate;
 
 use std::future::Future;
@@ -47,6 +49,8 @@ pub struct Broker {
     pub node: Arc<RaftNode>,
     /// Packs concurrent sends into shared Raft entries.
     pub sends: batcher::SendBatcher,
+    /// Clients with a Telemetry stream to this node.
+    pub clients: clients::ClientRegistry,
     round_robin: AtomicU64,
 }
 
@@ -191,6 +195,7 @@ pub async fn run(
         config: config.clone(),
         node: node.clone(),
         sends: batcher::SendBatcher::start(node.clone()),
+        clients: clients::ClientRegistry::default(),
         round_robin: AtomicU64::new(0),
     });
 
@@ -226,6 +231,7 @@ pub async fn run(
         .add_service(admin::service(broker.clone()))
         .serve_with_incoming_shutdown(incoming(client_listener), stopped(stop_rx.clone()));
     let timer_task = tokio::spawn(timers::run(broker.clone(), stop_rx.clone()));
+    let transaction_task = tokio::spawn(transactions::run(broker.clone(), stop_rx.clone()));
     let raft_task = tokio::spawn(raft_server);
     let client_task = tokio::spawn(client_server);
     tokio::spawn(node.clone().bootstrap());
@@ -236,6 +242,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), client_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(3), timer_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(3), transaction_task).await;
     tracing::info!(
         stage = "stop raft",
         elapsed_ms = started.elapsed().as_millis() as u64,

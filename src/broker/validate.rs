@@ -226,12 +226,6 @@ pub fn message(message: &v2::Message, max_body_bytes: usize) -> Result<(), Rejec
             ),
         ));
     }
-    if props.message_type == v2::MessageType::Transaction as i32 {
-        return Err(Rejection::new(
-            Code::Unsupported,
-            "transactional messages are not supported yet",
-        ));
-    }
     Ok(())
 }
 
@@ -401,13 +395,6 @@ mod tests {
                 Box::new(|m| {
                     m.user_properties
                         .insert("big".into(), "v".repeat(16 * 1024));
-                }),
-            ),
-            (
-                Code::Unsupported,
-                Box::new(|m| {
-                    m.system_properties.as_mut().unwrap().message_type =
-                        v2::MessageType::Transaction as i32
                 }),
             ),
         ];

@@ -24,12 +24,16 @@ pub const CF_OFFSETS: &str = "offsets";
 pub const CF_POP: &str = "pop";
 /// Delay messages not yet due: (deliver at, log index, slot) → where they go.
 pub const CF_TIMER: &str = "timer";
+/// Transactional (half) messages: (topic, transaction id) → state, checks, location.
+pub const CF_TXN: &str = "txn";
 
-pub const ALL_CFS: [&str; 8] = [
-    CF_LOG, CF_RAFT, CF_CQ, CF_INDEX, CF_META, CF_OFFSETS, CF_POP, CF_TIMER,
+pub const ALL_CFS: [&str; 9] = [
+    CF_LOG, CF_RAFT, CF_CQ, CF_INDEX, CF_META, CF_OFFSETS, CF_POP, CF_TIMER, CF_TXN,
 ];
 /// The column families a snapshot carries: everything derived by applying the log.
-pub const STATE_CFS: [&str; 6] = [CF_CQ, CF_INDEX, CF_META, CF_OFFSETS, CF_POP, CF_TIMER];
+pub const STATE_CFS: [&str; 7] = [
+    CF_CQ, CF_INDEX, CF_META, CF_OFFSETS, CF_POP, CF_TIMER, CF_TXN,
+];
 
 /// When a node reports a log entry as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -81,6 +81,15 @@ pub fn decode_timer_time(key: &[u8]) -> Option<i64> {
     Some((u64::from_be_bytes(time) ^ (1 << 63)) as i64)
 }
 
+/// Transactions (`txn` CF): topic, 0x00, transaction id.
+pub fn txn_key(topic: &str, transaction_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(topic.len() + 1 + transaction_id.len());
+    key.extend_from_slice(topic.as_bytes());
+    key.push(0);
+    key.extend_from_slice(transaction_id.as_bytes());
+    key
+}
+
 /// `meta` CF: a consumer group's configuration.
 pub fn group_key(group: &str) -> Vec<u8> {
     let mut key = GROUP_PREFIX.to_vec();

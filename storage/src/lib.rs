@@ -9,6 +9,7 @@
 //!   offsets, the message-id dedup index), always written in the same `WriteBatch` as the
 //!   applied log id, so a crash never half-applies an entry.
 //! * [`timer`]: delay messages, entered into their queues when due.
+//! * [`txn`]: transactional (half) messages, entered into their queues at commit.
 //! * [`pop`]: POP consumption (receive, ack, invisibility, dead letters) as replicated state.
 //!
 //! This crate knows nothing about openraft: the `raft` crate converts openraft's types to the
@@ -23,6 +24,7 @@ pub mod state;
 #[cfg(test)]
 mod test_support;
 pub mod timer;
+pub mod txn;
 
 pub use db::{Db, FlushMode};
 pub use error::StorageError;

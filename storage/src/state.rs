@@ -11,6 +11,7 @@ use std::sync::Mutex;
 
 use prost::Message;
 use raftmq_proto::raft::v1 as pb;
+use raftmq_proto::rocketmq::v2;
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 use tokio::sync::watch;
 
@@ -320,6 +321,12 @@ impl BrokerState {
             Some(Kind::FireTimers(fire)) => {
                 ResultKind::Timers(self.apply_fire_timers(cache, pending, batch, fire)?)
             }
+            Some(Kind::EndTransaction(end)) => {
+                ResultKind::Transaction(self.apply_end_transaction(cache, pending, batch, end)?)
+            }
+            Some(Kind::TransactionChecked(checked)) => {
+                ResultKind::Transaction(self.apply_transaction_checked(pending, batch, checked)?)
+            }
             // An entry from a newer version this node does not understand: applying it as a
             // no-op would diverge from upgraded replicas, so refuse loudly.
             None => {
@@ -363,6 +370,31 @@ impl BrokerState {
                     duplicate: true,
                     store_timestamp_ms: first.store_timestamp_ms,
                     scheduled: false,
+                });
+                continue;
+            }
+            if message.message_type == v2::MessageType::Transaction as i32 {
+                // A half message: it joins its queue when its transaction commits.
+                let location = pb::QueueEntry {
+                    log_index,
+                    slot: slot as u32,
+                    store_timestamp_ms: message.store_timestamp_ms,
+                    tag: message.tag.clone(),
+                };
+                self.hold_transaction(pending, batch, message, location);
+                let dedup = pb::DedupEntry {
+                    queue_id: message.queue_id,
+                    queue_offset: 0,
+                    store_timestamp_ms: message.store_timestamp_ms,
+                };
+                batch.put_cf(&self.db.cf(CF_INDEX), &dedup_key, dedup.encode_to_vec());
+                pending.dedup.insert(dedup_key, dedup);
+                appended.push(pb::AppendedMessage {
+                    queue_id: message.queue_id,
+                    queue_offset: 0,
+                    duplicate: false,
+                    store_timestamp_ms: message.store_timestamp_ms,
+                    scheduled: true,
                 });
                 continue;
             }
@@ -574,6 +606,16 @@ impl BrokerState {
         Ok(records)
     }
 
+    /// The message a consume-queue or transaction record points at.
+    pub fn read_location(
+        &self,
+        location: &pb::QueueEntry,
+    ) -> Result<Option<pb::StoredMessage>, StorageError> {
+        let mut append = self.read_append(location.log_index)?;
+        let slot = location.slot as usize;
+        Ok((slot < append.messages.len()).then(|| append.messages.swap_remove(slot)))
+    }
+
     fn read_append(&self, log_index: u64) -> Result<pb::AppendMessages, StorageError> {
         let key = keys::log_key(log_index);
         let entry = read_entry(&self.db, log_index)?.ok_or_else(|| {
@@ -696,6 +738,8 @@ pub(crate) struct PendingApply {
     /// Timers scheduled by this call, and timer keys fired (deleted) by it.
     pub(crate) timers: BTreeMap<[u8; 20], pb::TimerEntry>,
     pub(crate) fired_timers: std::collections::HashSet<[u8; 20]>,
+    /// Transaction records written by this call, by `txn` key.
+    pub(crate) txns: HashMap<Vec<u8>, pb::TransactionRecord>,
 }
 
 #[cfg(test)]

@@ -87,7 +87,7 @@ impl BrokerState {
             }
             due.push((*key, timer.clone()));
         }
-        due.sort_by(|a, b| a.0.cmp(&b.0));
+        due.sort_by_key(|(key, _)| *key);
         due.truncate(max);
         Ok(due)
     }
