@@ -216,7 +216,13 @@ async fn receive_all(
     while arrived.len() < count {
         anyhow::ensure!(Instant::now() < give_up, "only {arrived:?} arrived in time");
         let received = match client
-            .receive(group, topic, 32, Duration::from_secs(30), Duration::from_secs(2))
+            .receive(
+                group,
+                topic,
+                32,
+                Duration::from_secs(30),
+                Duration::from_secs(2),
+            )
             .await
         {
             Ok(received) => received,
@@ -261,12 +267,17 @@ async fn delay_messages_arrive_at_their_time_also_after_a_leader_kill() -> anyho
         let late = arrival - at;
         println!("{body}: arrived {late} ms after its delivery time");
         assert!(late >= 0, "{body} arrived {} ms early", -late);
-        assert!(late <= 100, "{body} arrived {late} ms late under light load");
+        assert!(
+            late <= 100,
+            "{body} arrived {late} ms late under light load"
+        );
     }
 
     // Timers are replicated: they fire under the next leader.
     let at = epoch_ms() + 2_000;
-    client.send(vec![delayed("delay", "after-failover", at)]).await?;
+    client
+        .send(vec![delayed("delay", "after-failover", at)])
+        .await?;
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
     cluster.kill_node(leader);
     let give_up = Instant::now() + Duration::from_secs(20);
