@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Build raftmq once and run every test suite from that build: unit and property tests,
 # RocksDB storage tests, openraft's storage conformance suite, and the integration tests that
-# start real three-node clusters and kill their leaders.
+# start real three-node clusters and kill their leaders, including the official RocketMQ 5
+# clients (the Rust crate, and the Python package in a virtualenv made here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
 
 ensure_build_deps
 use_cached_rocksdb
+scripts/python-env.sh
 
 echo "=== building (tests and the raftmq binary)"
 start=$(date +%s)

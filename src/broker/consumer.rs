@@ -456,7 +456,7 @@ impl Broker {
     pub async fn assignments(
         &self,
         request: &v2::QueryAssignmentRequest,
-        endpoints: v2::Endpoints,
+        endpoints: impl Fn(i32) -> v2::Endpoints,
     ) -> Result<Vec<v2::Assignment>, Rejection> {
         let group = request
             .group
@@ -486,7 +486,7 @@ impl Broker {
                     broker: Some(v2::Broker {
                         name: self.config.group.clone(),
                         id: 0,
-                        endpoints: Some(endpoints.clone()),
+                        endpoints: Some(endpoints(id)),
                     }),
                     accept_message_types: super::messaging::ACCEPTED_MESSAGE_TYPES
                         .iter()

@@ -118,26 +118,40 @@ fn endpoints_of(addrs: &[&str], own: &str) -> v2::Endpoints {
 }
 
 impl Messaging {
-    fn endpoints(&self) -> v2::Endpoints {
+    /// The endpoints a client is told to use for queue `queue_id` (-1: any queue).
+    ///
+    /// The Rust client balances over several addresses in one `Endpoints`, so it gets every
+    /// node and survives the death of any. Other clients (Python's gRPC) send such a list as
+    /// one malformed HTTP/2 `:authority`, which the server must reject; they get one node per
+    /// queue, spread over the group, and reach the other nodes by retrying on another queue.
+    fn endpoints(&self, client: ClientKind, queue_id: i32) -> v2::Endpoints {
         let broker = &self.broker;
+        let own = broker.config.me().client_addr.as_str();
         let addrs: Vec<&str> = broker
             .config
             .members
             .values()
             .map(|n| n.client_addr.as_str())
             .collect();
-        endpoints_of(&addrs, &broker.config.me().client_addr)
+        if client == ClientKind::Rust {
+            return endpoints_of(&addrs, own);
+        }
+        let chosen = match usize::try_from(queue_id) {
+            Ok(queue) if !addrs.is_empty() => addrs[queue % addrs.len()],
+            _ => own,
+        };
+        endpoints_of(&[chosen], own)
     }
 
     async fn route(
         &self,
         request: &v2::QueryRouteRequest,
+        client: ClientKind,
     ) -> Result<Vec<v2::MessageQueue>, Rejection> {
         let broker = &self.broker;
         let topic = broker
             .resolve_topic(resource_name(request.topic.as_ref()))
             .await?;
-        let endpoints = self.endpoints();
         let resource = request.topic.clone().unwrap_or_default();
         Ok((0..topic.queues)
             .map(|id| v2::MessageQueue {
@@ -147,7 +161,7 @@ impl Messaging {
                 broker: Some(v2::Broker {
                     name: broker.config.group.clone(),
                     id: 0,
-                    endpoints: Some(endpoints.clone()),
+                    endpoints: Some(self.endpoints(client, id as i32)),
                 }),
                 accept_message_types: ACCEPTED_MESSAGE_TYPES.iter().map(|t| *t as i32).collect(),
             })
@@ -479,7 +493,7 @@ impl MessagingService for Messaging {
         request: Request<v2::QueryRouteRequest>,
     ) -> Result<Response<v2::QueryRouteResponse>, Status> {
         let client = ClientKind::of(&request);
-        let reply = match self.route(request.get_ref()).await {
+        let reply = match self.route(request.get_ref(), client).await {
             Ok(message_queues) => v2::QueryRouteResponse {
                 status: Some(ok()),
                 message_queues,
@@ -548,7 +562,7 @@ impl MessagingService for Messaging {
         let client = ClientKind::of(&request);
         let reply = match self
             .broker
-            .assignments(request.get_ref(), self.endpoints())
+            .assignments(request.get_ref(), |queue| self.endpoints(client, queue))
             .await
         {
             Ok(assignments) => v2::QueryAssignmentResponse {
