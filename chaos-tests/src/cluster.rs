@@ -322,6 +322,7 @@ impl Cluster {
                     let request = admin::CreateTopicRequest {
                         name: name.to_string(),
                         queues,
+                        message_type: String::new(),
                     };
                     async move { admin_client.create_topic(request).await }
                 })

@@ -154,3 +154,54 @@ async fn topics_are_auto_created_when_enabled() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_typed_topic_accepts_only_its_message_type() -> anyhow::Result<()> {
+    use raftmq_proto::admin::v1 as admin;
+    use raftmq_proto::rocketmq::v2::MessageType;
+    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    let client = cluster.client();
+    let create = |name: &str, message_type: &str| {
+        let request = admin::CreateTopicRequest {
+            name: name.into(),
+            queues: 2,
+            message_type: message_type.into(),
+        };
+        client.admin(move |mut c| {
+            let request = request.clone();
+            async move { c.create_topic(request).await }
+        })
+    };
+    create("normal-only", "normal").await?;
+    create("anything", "").await?;
+    let refused = create("typo", "fifoo").await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("unknown message type")),
+        "{refused:?}"
+    );
+
+    let route = client.route("normal-only").await?;
+    assert!(
+        route
+            .iter()
+            .all(|q| q.accept_message_types == vec![MessageType::Normal as i32])
+    );
+    assert_eq!(4, client.route("anything").await?[0].accept_message_types.len());
+
+    let fifo = |topic: &str| {
+        let mut m = message(topic, b"ordered".to_vec(), None, &[]);
+        m.system_properties.as_mut().unwrap().message_group = Some("g".into());
+        m
+    };
+    client
+        .send(vec![message("normal-only", b"plain".to_vec(), None, &[])])
+        .await?;
+    assert_eq!(
+        Code::MessagePropertyConflictWithType,
+        code_of(client.send(vec![fifo("normal-only")]).await)
+    );
+    client.send(vec![fifo("anything")]).await?;
+    Ok(())
+}

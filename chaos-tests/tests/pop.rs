@@ -75,7 +75,7 @@ async fn acks_and_deliveries_in_flight_survive_a_leader_kill() -> anyhow::Result
                     "{body} came back with attempt {attempt}, not above {first_attempt}"
                 );
                 redelivered_after_withholding += 1;
-            } else if index % 5 == 0 && !acked.contains(&body) {
+            } else if index.is_multiple_of(5) && !acked.contains(&body) {
                 withheld.insert(body, attempt);
                 continue;
             }

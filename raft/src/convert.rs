@@ -348,6 +348,7 @@ mod tests {
                 name: "T".into(),
                 queues: 8,
                 created_ms: 1,
+                message_type: 0,
             })),
         };
         for payload in [

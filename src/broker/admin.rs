@@ -51,6 +51,7 @@ impl Admin {
             queue_max_offsets: (0..topic.queues)
                 .map(|q| state.queue_next_offset(&topic.name, q))
                 .collect(),
+            message_type: super::validate::topic_message_type_name(topic.message_type).into(),
             name: topic.name,
             queues: topic.queues,
             created_ms: topic.created_ms,
@@ -129,7 +130,11 @@ impl AdminService for Admin {
         };
         let result = self
             .broker
-            .create_topic(&request.name, queues)
+            .create_topic(
+                &request.name,
+                queues,
+                super::validate::topic_message_type(&request.message_type).map_err(to_status)?,
+            )
             .await
             .map_err(to_status)?;
         Ok(Response::new(admin::CreateTopicResponse {

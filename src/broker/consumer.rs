@@ -488,10 +488,7 @@ impl Broker {
                         id: 0,
                         endpoints: Some(endpoints(id)),
                     }),
-                    accept_message_types: super::messaging::ACCEPTED_MESSAGE_TYPES
-                        .iter()
-                        .map(|t| *t as i32)
-                        .collect(),
+                    accept_message_types: validate::accepted_message_types(topic.message_type),
                 }),
             })
             .collect())

@@ -28,14 +28,6 @@ use super::{Broker, MAX_CLIENT_MESSAGE_BYTES, PROPOSE_DEADLINE, validate};
 
 /// Longest long poll the broker grants, whatever the client asks.
 const LONG_POLL_MAX: Duration = Duration::from_secs(30);
-/// The message types a topic accepts, as advertised in routes (clients check it before sending).
-pub const ACCEPTED_MESSAGE_TYPES: [v2::MessageType; 4] = [
-    v2::MessageType::Normal,
-    v2::MessageType::Fifo,
-    v2::MessageType::Delay,
-    v2::MessageType::Transaction,
-];
-
 /// Most messages one PullMessage returns.
 const PULL_BATCH_MAX: usize = 1024;
 /// Roughly how many body bytes one PullMessage returns (at least one message).
@@ -163,7 +155,7 @@ impl Messaging {
                     id: 0,
                     endpoints: Some(self.endpoints(client, id as i32)),
                 }),
-                accept_message_types: ACCEPTED_MESSAGE_TYPES.iter().map(|t| *t as i32).collect(),
+                accept_message_types: validate::accepted_message_types(topic.message_type),
             })
             .collect())
     }
@@ -198,6 +190,9 @@ impl Messaging {
             validate::delivery_time(message, now, broker.config.max_delay)?;
         }
         let topic = broker.resolve_topic(&topic_name).await?;
+        for message in &request.messages {
+            validate::message_type_fits(message, topic.message_type)?;
+        }
         let group = first
             .system_properties
             .as_ref()

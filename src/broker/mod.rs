@@ -75,14 +75,18 @@ impl Broker {
                 ),
             ));
         }
-        let created = self.create_topic(name, self.config.default_queues).await?;
+        let created = self
+            .create_topic(name, self.config.default_queues, 0)
+            .await?;
         Ok(created.topic.unwrap_or_default())
     }
 
+    /// Create a topic; `message_type` is the one type it accepts (0: every type).
     pub async fn create_topic(
         &self,
         name: &str,
         queues: u32,
+        message_type: i32,
     ) -> Result<pb::TopicResult, Rejection> {
         validate::topic_name(name)?;
         if queues == 0 || queues > crate::config::MAX_QUEUES {
@@ -96,6 +100,7 @@ impl Broker {
                 name: name.to_string(),
                 queues,
                 created_ms: messages::now_ms(),
+                message_type,
             })),
         };
         match self.node.propose(command, PROPOSE_DEADLINE).await?.kind {

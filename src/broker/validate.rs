@@ -229,6 +229,78 @@ pub fn message(message: &v2::Message, max_body_bytes: usize) -> Result<(), Rejec
     Ok(())
 }
 
+/// The message type of a topic, by name as operators write it ("" and "mixed" = every type).
+pub fn topic_message_type(name: &str) -> Result<i32, Rejection> {
+    Ok(match name.to_ascii_lowercase().as_str() {
+        "" | "mixed" => v2::MessageType::Unspecified as i32,
+        "normal" => v2::MessageType::Normal as i32,
+        "fifo" => v2::MessageType::Fifo as i32,
+        "delay" => v2::MessageType::Delay as i32,
+        "transaction" => v2::MessageType::Transaction as i32,
+        other => {
+            return Err(Rejection::bad_request(format!(
+                "unknown message type `{other}`: use normal, fifo, delay, transaction or mixed"
+            )));
+        }
+    })
+}
+
+/// The name of a topic message type, for operators.
+pub fn topic_message_type_name(message_type: i32) -> &'static str {
+    match v2::MessageType::try_from(message_type) {
+        Ok(v2::MessageType::Normal) => "normal",
+        Ok(v2::MessageType::Fifo) => "fifo",
+        Ok(v2::MessageType::Delay) => "delay",
+        Ok(v2::MessageType::Transaction) => "transaction",
+        _ => "mixed",
+    }
+}
+
+/// The message types a topic accepts, as routes advertise them.
+pub fn accepted_message_types(topic_type: i32) -> Vec<i32> {
+    if topic_type == v2::MessageType::Unspecified as i32 {
+        [
+            v2::MessageType::Normal,
+            v2::MessageType::Fifo,
+            v2::MessageType::Delay,
+            v2::MessageType::Transaction,
+        ]
+        .iter()
+        .map(|t| *t as i32)
+        .collect()
+    } else {
+        vec![topic_type]
+    }
+}
+
+/// A message's type as RocketMQ derives it from what it carries, checked against the topic's.
+pub fn message_type_fits(message: &v2::Message, topic_type: i32) -> Result<(), Rejection> {
+    if topic_type == v2::MessageType::Unspecified as i32 {
+        return Ok(());
+    }
+    let props = message.system_properties.as_ref();
+    let derived = if props.is_some_and(|p| p.message_type == v2::MessageType::Transaction as i32) {
+        v2::MessageType::Transaction
+    } else if props.is_some_and(|p| p.delivery_timestamp.is_some()) {
+        v2::MessageType::Delay
+    } else if props.is_some_and(|p| p.message_group.is_some()) {
+        v2::MessageType::Fifo
+    } else {
+        v2::MessageType::Normal
+    };
+    if derived as i32 != topic_type {
+        return Err(Rejection::new(
+            Code::MessagePropertyConflictWithType,
+            format!(
+                "a {} message cannot be sent to a {} topic",
+                topic_message_type_name(derived as i32),
+                topic_message_type_name(topic_type)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A delay message's delivery time: at most `max_delay` ahead of `now_ms` (a time in the past
 /// means "deliver now").
 pub fn delivery_time(
@@ -311,6 +383,29 @@ mod tests {
             code_of(group_name(&"g".repeat(121)))
         );
         assert_eq!(Code::IllegalConsumerGroup, code_of(group_name("a b")));
+    }
+
+    #[test]
+    fn message_types_must_fit_the_topic_unless_it_is_mixed() {
+        let fifo = {
+            let mut m = valid();
+            m.system_properties.as_mut().unwrap().message_group = Some("g".into());
+            m
+        };
+        let normal = topic_message_type("normal").unwrap();
+        let fifo_topic = topic_message_type("FIFO").unwrap();
+        let mixed = topic_message_type("").unwrap();
+        assert_eq!(Code::Ok, code_of(message_type_fits(&valid(), normal)));
+        assert_eq!(
+            Code::MessagePropertyConflictWithType,
+            code_of(message_type_fits(&fifo, normal))
+        );
+        assert_eq!(Code::Ok, code_of(message_type_fits(&fifo, fifo_topic)));
+        assert_eq!(Code::Ok, code_of(message_type_fits(&fifo, mixed)));
+        assert_eq!(4, accepted_message_types(mixed).len());
+        assert_eq!(vec![fifo_topic], accepted_message_types(fifo_topic));
+        assert_eq!("fifo", topic_message_type_name(fifo_topic));
+        assert!(topic_message_type("lite").is_err());
     }
 
     #[test]

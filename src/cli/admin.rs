@@ -57,6 +57,11 @@ pub enum TopicCommand {
         /// Number of queues (default: the broker's default_queues).
         #[arg(long, default_value_t = 0)]
         queues: u32,
+        /// The one message type the topic accepts: normal, fifo, delay, transaction, or mixed
+        /// (every type, the default). A message of another type gets
+        /// MESSAGE_PROPERTY_CONFLICT_WITH_TYPE, as in RocketMQ 5.
+        #[arg(long, default_value = "mixed")]
+        message_type: String,
     },
     List {
         #[arg(long)]
@@ -102,6 +107,7 @@ fn topic_json(t: &admin::TopicInfo) -> serde_json::Value {
     json!({
         "name": t.name,
         "queues": t.queues,
+        "message_type": t.message_type,
         "created_ms": t.created_ms,
         "messages": t.queue_max_offsets.iter().sum::<u64>(),
         "queue_max_offsets": t.queue_max_offsets,
@@ -171,23 +177,31 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             }
         }
         AdminCommand::Topic { command } => match command {
-            TopicCommand::Create { name, queues } => {
+            TopicCommand::Create {
+                name,
+                queues,
+                message_type,
+            } => {
                 let reply = client
                     .admin(|mut c| {
                         let request = admin::CreateTopicRequest {
                             name: name.clone(),
                             queues,
+                            message_type: message_type.clone(),
                         };
                         async move { c.create_topic(request).await.map(|r| r.into_inner()) }
                     })
                     .await?;
                 let topic = reply.topic.unwrap_or_default();
                 if reply.created {
-                    println!("created topic {} with {} queues", topic.name, topic.queues);
+                    println!(
+                        "created topic {} with {} queues ({} messages)",
+                        topic.name, topic.queues, topic.message_type
+                    );
                 } else {
                     println!(
-                        "topic {} already exists with {} queues",
-                        topic.name, topic.queues
+                        "topic {} already exists with {} queues ({} messages)",
+                        topic.name, topic.queues, topic.message_type
                     );
                 }
             }
@@ -228,7 +242,10 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 if json {
                     println!("{}", serde_json::to_string_pretty(&topic_json(&topic))?);
                 } else {
-                    println!("topic {} ({} queues)", topic.name, topic.queues);
+                    println!(
+                        "topic {} ({} queues, {} messages)",
+                        topic.name, topic.queues, topic.message_type
+                    );
                     for (queue, max) in topic.queue_max_offsets.iter().enumerate() {
                         println!("  queue {queue:>3}: {max} message(s)");
                     }

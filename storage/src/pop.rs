@@ -219,6 +219,7 @@ impl BrokerState {
                 name: dlq.clone(),
                 queues: 1,
                 created_ms: entry.store_timestamp_ms,
+                message_type: 0,
             };
             batch.put_cf(
                 &self.db.cf(CF_META),

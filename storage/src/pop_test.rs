@@ -21,6 +21,7 @@ fn create_topic(name: &str, queues: u32) -> pb::Command {
             name: name.into(),
             queues,
             created_ms: 1,
+            message_type: 0,
         })),
     }
 }

@@ -283,6 +283,7 @@ impl BrokerState {
                             name: create.name.clone(),
                             queues: create.queues.max(1),
                             created_ms: create.created_ms,
+                            message_type: create.message_type,
                         };
                         batch.put_cf(
                             &self.db.cf(CF_META),

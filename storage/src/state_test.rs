@@ -93,6 +93,7 @@ fn given_a_topic_created_twice_then_the_second_reports_the_existing_one() {
             name: "T".into(),
             queues,
             created_ms: 7,
+            message_type: 0,
         })),
     };
     let topic = |r: pb::CommandResult| match r.kind {
