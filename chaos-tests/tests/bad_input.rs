@@ -188,7 +188,12 @@ async fn a_typed_topic_accepts_only_its_message_type() -> anyhow::Result<()> {
             .iter()
             .all(|q| q.accept_message_types == vec![MessageType::Normal as i32])
     );
-    assert_eq!(4, client.route("anything").await?[0].accept_message_types.len());
+    assert_eq!(
+        4,
+        client.route("anything").await?[0]
+            .accept_message_types
+            .len()
+    );
 
     let fifo = |topic: &str| {
         let mut m = message(topic, b"ordered".to_vec(), None, &[]);

@@ -94,6 +94,40 @@ fn stale_handle(handle: &str) -> Rejection {
     )
 }
 
+/// The name of a request's consumer group, checked.
+fn valid_group(group: Option<&v2::Resource>) -> Result<&str, Rejection> {
+    let name = group.map(|g| g.name.as_str()).unwrap_or("");
+    validate::group_name(name)?;
+    Ok(name)
+}
+
+/// The name of a request's topic, checked.
+pub fn valid_topic(topic: Option<&v2::Resource>) -> Result<&str, Rejection> {
+    let name = topic.map(|t| t.name.as_str()).unwrap_or("");
+    validate::topic_name(name)?;
+    Ok(name)
+}
+
+/// What a ChangeInvisible or DeadLetter command found: the delivery's new receipt, or a
+/// stale-handle rejection.
+fn receipt_outcome(
+    result: pb::CommandResult,
+    handle: &str,
+    what: &str,
+) -> Result<pb::Receipt, Rejection> {
+    match result.kind {
+        Some(pb::command_result::Kind::Receipt(result))
+            if result.outcome == pb::ReceiptOutcome::ReceiptDone as i32 =>
+        {
+            Ok(result.receipt.unwrap_or_default())
+        }
+        Some(pb::command_result::Kind::Receipt(_)) => Err(stale_handle(handle)),
+        other => Err(Rejection::internal(format!(
+            "unexpected result of {what}: {other:?}"
+        ))),
+    }
+}
+
 fn duration_of(duration: Option<&prost_types::Duration>) -> Option<Duration> {
     duration.and_then(|d| Duration::try_from(*d).ok())
 }
@@ -153,12 +187,7 @@ impl Broker {
         request: &v2::ReceiveMessageRequest,
         deadline: Option<Duration>,
     ) -> Result<Vec<v2::Message>, Rejection> {
-        let group = request
-            .group
-            .as_ref()
-            .map(|g| g.name.as_str())
-            .unwrap_or("");
-        validate::group_name(group)?;
+        let group = valid_group(request.group.as_ref())?;
         let queue = request
             .message_queue
             .as_ref()
@@ -295,18 +324,8 @@ impl Broker {
         &self,
         request: &v2::AckMessageRequest,
     ) -> Result<Vec<Result<(), Rejection>>, Rejection> {
-        let group = request
-            .group
-            .as_ref()
-            .map(|g| g.name.as_str())
-            .unwrap_or("");
-        validate::group_name(group)?;
-        let topic = request
-            .topic
-            .as_ref()
-            .map(|t| t.name.as_str())
-            .unwrap_or("");
-        validate::topic_name(topic)?;
+        let group = valid_group(request.group.as_ref())?;
+        let topic = valid_topic(request.topic.as_ref())?;
         if request.entries.is_empty() {
             return Err(Rejection::bad_request("AckMessage without entries"));
         }
@@ -357,18 +376,8 @@ impl Broker {
         &self,
         request: &v2::ChangeInvisibleDurationRequest,
     ) -> Result<String, Rejection> {
-        let group = request
-            .group
-            .as_ref()
-            .map(|g| g.name.as_str())
-            .unwrap_or("");
-        validate::group_name(group)?;
-        let topic = request
-            .topic
-            .as_ref()
-            .map(|t| t.name.as_str())
-            .unwrap_or("");
-        validate::topic_name(topic)?;
+        let group = valid_group(request.group.as_ref())?;
+        let topic = valid_topic(request.topic.as_ref())?;
         let handle = ReceiptHandle::decode(&request.receipt_handle)?;
         let duration = duration_of(request.invisible_duration.as_ref()).ok_or_else(|| {
             Rejection::new(
@@ -386,20 +395,9 @@ impl Broker {
                 invisible_ms: duration.as_millis() as i64,
             })),
         };
-        match self.node.propose(command, PROPOSE_DEADLINE).await?.kind {
-            Some(pb::command_result::Kind::Receipt(result))
-                if result.outcome == pb::ReceiptOutcome::ReceiptDone as i32 =>
-            {
-                let receipt = result.receipt.unwrap_or_default();
-                Ok(ReceiptHandle::from_pb(receipt).encode())
-            }
-            Some(pb::command_result::Kind::Receipt(_)) => {
-                Err(stale_handle(&request.receipt_handle))
-            }
-            other => Err(Rejection::internal(format!(
-                "unexpected result of change invisible duration: {other:?}"
-            ))),
-        }
+        let result = self.node.propose(command, PROPOSE_DEADLINE).await?;
+        let receipt = receipt_outcome(result, &request.receipt_handle, "change invisible")?;
+        Ok(ReceiptHandle::from_pb(receipt).encode())
     }
 
     /// ForwardMessageToDeadLetterQueue: move a delivered message to `%DLQ%<group>` now.
@@ -407,18 +405,8 @@ impl Broker {
         &self,
         request: &v2::ForwardMessageToDeadLetterQueueRequest,
     ) -> Result<(), Rejection> {
-        let group = request
-            .group
-            .as_ref()
-            .map(|g| g.name.as_str())
-            .unwrap_or("");
-        validate::group_name(group)?;
-        let topic = request
-            .topic
-            .as_ref()
-            .map(|t| t.name.as_str())
-            .unwrap_or("");
-        validate::topic_name(topic)?;
+        let group = valid_group(request.group.as_ref())?;
+        let topic = valid_topic(request.topic.as_ref())?;
         let handle = ReceiptHandle::decode(&request.receipt_handle)?;
         let command = pb::Command {
             kind: Some(pb::command::Kind::DeadLetter(pb::DeadLetter {
@@ -428,26 +416,16 @@ impl Broker {
                 now_ms: now_ms(),
             })),
         };
-        match self.node.propose(command, PROPOSE_DEADLINE).await?.kind {
-            Some(pb::command_result::Kind::Receipt(result))
-                if result.outcome == pb::ReceiptOutcome::ReceiptDone as i32 =>
-            {
-                tracing::info!(
-                    group,
-                    topic,
-                    dead_letter_topic = %dead_letter_topic(group),
-                    message_id = %request.message_id,
-                    "message forwarded to the dead-letter topic"
-                );
-                Ok(())
-            }
-            Some(pb::command_result::Kind::Receipt(_)) => {
-                Err(stale_handle(&request.receipt_handle))
-            }
-            other => Err(Rejection::internal(format!(
-                "unexpected result of a dead-letter forward: {other:?}"
-            ))),
-        }
+        let result = self.node.propose(command, PROPOSE_DEADLINE).await?;
+        receipt_outcome(result, &request.receipt_handle, "a dead-letter forward")?;
+        tracing::info!(
+            group,
+            topic,
+            dead_letter_topic = %dead_letter_topic(group),
+            message_id = %request.message_id,
+            "message forwarded to the dead-letter topic"
+        );
+        Ok(())
     }
 
     /// QueryAssignment (push consumers): which queues to receive from. A FIFO group gets one
@@ -458,12 +436,7 @@ impl Broker {
         request: &v2::QueryAssignmentRequest,
         endpoints: impl Fn(i32) -> v2::Endpoints,
     ) -> Result<Vec<v2::Assignment>, Rejection> {
-        let group = request
-            .group
-            .as_ref()
-            .map(|g| g.name.as_str())
-            .unwrap_or("");
-        validate::group_name(group)?;
+        let group = valid_group(request.group.as_ref())?;
         let topic_name = request
             .topic
             .as_ref()

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use super::messages::{now_ms, to_delivered};
 use super::status::Rejection;
-use super::{Broker, PROPOSE_DEADLINE, validate};
+use super::{Broker, PROPOSE_DEADLINE};
 
 /// First check of a transaction this long after its half message (RocketMQ: 6 s), unless the
 /// message asks for another delay.
@@ -62,12 +62,7 @@ impl Broker {
         &self,
         request: &v2::EndTransactionRequest,
     ) -> Result<(), Rejection> {
-        let topic = request
-            .topic
-            .as_ref()
-            .map(|t| t.name.as_str())
-            .unwrap_or("");
-        validate::topic_name(topic)?;
+        let topic = super::consumer::valid_topic(request.topic.as_ref())?;
         if request.transaction_id.trim().is_empty() {
             return Err(Rejection::new(
                 Code::InvalidTransactionId,

@@ -228,14 +228,7 @@ impl BrokerState {
             );
             pending.topics.insert(dlq.clone(), config);
         }
-        let next = Self::queue_next(cache, pending, &dlq, 0);
-        batch.put_cf(
-            &self.db.cf(CF_CQ),
-            keys::cq_key(&dlq, 0, next),
-            entry.encode_to_vec(),
-        );
-        pending.cq.insert((dlq.clone(), 0, next), entry);
-        pending.queue_next.insert((dlq, 0), next + 1);
+        self.enqueue(cache, pending, batch, &dlq, 0, entry);
         Ok(())
     }
 

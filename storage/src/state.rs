@@ -374,96 +374,77 @@ impl BrokerState {
                 });
                 continue;
             }
-            if message.message_type == v2::MessageType::Transaction as i32 {
-                // A half message: it joins its queue when its transaction commits.
-                let location = pb::QueueEntry {
-                    log_index,
-                    slot: slot as u32,
-                    store_timestamp_ms: message.store_timestamp_ms,
-                    tag: message.tag.clone(),
-                };
-                self.hold_transaction(pending, batch, message, location);
-                let dedup = pb::DedupEntry {
-                    queue_id: message.queue_id,
-                    queue_offset: 0,
-                    store_timestamp_ms: message.store_timestamp_ms,
-                };
-                batch.put_cf(&self.db.cf(CF_INDEX), &dedup_key, dedup.encode_to_vec());
-                pending.dedup.insert(dedup_key, dedup);
-                appended.push(pb::AppendedMessage {
-                    queue_id: message.queue_id,
-                    queue_offset: 0,
-                    duplicate: false,
-                    store_timestamp_ms: message.store_timestamp_ms,
-                    scheduled: true,
-                });
-                continue;
-            }
-            if let Some(deliver_at) = message.delivery_timestamp_ms
-                && deliver_at > message.store_timestamp_ms
-            {
-                // A delay message: it joins its queue when its time comes (see `timer.rs`).
-                let location = pb::QueueEntry {
-                    log_index,
-                    slot: slot as u32,
-                    store_timestamp_ms: message.store_timestamp_ms,
-                    tag: message.tag.clone(),
-                };
-                self.schedule(pending, batch, deliver_at, message, location);
-                let dedup = pb::DedupEntry {
-                    queue_id: message.queue_id,
-                    queue_offset: 0,
-                    store_timestamp_ms: message.store_timestamp_ms,
-                };
-                batch.put_cf(&self.db.cf(CF_INDEX), &dedup_key, dedup.encode_to_vec());
-                pending.dedup.insert(dedup_key, dedup);
-                appended.push(pb::AppendedMessage {
-                    queue_id: message.queue_id,
-                    queue_offset: 0,
-                    duplicate: false,
-                    store_timestamp_ms: message.store_timestamp_ms,
-                    scheduled: true,
-                });
-                continue;
-            }
-            let queue = (message.topic.clone(), message.queue_id);
-            let next = pending
-                .queue_next
-                .get(&queue)
-                .or_else(|| cache.queue_next.get(&queue))
-                .copied()
-                .unwrap_or(0);
             let location = pb::QueueEntry {
                 log_index,
                 slot: slot as u32,
                 store_timestamp_ms: message.store_timestamp_ms,
                 tag: message.tag.clone(),
             };
-            batch.put_cf(
-                &self.db.cf(CF_CQ),
-                keys::cq_key(&message.topic, message.queue_id, next),
-                location.encode_to_vec(),
-            );
-            pending
-                .cq
-                .insert((message.topic.clone(), message.queue_id, next), location);
+            // Half and delay messages join their queue later (at commit, or when due; see
+            // `txn.rs` and `timer.rs`), and only then get a queue offset.
+            let offset = if message.message_type == v2::MessageType::Transaction as i32 {
+                self.hold_transaction(pending, batch, message, location);
+                None
+            } else if let Some(deliver_at) = message.delivery_timestamp_ms
+                && deliver_at > message.store_timestamp_ms
+            {
+                self.schedule(pending, batch, deliver_at, message, location);
+                None
+            } else {
+                Some(self.enqueue(
+                    cache,
+                    pending,
+                    batch,
+                    &message.topic,
+                    message.queue_id,
+                    location,
+                ))
+            };
             let dedup = pb::DedupEntry {
                 queue_id: message.queue_id,
-                queue_offset: next,
+                queue_offset: offset.unwrap_or(0),
                 store_timestamp_ms: message.store_timestamp_ms,
             };
             batch.put_cf(&self.db.cf(CF_INDEX), &dedup_key, dedup.encode_to_vec());
             pending.dedup.insert(dedup_key, dedup);
-            pending.queue_next.insert(queue, next + 1);
             appended.push(pb::AppendedMessage {
                 queue_id: message.queue_id,
-                queue_offset: next,
+                queue_offset: offset.unwrap_or(0),
                 duplicate: false,
                 store_timestamp_ms: message.store_timestamp_ms,
-                scheduled: false,
+                scheduled: offset.is_none(),
             });
         }
         Ok(pb::AppendResult { messages: appended })
+    }
+
+    /// Append a consume-queue entry at the queue's next offset; returns that offset.
+    pub(crate) fn enqueue(
+        &self,
+        cache: &Cache,
+        pending: &mut PendingApply,
+        batch: &mut WriteBatch,
+        topic: &str,
+        queue_id: u32,
+        location: pb::QueueEntry,
+    ) -> u64 {
+        let queue = (topic.to_string(), queue_id);
+        let next = pending
+            .queue_next
+            .get(&queue)
+            .or_else(|| cache.queue_next.get(&queue))
+            .copied()
+            .unwrap_or(0);
+        batch.put_cf(
+            &self.db.cf(CF_CQ),
+            keys::cq_key(topic, queue_id, next),
+            location.encode_to_vec(),
+        );
+        pending
+            .cq
+            .insert((topic.to_string(), queue_id, next), location);
+        pending.queue_next.insert(queue, next + 1);
+        next
     }
 
     pub fn topic(&self, name: &str) -> Option<pb::TopicConfig> {

@@ -91,3 +91,13 @@ pub(crate) fn appended(result: pb::CommandResult) -> Vec<pb::AppendedMessage> {
         other => panic!("expected an append result, got {other:?}"),
     }
 }
+
+/// The message ids of queue 0 of topic T, in queue order.
+pub(crate) fn queue_ids(fx: &Fixture) -> Vec<String> {
+    fx.state
+        .read_queue("T", 0, 0, 100, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.message.message_id)
+        .collect()
+}

@@ -10,7 +10,7 @@ use prost::Message;
 use raftmq_proto::raft::v1 as pb;
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 
-use crate::db::{CF_CQ, CF_TIMER};
+use crate::db::CF_TIMER;
 use crate::error::StorageError;
 use crate::keys;
 use crate::state::{BrokerState, Cache, PendingApply};
@@ -102,23 +102,15 @@ impl BrokerState {
         let due = self.due_timers(pending, fire.now_ms, fire.max.max(1) as usize)?;
         let fired = due.len() as u32;
         for (key, timer) in due {
-            let queue = (timer.topic.clone(), timer.queue_id);
-            let next = pending
-                .queue_next
-                .get(&queue)
-                .or_else(|| cache.queue_next.get(&queue))
-                .copied()
-                .unwrap_or(0);
             let location = timer.location.unwrap_or_default();
-            batch.put_cf(
-                &self.db.cf(CF_CQ),
-                keys::cq_key(&timer.topic, timer.queue_id, next),
-                location.encode_to_vec(),
+            self.enqueue(
+                cache,
+                pending,
+                batch,
+                &timer.topic,
+                timer.queue_id,
+                location,
             );
-            pending
-                .cq
-                .insert((timer.topic.clone(), timer.queue_id, next), location);
-            pending.queue_next.insert(queue, next + 1);
             batch.delete_cf(&self.db.cf(CF_TIMER), key);
             pending.timers.remove(&key);
             pending.fired_timers.insert(key);
@@ -151,15 +143,6 @@ mod tests {
         }
     }
 
-    fn ids(fx: &Fixture) -> Vec<String> {
-        fx.state
-            .read_queue("T", 0, 0, 100, usize::MAX)
-            .unwrap()
-            .into_iter()
-            .map(|r| r.message.message_id)
-            .collect()
-    }
-
     #[test]
     fn given_delay_messages_then_each_enters_its_queue_when_due_in_time_order() {
         let mut fx = Fixture::new();
@@ -174,13 +157,13 @@ mod tests {
         };
         let scheduled: Vec<bool> = appended.messages.iter().map(|m| m.scheduled).collect();
         assert_eq!(vec![true, false, true, false], scheduled);
-        assert_eq!(vec!["now", "past"], ids(&fx));
+        assert_eq!(vec!["now", "past"], queue_ids(&fx));
         assert_eq!(Some(5_000), fx.state.next_timer_ms().unwrap());
 
         fx.commit(fire(4_999));
-        assert_eq!(vec!["now", "past"], ids(&fx), "nothing is due yet");
+        assert_eq!(vec!["now", "past"], queue_ids(&fx), "nothing is due yet");
         fx.commit(fire(10_000));
-        assert_eq!(vec!["now", "past", "soon", "late"], ids(&fx));
+        assert_eq!(vec!["now", "past", "soon", "late"], queue_ids(&fx));
         assert_eq!(None, fx.state.next_timer_ms().unwrap());
         let delivered = fx.state.read_message("T", 0, 2).unwrap().unwrap();
         assert_eq!(Some(5_000), delivered.message.delivery_timestamp_ms);
@@ -196,7 +179,7 @@ mod tests {
             append(vec![delayed("b", 1_000, 2_500)]),
             fire(3_002),
         ]);
-        assert_eq!(vec!["a", "b"], ids(&fx));
+        assert_eq!(vec!["a", "b"], queue_ids(&fx));
         assert_eq!(None, fx.state.next_timer_ms().unwrap());
     }
 }

@@ -12,7 +12,7 @@ use prost::Message;
 use raftmq_proto::raft::v1 as pb;
 use rocksdb::{IteratorMode, WriteBatch};
 
-use crate::db::{CF_CQ, CF_TXN};
+use crate::db::CF_TXN;
 use crate::error::StorageError;
 use crate::keys;
 use crate::state::{BrokerState, Cache, PendingApply};
@@ -75,33 +75,6 @@ impl BrokerState {
         pending.txns.insert(key, record);
     }
 
-    /// Commit: the message enters its queue now.
-    fn commit_transaction(
-        &self,
-        cache: &Cache,
-        pending: &mut PendingApply,
-        batch: &mut WriteBatch,
-        record: &pb::TransactionRecord,
-    ) {
-        let queue = (record.topic.clone(), record.queue_id);
-        let next = pending
-            .queue_next
-            .get(&queue)
-            .or_else(|| cache.queue_next.get(&queue))
-            .copied()
-            .unwrap_or(0);
-        let location = record.location.clone().unwrap_or_default();
-        batch.put_cf(
-            &self.db.cf(CF_CQ),
-            keys::cq_key(&record.topic, record.queue_id, next),
-            location.encode_to_vec(),
-        );
-        pending
-            .cq
-            .insert((record.topic.clone(), record.queue_id, next), location);
-        pending.queue_next.insert(queue, next + 1);
-    }
-
     pub(crate) fn apply_end_transaction(
         &self,
         cache: &Cache,
@@ -124,7 +97,16 @@ impl BrokerState {
         };
         if record.state == State::TransactionPending as i32 {
             if end.commit {
-                self.commit_transaction(cache, pending, batch, &record);
+                // The message enters its queue now.
+                let location = record.location.clone().unwrap_or_default();
+                self.enqueue(
+                    cache,
+                    pending,
+                    batch,
+                    &record.topic,
+                    record.queue_id,
+                    location,
+                );
             }
             record.state = wanted as i32;
             self.save_transaction(pending, batch, key, record.clone());
@@ -237,21 +219,12 @@ mod tests {
         }
     }
 
-    fn ids(fx: &Fixture) -> Vec<String> {
-        fx.state
-            .read_queue("T", 0, 0, 100, usize::MAX)
-            .unwrap()
-            .into_iter()
-            .map(|r| r.message.message_id)
-            .collect()
-    }
-
     #[test]
     fn given_half_messages_then_only_committed_ones_enter_the_queue_in_commit_order() {
         use pb::TransactionState::*;
         let mut fx = Fixture::new();
         fx.commit(append(vec![half("a"), half("b"), half("c")]));
-        assert!(ids(&fx).is_empty(), "half messages are invisible");
+        assert!(queue_ids(&fx).is_empty(), "half messages are invisible");
         assert_eq!(
             (true, TransactionCommitted),
             outcome(fx.commit(end("b", true)))
@@ -264,7 +237,7 @@ mod tests {
             (true, TransactionCommitted),
             outcome(fx.commit(end("a", true)))
         );
-        assert_eq!(vec!["b", "a"], ids(&fx));
+        assert_eq!(vec!["b", "a"], queue_ids(&fx));
 
         // Repeats get the same answer and change nothing; a contradiction is refused.
         assert_eq!(
@@ -279,7 +252,7 @@ mod tests {
             (false, TransactionPending),
             outcome(fx.commit(end("zzz", true)))
         );
-        assert_eq!(vec!["b", "a"], ids(&fx));
+        assert_eq!(vec!["b", "a"], queue_ids(&fx));
     }
 
     #[test]
@@ -319,6 +292,6 @@ mod tests {
             (false, TransactionRolledBack),
             outcome(fx.commit(end("a", true)))
         );
-        assert!(ids(&fx).is_empty());
+        assert!(queue_ids(&fx).is_empty());
     }
 }
