@@ -60,6 +60,15 @@ pub struct BrokerArgs {
     /// Longest delay of a delay message, in seconds (default 3 days).
     #[arg(long, env = "RAFTMQ_MAX_DELAY_SECS")]
     pub max_delay_secs: Option<u64>,
+    /// First check-back of an unresolved transaction, in seconds after its send (default 6).
+    #[arg(long, env = "RAFTMQ_TRANSACTION_CHECK_AFTER_SECS")]
+    pub transaction_check_after_secs: Option<u64>,
+    /// Seconds between two check-backs of the same transaction (default 30).
+    #[arg(long, env = "RAFTMQ_TRANSACTION_CHECK_INTERVAL_SECS")]
+    pub transaction_check_interval_secs: Option<u64>,
+    /// Check-backs before an unresolved transaction is rolled back (default 15).
+    #[arg(long, env = "RAFTMQ_TRANSACTION_MAX_CHECKS")]
+    pub transaction_max_checks: Option<u32>,
     /// Raft heartbeat interval in ms (default 100).
     #[arg(long, env = "RAFTMQ_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
@@ -84,6 +93,9 @@ pub struct BrokerFile {
     pub default_queues: Option<u32>,
     pub max_body_bytes: Option<usize>,
     pub max_delay_secs: Option<u64>,
+    pub transaction_check_after_secs: Option<u64>,
+    pub transaction_check_interval_secs: Option<u64>,
+    pub transaction_max_checks: Option<u32>,
     pub heartbeat_ms: Option<u64>,
     pub election_timeout_min_ms: Option<u64>,
     pub election_timeout_max_ms: Option<u64>,
@@ -111,6 +123,9 @@ pub struct BrokerConfig {
     pub default_queues: u32,
     pub max_body_bytes: usize,
     pub max_delay: Duration,
+    pub transaction_check_after: Duration,
+    pub transaction_check_interval: Duration,
+    pub transaction_max_checks: u32,
     pub heartbeat_interval: Duration,
     pub election_timeout_min: Duration,
     pub election_timeout_max: Duration,
@@ -213,6 +228,20 @@ impl BrokerArgs {
                     .or(file.max_delay_secs)
                     .unwrap_or(DEFAULT_MAX_DELAY_SECS),
             ),
+            transaction_check_after: Duration::from_secs(
+                self.transaction_check_after_secs
+                    .or(file.transaction_check_after_secs)
+                    .unwrap_or(6),
+            ),
+            transaction_check_interval: Duration::from_secs(
+                self.transaction_check_interval_secs
+                    .or(file.transaction_check_interval_secs)
+                    .unwrap_or(30),
+            ),
+            transaction_max_checks: self
+                .transaction_max_checks
+                .or(file.transaction_max_checks)
+                .unwrap_or(15),
             heartbeat_interval: Duration::from_millis(
                 self.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(100),
             ),
@@ -266,6 +295,9 @@ impl BrokerConfig {
                 "max_body_bytes",
                 format!("must be within 1..={MAX_BODY_BYTES_CAP}"),
             ));
+        }
+        if self.transaction_check_interval.is_zero() {
+            return Err(invalid("transaction_check_interval_secs", "must be > 0"));
         }
         if self.heartbeat_interval.is_zero()
             || self.heartbeat_interval * 3 > self.election_timeout_min

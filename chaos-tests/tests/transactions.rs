@@ -190,3 +190,104 @@ async fn half_messages_commit_roll_back_and_are_checked_back() -> anyhow::Result
     assert_eq!(vec!["ask-me"], visible_bodies(&cluster, "g").await?);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transaction_nobody_resolves_is_rolled_back_after_the_last_check() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOptions {
+        extra_args: [
+            "--transaction-check-after-secs=1",
+            "--transaction-check-interval-secs=1",
+            "--transaction-max-checks=2",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..ClusterOptions::default()
+    })
+    .await?;
+    cluster.create_topic("tx", 1).await?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let endpoint = format!("http://{}", cluster.node(leader).client_addr);
+    let mut client = MessagingServiceClient::connect(endpoint).await?;
+    let (commands_tx, commands_rx) = tokio::sync::mpsc::channel(8);
+    commands_tx
+        .send(v2::TelemetryCommand {
+            status: None,
+            command: Some(v2::telemetry_command::Command::Settings(v2::Settings {
+                client_type: Some(v2::ClientType::Producer as i32),
+                pub_sub: Some(v2::settings::PubSub::Publishing(v2::Publishing {
+                    topics: vec![resource("tx")],
+                    ..Default::default()
+                })),
+                ..Default::default()
+            })),
+        })
+        .await?;
+    let mut inbound = client
+        .telemetry(with_client_id(tokio_stream::wrappers::ReceiverStream::new(
+            commands_rx,
+        )))
+        .await?
+        .into_inner();
+    let reply = client
+        .send_message(with_client_id(v2::SendMessageRequest {
+            messages: vec![half("undecided", None)],
+        }))
+        .await?
+        .into_inner();
+    let sent = reply.entries.into_iter().next().expect("one entry");
+
+    // The producer is asked twice and answers "unknown"; then the transaction is rolled back.
+    let mut checks = 0;
+    while checks < 2 {
+        let command = tokio::time::timeout(Duration::from_secs(10), inbound.next())
+            .await?
+            .expect("the stream stays open")?;
+        if let Some(v2::telemetry_command::Command::RecoverOrphanedTransactionCommand(check)) =
+            command.command
+        {
+            assert_eq!(sent.transaction_id, check.transaction_id);
+            checks += 1;
+            let status = end(
+                &mut client,
+                &sent,
+                v2::TransactionResolution::Unspecified,
+                v2::TransactionSource::SourceServerCheck,
+            )
+            .await?;
+            assert_eq!(
+                Code::Ok as i32,
+                status.code,
+                "an unknown answer changes nothing"
+            );
+        }
+    }
+    // No third question: after the interval and the leader's grace period the last check is
+    // counted as unanswered and the transaction rolled back.
+    let extra = tokio::time::timeout(Duration::from_secs(8), async {
+        while let Some(Ok(command)) = inbound.next().await {
+            if matches!(
+                command.command,
+                Some(v2::telemetry_command::Command::RecoverOrphanedTransactionCommand(_))
+            ) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(
+        !matches!(extra, Ok(true)),
+        "asked more than transaction_max_checks times"
+    );
+    let commit = end(
+        &mut client,
+        &sent,
+        v2::TransactionResolution::Commit,
+        v2::TransactionSource::SourceClient,
+    )
+    .await?;
+    assert_eq!(Code::InvalidTransactionId as i32, commit.code);
+    assert!(commit.message.contains("rolled back"), "{}", commit.message);
+    assert!(visible_bodies(&cluster, "g").await?.is_empty());
+    Ok(())
+}

@@ -217,7 +217,11 @@ impl Messaging {
                 .as_ref()
                 .is_some_and(|p| p.message_type == v2::MessageType::Transaction as i32);
             let first_check = if is_half {
-                super::transactions::first_check_ms(&message, store_ms)?
+                super::transactions::first_check_ms(
+                    &message,
+                    store_ms,
+                    broker.config.transaction_check_after,
+                )?
             } else {
                 0
             };

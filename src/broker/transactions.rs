@@ -6,7 +6,7 @@
 //! `RecoverOrphanedTransactionCommand`; the producer answers with EndTransaction. The check is
 //! counted through Raft (`TransactionChecked`, once per check number however many nodes
 //! report it), and the leader counts it even when no node could reach a producer, so a
-//! transaction nobody resolves is rolled back after `MAX_CHECKS`.
+//! transaction nobody resolves is rolled back after `transaction_max_checks` checks.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -21,27 +21,25 @@ use super::messages::{now_ms, to_delivered};
 use super::status::Rejection;
 use super::{Broker, PROPOSE_DEADLINE};
 
-/// First check of a transaction this long after its half message (RocketMQ: 6 s), unless the
-/// message asks for another delay.
-pub const FIRST_CHECK_AFTER: Duration = Duration::from_secs(6);
 /// Longest delay a half message may ask for before its first check (RocketMQ: 1 h).
 pub const FIRST_CHECK_MAX: Duration = Duration::from_secs(3600);
-/// Between two checks of the same transaction.
-pub const CHECK_INTERVAL: Duration = Duration::from_secs(30);
-/// Checks before an unresolved transaction is rolled back (RocketMQ: 15).
-pub const MAX_CHECKS: u32 = 15;
 const SCAN_EVERY: Duration = Duration::from_millis(500);
 /// How long after a check is due the leader counts it as tried, if no node pushed it.
 const UNREACHABLE_GRACE_MS: i64 = 3_000;
 
-/// When a half message is first checked, from its `orphaned_transaction_recovery_duration`.
-pub fn first_check_ms(message: &v2::Message, store_ms: i64) -> Result<i64, Rejection> {
+/// When a half message is first checked: after its `orphaned_transaction_recovery_duration`,
+/// or `default_delay` (the broker's `transaction_check_after_secs`).
+pub fn first_check_ms(
+    message: &v2::Message,
+    store_ms: i64,
+    default_delay: Duration,
+) -> Result<i64, Rejection> {
     let requested = message
         .system_properties
         .as_ref()
         .and_then(|p| p.orphaned_transaction_recovery_duration.as_ref());
     let delay = match requested {
-        None => FIRST_CHECK_AFTER,
+        None => default_delay,
         Some(d) => match Duration::try_from(*d) {
             Ok(d) if d <= FIRST_CHECK_MAX => d,
             _ => {
@@ -172,7 +170,7 @@ pub async fn run(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
             still_due.insert(check.clone());
             let mut reported = false;
             if !pushed.contains(&check)
-                && record.check_count < MAX_CHECKS
+                && record.check_count < broker.config.transaction_max_checks
                 && let Some(command) = broker.check_command(&record)
                 && broker.clients.send_to_producer(
                     &record.producer_client_id,
@@ -200,8 +198,9 @@ pub async fn run(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
                             transaction_id: record.message_id.clone(),
                             check_count: record.check_count,
                             now_ms: now,
-                            check_interval_ms: CHECK_INTERVAL.as_millis() as i64,
-                            max_checks: MAX_CHECKS,
+                            check_interval_ms: broker.config.transaction_check_interval.as_millis()
+                                as i64,
+                            max_checks: broker.config.transaction_max_checks,
                         },
                     )),
                 };
