@@ -60,6 +60,10 @@ pub struct BrokerArgs {
     /// Longest delay of a delay message, in seconds (default 3 days).
     #[arg(long, env = "RAFTMQ_MAX_DELAY_SECS")]
     pub max_delay_secs: Option<u64>,
+    /// How long a push consumer's message stays invisible between the broker's renewals; a
+    /// message of a consumer that died comes back this long after its last renewal (default 60).
+    #[arg(long, env = "RAFTMQ_PUSH_INVISIBLE_SECS")]
+    pub push_invisible_secs: Option<u64>,
     /// First check-back of an unresolved transaction, in seconds after its send (default 6).
     #[arg(long, env = "RAFTMQ_TRANSACTION_CHECK_AFTER_SECS")]
     pub transaction_check_after_secs: Option<u64>,
@@ -93,6 +97,7 @@ pub struct BrokerFile {
     pub default_queues: Option<u32>,
     pub max_body_bytes: Option<usize>,
     pub max_delay_secs: Option<u64>,
+    pub push_invisible_secs: Option<u64>,
     pub transaction_check_after_secs: Option<u64>,
     pub transaction_check_interval_secs: Option<u64>,
     pub transaction_max_checks: Option<u32>,
@@ -123,6 +128,7 @@ pub struct BrokerConfig {
     pub default_queues: u32,
     pub max_body_bytes: usize,
     pub max_delay: Duration,
+    pub push_invisible: Duration,
     pub transaction_check_after: Duration,
     pub transaction_check_interval: Duration,
     pub transaction_max_checks: u32,
@@ -228,6 +234,11 @@ impl BrokerArgs {
                     .or(file.max_delay_secs)
                     .unwrap_or(DEFAULT_MAX_DELAY_SECS),
             ),
+            push_invisible: Duration::from_secs(
+                self.push_invisible_secs
+                    .or(file.push_invisible_secs)
+                    .unwrap_or(60),
+            ),
             transaction_check_after: Duration::from_secs(
                 self.transaction_check_after_secs
                     .or(file.transaction_check_after_secs)
@@ -295,6 +306,9 @@ impl BrokerConfig {
                 "max_body_bytes",
                 format!("must be within 1..={MAX_BODY_BYTES_CAP}"),
             ));
+        }
+        if self.push_invisible < Duration::from_secs(1) {
+            return Err(invalid("push_invisible_secs", "must be at least 1"));
         }
         if self.transaction_check_interval.is_zero() {
             return Err(invalid("transaction_check_interval_secs", "must be > 0"));

@@ -296,3 +296,79 @@ async fn delay_messages_arrive_at_their_time_also_after_a_leader_kill() -> anyho
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn push_consumer_deliveries_are_renewed_until_acknowledged() -> anyhow::Result<()> {
+    use raftmq_proto::rocketmq::v2::messaging_service_client::MessagingServiceClient;
+    use raftmq_proto::rocketmq::v2::{self as v2, receive_message_response::Content};
+    let cluster = Cluster::start(ClusterOptions {
+        extra_args: vec!["--push-invisible-secs=2".into()],
+        ..ClusterOptions::default()
+    })
+    .await?;
+    cluster.create_topic("renew", 1).await?;
+    let client = cluster.client();
+    client
+        .send(vec![message(
+            "renew",
+            b"slow to process".to_vec(),
+            None,
+            &[],
+        )])
+        .await?;
+
+    // A push consumer's receive: auto_renew, no invisible duration.
+    let endpoint = format!("http://{}", cluster.node(1).client_addr);
+    let mut push = MessagingServiceClient::connect(endpoint).await?;
+    let mut stream = push
+        .receive_message(v2::ReceiveMessageRequest {
+            group: Some(raftmq::client::resource("push")),
+            message_queue: Some(raftmq::client::queue("renew", -1)),
+            filter_expression: None,
+            batch_size: 32,
+            invisible_duration: None,
+            auto_renew: true,
+            long_polling_timeout: prost_types::Duration::try_from(Duration::from_secs(5)).ok(),
+            attempt_id: None,
+        })
+        .await?
+        .into_inner();
+    let mut handle = None;
+    while let Some(frame) = stream.message().await? {
+        if let Some(Content::Message(m)) = frame.content {
+            handle = m.system_properties.and_then(|p| p.receipt_handle);
+        }
+    }
+    let handle = handle.expect("the message was delivered");
+
+    // Three invisible periods later it has not come back: the broker renewed it.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let again = client
+        .receive(
+            "push",
+            "renew",
+            32,
+            Duration::from_secs(10),
+            Duration::from_secs(1),
+        )
+        .await?;
+    assert!(again.is_empty(), "a renewed delivery stays invisible");
+    let statuses = client.ack("push", "renew", &[handle]).await?;
+    assert_eq!(
+        Code::Ok as i32,
+        statuses[0].code,
+        "the original handle still acks"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after_ack = client
+        .receive(
+            "push",
+            "renew",
+            32,
+            Duration::from_secs(10),
+            Duration::from_secs(1),
+        )
+        .await?;
+    assert!(after_ack.is_empty(), "acknowledged for good");
+    Ok(())
+}

@@ -56,6 +56,15 @@ impl fmt::Display for Request {
                     checked.topic, checked.transaction_id
                 )
             }
+            Some(Kind::Renew(renew)) => {
+                write!(
+                    f,
+                    "renew({}/{} x{})",
+                    renew.group,
+                    renew.topic,
+                    renew.receipts.len()
+                )
+            }
             None => f.write_str("unknown"),
         }
     }

@@ -25,8 +25,6 @@ use super::{Broker, PROPOSE_DEADLINE, validate};
 pub const RECEIVE_BATCH_MAX: usize = 32;
 /// Longest long poll a receive gets, whatever the client asks (RocketMQ's proxy: 20 s).
 pub const RECEIVE_POLL_MAX: Duration = Duration::from_secs(20);
-/// Invisible duration of push consumers, which send none (they ask for auto-renewal).
-pub const AUTO_RENEW_INVISIBLE: Duration = Duration::from_secs(60);
 /// Accepted invisible durations of a receive. RocketMQ's lower bound is 10 s; a shorter one
 /// is harmless here and makes redelivery quick to try.
 pub const INVISIBLE_MIN: Duration = Duration::from_secs(1);
@@ -186,6 +184,7 @@ impl Broker {
         &self,
         request: &v2::ReceiveMessageRequest,
         deadline: Option<Duration>,
+        client_id: &str,
     ) -> Result<Vec<v2::Message>, Rejection> {
         let group = valid_group(request.group.as_ref())?;
         let queue = request
@@ -205,7 +204,8 @@ impl Broker {
             n => (n as usize).min(RECEIVE_BATCH_MAX),
         };
         let invisible = if request.auto_renew {
-            AUTO_RENEW_INVISIBLE
+            // Push consumers send none: the broker renews it until they ack (`renewals.rs`).
+            self.config.push_invisible
         } else {
             let requested = duration_of(request.invisible_duration.as_ref()).ok_or_else(|| {
                 Rejection::new(
@@ -269,6 +269,10 @@ impl Broker {
                     ));
                 }
                 if !popped.deliveries.is_empty() {
+                    if request.auto_renew {
+                        self.renewals
+                            .track(group, &topic.name, client_id, &popped.deliveries);
+                    }
                     return self.read_deliveries(&topic.name, popped.deliveries, invisible);
                 }
                 continue;
@@ -338,6 +342,9 @@ impl Broker {
             .iter()
             .filter_map(|h| h.as_ref().ok().map(|h| h.to_pb()))
             .collect();
+        for receipt in &receipts {
+            self.renewals.forget(group, topic, receipt);
+        }
         let mut outcomes = Vec::new();
         if !receipts.is_empty() {
             let command = pb::Command {

@@ -561,7 +561,11 @@ impl MessagingService for Messaging {
         let client = ClientKind::of(&request);
         let reply = match self
             .broker
-            .assignments(request.get_ref(), |queue| self.endpoints(client, queue))
+            // "Any queue" (-1) is served by queue 0's node: a node the client's routes name,
+            // so the client also holds a Telemetry stream there (push renewals need it).
+            .assignments(request.get_ref(), |queue| {
+                self.endpoints(client, queue.max(0))
+            })
             .await
         {
             Ok(assignments) => v2::QueryAssignmentResponse {
@@ -584,6 +588,7 @@ impl MessagingService for Messaging {
     ) -> Result<Response<Self::ReceiveMessageStream>, Status> {
         use v2::receive_message_response::Content;
         let client = ClientKind::of(&request);
+        let client_id = client_id_of(&request);
         let deadline = request
             .metadata()
             .get("grpc-timeout")
@@ -591,7 +596,7 @@ impl MessagingService for Messaging {
             .and_then(grpc_timeout);
         let request = request.into_inner();
         // Status first, then the messages, then (always last) the delivery timestamp.
-        let mut frames = match self.broker.receive(&request, deadline).await {
+        let mut frames = match self.broker.receive(&request, deadline, &client_id).await {
             Ok(messages) if messages.is_empty() => vec![Content::Status(v2::Status {
                 code: Code::MessageNotFound as i32,
                 message: "no new message".into(),

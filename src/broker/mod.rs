@@ -16,6 +16,7 @@ pub mod consumer;
 pub mod filter;
 pub mod messages;
 pub mod messaging;
+pub mod renewals;
 pub mod status;
 pub mod timers;
 pub mod transactions;
@@ -51,6 +52,8 @@ pub struct Broker {
     pub sends: batcher::SendBatcher,
     /// Clients with a Telemetry stream to this node.
     pub clients: clients::ClientRegistry,
+    /// Push-consumer deliveries this node keeps invisible until they are acknowledged.
+    pub renewals: renewals::Renewals,
     round_robin: AtomicU64,
 }
 
@@ -201,6 +204,7 @@ pub async fn run(
         node: node.clone(),
         sends: batcher::SendBatcher::start(node.clone()),
         clients: clients::ClientRegistry::default(),
+        renewals: renewals::Renewals::default(),
         round_robin: AtomicU64::new(0),
     });
 
@@ -237,6 +241,7 @@ pub async fn run(
         .serve_with_incoming_shutdown(incoming(client_listener), stopped(stop_rx.clone()));
     let timer_task = tokio::spawn(timers::run(broker.clone(), stop_rx.clone()));
     let transaction_task = tokio::spawn(transactions::run(broker.clone(), stop_rx.clone()));
+    let renewal_task = tokio::spawn(renewals::run(broker.clone(), stop_rx.clone()));
     let raft_task = tokio::spawn(raft_server);
     let client_task = tokio::spawn(client_server);
     tokio::spawn(node.clone().bootstrap());
@@ -248,6 +253,7 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(5), client_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(3), timer_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(3), transaction_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(3), renewal_task).await;
     tracing::info!(
         stage = "stop raft",
         elapsed_ms = started.elapsed().as_millis() as u64,

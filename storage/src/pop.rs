@@ -387,6 +387,31 @@ impl BrokerState {
         pb::AckResult { outcomes }
     }
 
+    pub(crate) fn apply_renew(
+        &self,
+        cache: &Cache,
+        pending: &mut PendingApply,
+        renew: pb::Renew,
+    ) -> pb::AckResult {
+        let until = renew.now_ms.saturating_add(renew.invisible_ms);
+        let outcomes = renew
+            .receipts
+            .iter()
+            .map(|receipt| {
+                match Self::find_receipt(cache, pending, &renew.group, &renew.topic, receipt) {
+                    Found::InFlight(state, position) => {
+                        let delivery = &mut state.in_flight[position];
+                        delivery.invisible_until_ms = delivery.invisible_until_ms.max(until);
+                        pb::ReceiptOutcome::ReceiptDone
+                    }
+                    Found::AlreadyAcked | Found::Stale => pb::ReceiptOutcome::ReceiptStale,
+                }
+            })
+            .map(|o| o as i32)
+            .collect();
+        pb::AckResult { outcomes }
+    }
+
     pub(crate) fn apply_change_invisible(
         &self,
         cache: &Cache,

@@ -354,3 +354,34 @@ fn given_a_group_that_starts_at_the_end_then_older_messages_are_not_delivered() 
     fx.commit(append(vec![message("T", 0, "e", 2)]));
     assert_eq!(vec![(0, 3, 1)], positions(&deliveries(fx.commit(command))));
 }
+
+#[test]
+fn given_a_renewed_delivery_then_it_stays_invisible_under_the_same_handle() {
+    let mut fx = with_messages();
+    let first = deliveries(fx.commit(pop("G", &[1], 1, 1_000, &[])));
+    let receipt = first[0].receipt.unwrap();
+    let renew = pb::Command {
+        kind: Some(pb::command::Kind::Renew(pb::Renew {
+            group: "G".into(),
+            topic: "T".into(),
+            receipts: vec![receipt],
+            now_ms: 9_000,
+            invisible_ms: INVISIBLE_MS,
+        })),
+    };
+    assert_eq!(
+        vec![pb::ReceiptOutcome::ReceiptDone],
+        acked(fx.commit(renew.clone()))
+    );
+    let early = deliveries(fx.commit(pop("G", &[1], 1, 1_000 + INVISIBLE_MS, &[])));
+    assert!(early.is_empty(), "renewed past its first invisible time");
+    assert_eq!(
+        vec![pb::ReceiptOutcome::ReceiptDone],
+        acked(fx.commit(ack("G", vec![receipt]))),
+        "the original handle still acknowledges"
+    );
+    assert_eq!(
+        vec![pb::ReceiptOutcome::ReceiptStale],
+        acked(fx.commit(renew))
+    );
+}

@@ -313,6 +313,7 @@ impl BrokerState {
                 ResultKind::Pop(self.apply_pop(cache, pending, batch, log_index, pop)?)
             }
             Some(Kind::Ack(ack)) => ResultKind::Ack(self.apply_ack(cache, pending, ack)),
+            Some(Kind::Renew(renew)) => ResultKind::Ack(self.apply_renew(cache, pending, renew)),
             Some(Kind::ChangeInvisible(change)) => {
                 ResultKind::Receipt(self.apply_change_invisible(cache, pending, log_index, change))
             }
