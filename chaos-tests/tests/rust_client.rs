@@ -1331,3 +1331,166 @@ async fn producer_and_consumer_keep_working_when_their_access_node_the_leader_is
 -> anyhow::Result<()> {
     produce_and_consume_through_a_kill(Victim::AccessLeader).await
 }
+
+// ---------------------------------------------------------------------------------------
+// Delay and transactional messages.
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// Receive and ack until `count` messages arrived or `deadline`; (body, arrival ms) each.
+async fn drain(
+    consumer: &SimpleConsumer,
+    topic: &str,
+    count: usize,
+    deadline: Instant,
+) -> anyhow::Result<Vec<(String, i64, Option<i64>)>> {
+    let mut arrived = Vec::new();
+    while arrived.len() < count && Instant::now() < deadline {
+        for message in receive(consumer, topic, &all_tags(), 32, Duration::from_secs(10)).await? {
+            arrived.push((
+                String::from_utf8_lossy(message.body()).into_owned(),
+                now_ms(),
+                message.delivery_timestamp(),
+            ));
+            ack(consumer, &message).await?;
+        }
+    }
+    Ok(arrived)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delay_messages_arrive_at_their_time() -> anyhow::Result<()> {
+    let mark = watch_panics();
+    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    cluster.create_topic("rs-delay", 4).await?;
+    let access = cluster.nodes[0].client_addr.clone();
+    let producer = start_producer(&access, &["rs-delay"]).await?;
+    // Started first, so that its receive is already waiting when a message becomes due.
+    let consumer = start_consumer(&access, "rs-delay-g", &["rs-delay"], POLL).await?;
+    let at = [now_secs() + 2, now_secs() + 4];
+    for (i, seconds) in at.iter().enumerate() {
+        let message = MessageBuilder::delay_message_builder(
+            "rs-delay",
+            format!("d{i}").into_bytes(),
+            *seconds,
+        )
+        .build()
+        .map_err(|e| anyhow::anyhow!("build: {}", describe(&e)))?;
+        producer
+            .send(message)
+            .await
+            .map_err(|e| anyhow::anyhow!("send delay: {}", describe(&e)))?;
+    }
+    // Milliseconds passed as seconds: far beyond the broker's maximum delay.
+    let absurd = MessageBuilder::delay_message_builder("rs-delay", b"x".to_vec(), now_ms() * 1000)
+        .build()
+        .map_err(|e| anyhow::anyhow!("build: {}", describe(&e)))?;
+    assert!(
+        producer.send(absurd).await.is_err(),
+        "an absurd delay is refused"
+    );
+
+    let arrived = drain(
+        &consumer,
+        "rs-delay",
+        2,
+        Instant::now() + Duration::from_secs(30),
+    )
+    .await?;
+    assert_eq!(2, arrived.len(), "{arrived:?}\n{}", cluster.log_tails(20));
+    for (i, seconds) in at.iter().enumerate() {
+        let (_, arrival, delivery) = arrived
+            .iter()
+            .find(|(body, _, _)| *body == format!("d{i}"))
+            .context("delay message missing")?;
+        let late = arrival - seconds * 1000;
+        println!("d{i}: received {late} ms after its delivery time");
+        assert!(late >= 0, "d{i} arrived {} ms early", -late);
+        assert!(late <= 300, "d{i} arrived {late} ms late under light load");
+        assert_eq!(
+            Some(*seconds),
+            *delivery,
+            "the delivery timestamp is delivered"
+        );
+    }
+    assert_no_client_panic(mark);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transactions_commit_roll_back_and_resolve_by_check_back() -> anyhow::Result<()> {
+    use rocketmq::model::transaction::{Transaction, TransactionResolution};
+    let mark = watch_panics();
+    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    cluster.create_topic("rs-tx", 4).await?;
+    let access = cluster.nodes[0].client_addr.clone();
+    let mut option = ProducerOption::default();
+    option.set_topics(vec!["rs-tx"]);
+    let checker = Box::new(|_id: String, message: MessageView| {
+        if message.body() == b"check-commit" {
+            TransactionResolution::COMMIT
+        } else {
+            TransactionResolution::ROLLBACK
+        }
+    });
+    let mut producer =
+        Producer::new_transaction_producer(option, client_option(&access, POLL), checker)
+            .map_err(|e| anyhow::anyhow!("new_transaction_producer: {}", describe(&e)))?;
+    producer
+        .start()
+        .await
+        .map_err(|e| anyhow::anyhow!("start: {}", describe(&e)))?;
+    let sent_ms = now_ms();
+    let mut pending = Vec::new();
+    for body in ["commit", "rollback", "check-commit", "check-rollback"] {
+        let message =
+            MessageBuilder::transaction_message_builder("rs-tx", body.as_bytes().to_vec())
+                .build()
+                .map_err(|e| anyhow::anyhow!("build: {}", describe(&e)))?;
+        let transaction = producer
+            .send_transaction_message(message)
+            .await
+            .map_err(|e| anyhow::anyhow!("send half: {}", describe(&e)))?;
+        match body {
+            "commit" => transaction
+                .commit()
+                .await
+                .map_err(|e| anyhow::anyhow!("commit: {}", describe(&e)))?,
+            "rollback" => transaction
+                .rollback()
+                .await
+                .map_err(|e| anyhow::anyhow!("rollback: {}", describe(&e)))?,
+            // Left unresolved: the broker asks the producer's checker.
+            _ => pending.push(transaction),
+        }
+    }
+    let consumer = start_consumer(&access, "rs-tx-g", &["rs-tx"], POLL).await?;
+    let arrived = drain(
+        &consumer,
+        "rs-tx",
+        3,
+        Instant::now() + Duration::from_secs(25),
+    )
+    .await?;
+    let bodies: HashSet<&str> = arrived.iter().map(|(b, _, _)| b.as_str()).collect();
+    assert_eq!(
+        HashSet::from(["commit", "check-commit"]),
+        bodies,
+        "only committed messages are delivered\n{}",
+        cluster.log_tails(20)
+    );
+    if let Some((_, arrival, _)) = arrived.iter().find(|(b, _, _)| b == "check-commit") {
+        println!(
+            "check-commit delivered {} ms after its send (first check-back after 6 s)",
+            arrival - sent_ms
+        );
+    }
+    drop(pending);
+    assert_no_client_panic(mark);
+    Ok(())
+}

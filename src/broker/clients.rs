@@ -11,15 +11,16 @@ use tokio::sync::mpsc;
 pub type CommandSender = mpsc::Sender<Result<v2::TelemetryCommand, tonic::Status>>;
 
 struct Session {
-    stream: u64,
     sender: CommandSender,
     producer: bool,
     topics: HashSet<String>,
 }
 
+/// Streams by (client id, stream number): a client may hold several streams to one node (the
+/// Rust client opens one per session, and stops reading some of them), so each is kept.
 #[derive(Default)]
 pub struct ClientRegistry {
-    sessions: Mutex<HashMap<String, Session>>,
+    sessions: Mutex<HashMap<(String, u64), Session>>,
     next_stream: AtomicU64,
 }
 
@@ -48,9 +49,8 @@ impl ClientRegistry {
             .lock()
             .expect("client registry poisoned")
             .insert(
-                client_id.to_string(),
+                (client_id.to_string(), stream),
                 Session {
-                    stream,
                     sender: sender.clone(),
                     producer,
                     topics,
@@ -58,17 +58,18 @@ impl ClientRegistry {
             );
     }
 
-    /// Forget a client when its stream ends (unless it opened a newer one meanwhile).
+    /// Forget a stream when it ends.
     pub fn unregister(&self, client_id: &str, stream: u64) {
-        let mut sessions = self.sessions.lock().expect("client registry poisoned");
-        if sessions.get(client_id).is_some_and(|s| s.stream == stream) {
-            sessions.remove(client_id);
-        }
+        self.sessions
+            .lock()
+            .expect("client registry poisoned")
+            .remove(&(client_id.to_string(), stream));
     }
 
-    /// Push a command to `preferred` if it is connected here, otherwise to a producer that
-    /// publishes `topic` (or any producer, since a Rust producer lists only some topics).
-    /// Returns whether some client took it.
+    /// Push a command on every stream of `preferred` connected here (a client may no longer
+    /// read some of them; a repeated check is harmless), otherwise to one producer that
+    /// publishes `topic`, otherwise to any producer (a Rust producer lists only some topics).
+    /// Returns whether some stream took it.
     pub fn send_to_producer(
         &self,
         preferred: &str,
@@ -76,16 +77,19 @@ impl ClientRegistry {
         command: v2::TelemetryCommand,
     ) -> bool {
         let sessions = self.sessions.lock().expect("client registry poisoned");
-        let mut candidates: Vec<&Session> = sessions.get(preferred).into_iter().collect();
-        candidates.extend(
-            sessions
+        let send = |session: &Session| session.sender.try_send(Ok(command.clone())).is_ok();
+        let mut sent_to_preferred = false;
+        for ((client_id, _), session) in sessions.iter() {
+            if client_id == preferred {
+                sent_to_preferred |= send(session);
+            }
+        }
+        sent_to_preferred
+            || sessions
                 .values()
-                .filter(|s| s.producer && s.topics.contains(topic)),
-        );
-        candidates.extend(sessions.values().filter(|s| s.producer));
-        candidates
-            .into_iter()
-            .any(|session| session.sender.try_send(Ok(command.clone())).is_ok())
+                .filter(|s| s.producer && s.topics.contains(topic))
+                .any(send)
+            || sessions.values().filter(|s| s.producer).any(send)
     }
 
     /// Whether `client_id` has a Telemetry stream on this node.
@@ -93,6 +97,7 @@ impl ClientRegistry {
         self.sessions
             .lock()
             .expect("client registry poisoned")
-            .contains_key(client_id)
+            .keys()
+            .any(|(id, _)| id == client_id)
     }
 }
