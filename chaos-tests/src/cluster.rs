@@ -15,6 +15,7 @@ use nix::unistd::Pid;
 use raftmq::client::Client;
 use raftmq_proto::admin::v1 as admin;
 
+#[derive(Clone)]
 pub struct ClusterOptions {
     pub nodes: u64,
     /// `sync` or `async`.
@@ -91,13 +92,44 @@ pub fn raftmq_binary() -> anyhow::Result<PathBuf> {
 }
 
 /// A port that was free a moment ago; the broker binds it soon after.
+/// A free port below Linux's ephemeral range (32768-60999): a port the kernel hands out for
+/// port 0 can be taken again by some outgoing connection before the broker binds it.
 fn free_port() -> anyhow::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(7919).wrapping_add(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos()),
+    );
+    for _ in 0..1000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed).wrapping_add(seed);
+        let port = 20_000 + (n.wrapping_mul(2_654_435_761) % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 impl Cluster {
-    /// Start every node and wait until the group has a leader.
+    /// Start every node and wait until the group has a leader. A start that fails because a
+    /// node could not come up (a port taken meanwhile) is tried again on other ports.
     pub async fn start(options: ClusterOptions) -> anyhow::Result<Cluster> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(options.clone()).await {
+                Ok(cluster) => return Ok(cluster),
+                Err(e) if attempt < 3 => {
+                    eprintln!("cluster start attempt {attempt} failed, trying other ports: {e:#}");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn start_once(options: ClusterOptions) -> anyhow::Result<Cluster> {
         let binary = raftmq_binary()?;
         let root = tempfile::Builder::new()
             .prefix("raftmq-cluster-")
