@@ -2,7 +2,8 @@
 # RocksDB's bindings are generated with bindgen, which needs libclang.
 
 ensure_build_deps() {
-  if ! ldconfig -p 2>/dev/null | grep -q 'libclang'; then
+  # libclang.so.N itself: libclang-cpp (a different library) may be present without it.
+  if ! ldconfig -p 2>/dev/null | grep -Eq 'libclang(-[0-9.]+)?\.so'; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
       echo "installing libclang (needed to build RocksDB's bindings)..."
       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libclang-dev >/dev/null

@@ -11,6 +11,8 @@ Scenarios (the topic, and for `fifo` the FIFO consumer group, must exist beforeh
     simple     SimpleConsumer: tag filter, long polling, message fields, ack
     redeliver  invisible-duration expiry and change_invisible_duration
     fifo       per-message-group order for a FIFO consumer group
+    delay      DELAY messages arrive no earlier than their delivery time, and soon after it
+    transaction  commit, rollback, and an unknown outcome resolved by the broker's check-back
     push       PushConsumer: a listener acks, a FAILURE is redelivered
     failover   produce and consume for --duration seconds while the caller kills nodes
 
@@ -136,14 +138,15 @@ def bounded(what, fn, seconds):
 try:
     from rocketmq import (ClientConfiguration, ConsumeResult, Credentials,  # noqa: E402
                           FilterExpression, Message, MessageListener, Producer,
-                          PushConsumer, SimpleConsumer)
+                          PushConsumer, SimpleConsumer, TransactionChecker,
+                          TransactionResolution)
 except ImportError as e:
     print(f"rocketmq-python-client is not installed for {sys.executable} ({e}): "
           "run scripts/python-env.sh first", flush=True)
     print(json.dumps({"ok": False, "error": f"rocketmq-python-client missing: {e}"}), flush=True)
     sys.exit(2)
 
-NORMAL, FIFO = 1, 2  # apache.rocketmq.v2.MessageType
+NORMAL, FIFO, DELAY, TRANSACTION = 1, 2, 3, 4  # apache.rocketmq.v2.MessageType
 RUN = uuid.uuid4().hex[:12]
 
 
@@ -161,8 +164,8 @@ class Clients:
         self.started.append((what, client))
         return client
 
-    def producer(self, topic):
-        return self.start(Producer(self.config, (topic,)), "producer")
+    def producer(self, topic, checker=None):
+        return self.start(Producer(self.config, (topic,), checker), "producer")
 
     def simple_consumer(self, group, topic, expression="*", await_duration=5):
         consumer = SimpleConsumer(
@@ -212,6 +215,14 @@ def make_message(topic, seq, body, tag="TagA", keys=None, group=None, extra=None
     return msg
 
 
+def message_type_of(msg, transaction):
+    if transaction is not None:
+        return TRANSACTION
+    if msg.delivery_timestamp:
+        return DELAY
+    return FIFO if msg.message_group else NORMAL
+
+
 class Sent:
     """What was sent and acknowledged by the broker, by message id."""
 
@@ -219,9 +230,9 @@ class Sent:
         self.by_id = {}
         self.lock = threading.Lock()
 
-    def send(self, producer, msg, deadline_s=15):
+    def send(self, producer, msg, deadline_s=15, transaction=None):
         t0 = time.monotonic()
-        receipt = bounded("producer.send()", lambda: producer.send(msg), deadline_s)
+        receipt = bounded("producer.send()", lambda: producer.send(msg, transaction), deadline_s)
         check(receipt.message_id, f"send receipt without message_id for seq {msg.properties['seq']}")
         check(
             receipt.message_id == msg.message_id,
@@ -238,6 +249,8 @@ class Sent:
                 "keys": set(msg.keys),
                 "properties": dict(msg.properties),
                 "group": msg.message_group,
+                "type": message_type_of(msg, transaction),
+                "delivery_timestamp_s": msg.delivery_timestamp,
                 "size": len(msg.body),
                 "digest": digest(msg.body),
                 "offset": receipt.offset,
@@ -261,8 +274,12 @@ def check_delivered(msg, expected, topic, attempt=None):
               f"message {mid}: property {k!r} = {msg.properties.get(k)!r}, sent {v!r}")
     check(msg.message_group == expected["group"],
           f"message {mid}: message_group {msg.message_group!r}, sent {expected['group']!r}")
-    wanted_type = FIFO if expected["group"] else NORMAL
+    wanted_type = expected["type"]
     check(msg.message_type == wanted_type, f"message {mid}: message_type {msg.message_type}, sent {wanted_type}")
+    if expected["delivery_timestamp_s"]:
+        # The client sends whole seconds and reads the delivered timestamp back in milliseconds.
+        check(msg.delivery_timestamp == expected["delivery_timestamp_s"] * 1000,
+              f"message {mid}: delivery_timestamp {msg.delivery_timestamp}, sent {expected['delivery_timestamp_s']} s")
     check(msg.born_timestamp, f"message {mid} has no born_timestamp")
     if attempt is not None:
         check(msg.delivery_attempt == attempt,
@@ -587,6 +604,129 @@ class RecordingListener(MessageListener):
         return ConsumeResult.SUCCESS
 
 
+def scenario_delay(args, clients):
+    # The consumer starts first, so that its receive is already waiting when a message is due.
+    consumer = clients.simple_consumer(args.group, args.topic, "*", await_duration=5)
+    producer = clients.producer(args.topic)
+    sent = Sent()
+    due_ms = {}  # message id -> delivery time, ms since the epoch
+    now = int(time.time())
+    for seq, delay_s in enumerate([2, 3, 4, 4]):
+        msg = make_message(args.topic, seq, f"delay-{seq}".encode(), keys=[f"delay-{seq}"])
+        msg.delivery_timestamp = now + delay_s  # this client sends whole seconds
+        receipt = sent.send(producer, msg)
+        due_ms[receipt.message_id] = (now + delay_s) * 1000
+    control = sent.send(producer, make_message(args.topic, 99, b"right away")).message_id
+    log(f"sent {len(due_ms)} DELAY messages due in 2-4 s and one NORMAL message")
+
+    # Beyond the broker's maximum delay (3 days by default): refused.
+    far = make_message(args.topic, 100, b"too far")
+    far.delivery_timestamp = now + 4 * 24 * 3600
+    try:
+        bounded("producer.send(4 days ahead)", lambda: producer.send(far), 15)
+        raise Failed("a message due in 4 days was accepted (max_delay_secs is 3 days)")
+    except Failed:
+        raise
+    except Exception as e:  # noqa: BLE001 - any refusal will do; its kind is reported
+        SUMMARY["too_far_refused_with"] = describe(e)
+        log(f"a delivery time 4 days ahead is refused: {describe(e)}")
+
+    late_ms = {}
+    control_s = None
+    deadline = time.monotonic() + 20
+    while len(late_ms) < len(due_ms) or control_s is None:
+        check(time.monotonic() < deadline,
+              f"in 20 s: {len(late_ms)} of {len(due_ms)} delay messages, control received: {control_s is not None}")
+        messages, _ = receive(consumer, 16, 10)
+        arrival_ms = time.time() * 1000
+        for msg in ours(consumer, messages):
+            mid = msg.message_id
+            check(mid in sent.by_id, f"unexpected message {mid}")
+            check(mid not in late_ms, f"delay message {mid} delivered twice")
+            check_delivered(msg, sent.by_id[mid], args.topic, attempt=1)
+            bounded("consumer.ack()", lambda: consumer.ack(msg), 10)
+            if mid == control:
+                control_s = round(time.monotonic() - START, 2)
+                check(not late_ms, "the NORMAL message came after a DELAY message due later")
+                log("the NORMAL message arrived at once")
+                continue
+            late = arrival_ms - due_ms[mid]
+            check(late >= 0, f"{mid} arrived {-late:.0f} ms before its delivery time")
+            late_ms[mid] = round(late, 1)
+            log(f"delay message seq {sent.by_id[mid]['seq']} arrived {late:.0f} ms after its delivery time")
+    worst = max(late_ms.values())
+    # The goal is 100 ms on an idle group; the bound leaves room for a busy CI machine.
+    check(worst <= 500, f"a delay message arrived {worst:.0f} ms after its delivery time")
+    SUMMARY.update(delivered=len(late_ms), late_ms=sorted(late_ms.values()))
+
+
+class RecordingChecker(TransactionChecker):
+    """Answers the broker's check-backs by body, and remembers when each was asked."""
+
+    def __init__(self):
+        self.asked = {}  # body -> monotonic time of the first check
+        self.lock = threading.Lock()
+
+    def check(self, message):
+        body = bytes(message.body).decode("utf-8", "replace")
+        with self.lock:
+            self.asked.setdefault(body, time.monotonic())
+        log(f"check-back for {body!r}")
+        return TransactionResolution.COMMIT if body == "check-commit" else TransactionResolution.ROLLBACK
+
+
+def scenario_transaction(args, clients):
+    checker = RecordingChecker()
+    producer = clients.producer(args.topic, checker)
+    consumer = clients.simple_consumer(args.group, args.topic, "*", await_duration=5)
+    sent = Sent()
+    bodies = {}  # message id -> body
+    for seq, body in enumerate(["commit", "rollback", "check-commit", "check-rollback"]):
+        transaction = producer.begin_transaction()
+        receipt = sent.send(producer, make_message(args.topic, seq, body.encode()), transaction=transaction)
+        bodies[receipt.message_id] = body
+        if body == "commit":
+            bounded("transaction.commit()", transaction.commit, 10)
+        elif body == "rollback":
+            bounded("transaction.rollback()", transaction.rollback, 10)
+        # The other two stay unresolved: the broker must ask the checker.
+    sent_at = time.monotonic()
+    log("sent 4 half messages: committed one, rolled back one, left two unresolved")
+
+    arrived = {}  # body -> seconds after the sends
+    deadline = sent_at + 30
+    # Wait until both check-backs were answered and a little longer, for anything wrong to show.
+    while time.monotonic() < deadline:
+        with checker.lock:
+            both_asked = {"check-commit", "check-rollback"} <= set(checker.asked)
+            last_ask = max(checker.asked.values(), default=0)
+        if both_asked and "check-commit" in arrived and time.monotonic() > last_ask + 2:
+            break
+        messages, _ = receive(consumer, 16, 10, await_s=2)
+        for msg in ours(consumer, messages):
+            mid = msg.message_id
+            body = bodies.get(mid)
+            check(body is not None, f"unexpected message {mid}")
+            check(body in ("commit", "check-commit"), f"the {body!r} half message was delivered")
+            check(body not in arrived, f"the {body!r} message was delivered twice")
+            if body == "check-commit":
+                with checker.lock:
+                    asked = checker.asked.get(body)
+                check(asked is not None, "check-commit was delivered before the broker asked the checker")
+            check_delivered(msg, sent.by_id[mid], args.topic, attempt=1)
+            bounded("consumer.ack()", lambda: consumer.ack(msg), 10)
+            arrived[body] = round(time.monotonic() - sent_at, 2)
+            log(f"{body!r} delivered {arrived[body]:.2f}s after the sends")
+    with checker.lock:
+        asked = {body: round(t - sent_at, 2) for body, t in checker.asked.items()}
+    check(set(arrived) == {"commit", "check-commit"},
+          f"delivered {sorted(arrived)}, expected commit and check-commit (checks asked: {asked})")
+    check({"check-commit", "check-rollback"} <= set(asked), f"the broker asked about {sorted(asked)} only")
+    check("commit" not in asked and "rollback" not in asked,
+          f"the broker asked about a resolved transaction: {asked}")
+    SUMMARY.update(delivered=sorted(arrived), delivered_after_s=arrived, checked_after_s=asked)
+
+
 def scenario_push(args, clients):
     producer = clients.producer(args.topic)
     sent = Sent()
@@ -767,6 +907,8 @@ SCENARIOS = {
     "simple": scenario_simple,
     "redeliver": scenario_redeliver,
     "fifo": scenario_fifo,
+    "delay": scenario_delay,
+    "transaction": scenario_transaction,
     "push": scenario_push,
     "failover": scenario_failover,
 }

@@ -321,6 +321,42 @@ async fn python_push_consumer_acks_and_gets_a_failed_message_again() -> anyhow::
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn python_delay_messages_arrive_at_their_delivery_time() -> anyhow::Result<()> {
+    let cluster = cluster_with_topic("py-delay").await?;
+    let outcome = run(&cluster, "delay", "py-delay", None).await?;
+    outcome.assert_passed(&cluster);
+    eprintln!(
+        "delay messages late by (ms): {}",
+        outcome.summary["late_ms"]
+    );
+    assert_eq!(outcome.number("delivered"), 4, "{}", outcome.summary);
+    assert!(
+        outcome.summary["too_far_refused_with"].is_string(),
+        "{}",
+        outcome.summary
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn python_transactions_commit_roll_back_and_resolve_by_check_back() -> anyhow::Result<()> {
+    let cluster = cluster_with_topic("py-tx").await?;
+    let outcome = run(&cluster, "transaction", "py-tx", None).await?;
+    outcome.assert_passed(&cluster);
+    eprintln!(
+        "delivered after (s): {}; checked after (s): {}",
+        outcome.summary["delivered_after_s"], outcome.summary["checked_after_s"]
+    );
+    assert_eq!(
+        outcome.summary["delivered"],
+        serde_json::json!(["check-commit", "commit"]),
+        "{}",
+        outcome.summary
+    );
+    Ok(())
+}
+
 /// The same producer and consumer objects, connected to a follower, keep working while the
 /// leader is SIGKILLed. Every acknowledged send is received; duplicates are only reported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -212,6 +212,11 @@ impl BrokerState {
                 };
                 results.push(result);
             }
+            // A receive that found nothing touches a queue's state without changing it:
+            // rewriting it would only cost write bandwidth.
+            pending
+                .pops
+                .retain(|key, pop| cache.pops.get(key) != Some(pop));
         }
         for ((topic, queue), next) in &pending.queue_next {
             batch.put_cf(
