@@ -19,6 +19,7 @@ pub const DEFAULT_MAX_DELAY_SECS: u64 = 3 * 24 * 3600;
 /// Hard cap on the configurable body limit: gRPC frames above this are refused anyway.
 pub const MAX_BODY_BYTES_CAP: usize = 128 * 1024 * 1024;
 pub const DEFAULT_QUEUES: u32 = 8;
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
 /// More queues than this per topic is almost certainly a typo.
 pub const MAX_QUEUES: u32 = 1024;
 
@@ -73,6 +74,10 @@ pub struct BrokerArgs {
     /// Check-backs before an unresolved transaction is rolled back (default 15).
     #[arg(long, env = "RAFTMQ_TRANSACTION_MAX_CHECKS")]
     pub transaction_max_checks: Option<u32>,
+    /// HTTP port for /healthz, /readyz and /metrics (default 8080; 0 turns it off). It
+    /// listens on the bind host, or on the host of this node's client address.
+    #[arg(long, env = "RAFTMQ_HTTP_PORT")]
+    pub http_port: Option<u16>,
     /// Raft heartbeat interval in ms (default 100).
     #[arg(long, env = "RAFTMQ_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
@@ -101,6 +106,7 @@ pub struct BrokerFile {
     pub transaction_check_after_secs: Option<u64>,
     pub transaction_check_interval_secs: Option<u64>,
     pub transaction_max_checks: Option<u32>,
+    pub http_port: Option<u16>,
     pub heartbeat_ms: Option<u64>,
     pub election_timeout_min_ms: Option<u64>,
     pub election_timeout_max_ms: Option<u64>,
@@ -132,6 +138,8 @@ pub struct BrokerConfig {
     pub transaction_check_after: Duration,
     pub transaction_check_interval: Duration,
     pub transaction_max_checks: u32,
+    /// 0: no HTTP port.
+    pub http_port: u16,
     pub heartbeat_interval: Duration,
     pub election_timeout_min: Duration,
     pub election_timeout_max: Duration,
@@ -253,6 +261,10 @@ impl BrokerArgs {
                 .transaction_max_checks
                 .or(file.transaction_max_checks)
                 .unwrap_or(15),
+            http_port: self
+                .http_port
+                .or(file.http_port)
+                .unwrap_or(DEFAULT_HTTP_PORT),
             heartbeat_interval: Duration::from_millis(
                 self.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(100),
             ),

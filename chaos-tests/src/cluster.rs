@@ -40,6 +40,8 @@ pub struct Node {
     pub id: u64,
     pub raft_addr: String,
     pub client_addr: String,
+    /// /healthz, /readyz and /metrics.
+    pub http_addr: String,
     pub dir: PathBuf,
     child: Option<Child>,
 }
@@ -140,6 +142,7 @@ impl Cluster {
                 id,
                 raft_addr: format!("127.0.0.1:{}", free_port()?),
                 client_addr: format!("127.0.0.1:{}", free_port()?),
+                http_addr: format!("127.0.0.1:{}", free_port()?),
                 dir: root.path().join(format!("node-{id}")),
                 child: None,
             });
@@ -200,6 +203,11 @@ impl Cluster {
         if node.child.is_some() {
             bail!("node {id} is already running");
         }
+        let http_port = node
+            .http_addr
+            .rsplit_once(':')
+            .map(|(_, port)| port.to_string())
+            .context("http_addr has a port")?;
         std::fs::create_dir_all(&node.dir)?;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -217,6 +225,8 @@ impl Cluster {
                 flush,
                 "--auto-create-topics",
                 &auto_create,
+                "--http-port",
+                &http_port,
             ])
             .args(&extra)
             .env(

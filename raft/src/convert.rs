@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use openraft::EntryPayload;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, StreamAppendError, StreamAppendResult,
-    VoteRequest, VoteResponse,
+    TransferLeaderRequest, VoteRequest, VoteResponse,
 };
 use raftmq_proto::raft::v1 as pb;
 
@@ -313,6 +313,31 @@ pub fn vote_response_from_pb(
         vote,
         opt_log_id_from_pb(resp.last_log_id.as_ref())?,
         resp.vote_granted,
+    ))
+}
+
+pub fn transfer_leader_request_to_pb(
+    req: &TransferLeaderRequest<TypeConfig>,
+) -> pb::TransferLeaderRequest {
+    pb::TransferLeaderRequest {
+        from_leader: Some(vote_to_pb(req.from_leader())),
+        to_node_id: *req.to_node_id(),
+        last_log_id: req.last_log_id().map(log_id_to_pb),
+    }
+}
+
+pub fn transfer_leader_request_from_pb(
+    req: &pb::TransferLeaderRequest,
+) -> Result<TransferLeaderRequest<TypeConfig>, MissingField> {
+    let from = vote_from_pb(
+        req.from_leader
+            .as_ref()
+            .ok_or_else(|| missing("TransferLeaderRequest", "from_leader"))?,
+    )?;
+    Ok(TransferLeaderRequest::new(
+        from,
+        req.to_node_id,
+        opt_log_id_from_pb(req.last_log_id.as_ref())?,
     ))
 }
 

@@ -14,8 +14,8 @@ use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::RPCOption;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{OptionalSend, RaftNetworkFactory, RaftNetworkV2};
 use raftmq_proto::raft::v1 as pb;
@@ -209,6 +209,32 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             .map_err(status_to_rpc_error)?
             .into_inner();
         convert::vote_response_from_pb(&reply).map_err(bad_reply)
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let request = with_timeout(convert::transfer_leader_request_to_pb(&req), &option);
+        let reply = self
+            .client()?
+            .transfer_leader(request)
+            .await
+            .map_err(status_to_rpc_error)?
+            .into_inner();
+        if reply.refused.is_empty() {
+            Ok(Ok(()))
+        } else {
+            // openraft only logs the outcome; the refusal's text is what matters there.
+            Err(RPCError::Network(NetworkError::new(
+                &std::io::Error::other(format!(
+                    "node {} refused the leadership: {}",
+                    req.to_node_id(),
+                    reply.refused
+                )),
+            )))
+        }
     }
 
     async fn full_snapshot(

@@ -64,6 +64,21 @@ pub enum ProposeError {
     Fatal(String),
 }
 
+/// Why leadership could not be handed over.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error("node {me} is not the leader (the leader is {leader:?}); ask the leader")]
+    NotLeader { me: NodeId, leader: Option<NodeId> },
+    #[error("node {0} is not a voter of this group")]
+    NotAVoter(NodeId),
+    #[error("the group has no other voter to take over")]
+    NoFollower,
+    #[error("no other node became leader within {0:?}")]
+    TimedOut(Duration),
+    #[error("raft node failed: {0}")]
+    Fatal(String),
+}
+
 pub struct RaftNode {
     pub id: NodeId,
     pub raft: Raft,
@@ -134,6 +149,73 @@ impl RaftNode {
 
     pub fn metrics(&self) -> RaftMetrics<TypeConfig> {
         self.raft.metrics().borrow_watched().clone()
+    }
+
+    /// Hand leadership to `to`, or to the voter whose log is furthest along, and wait until
+    /// another node leads. Writes that arrive meanwhile are forwarded to the new leader by
+    /// [`RaftNode::propose`], so a planned move fails no send.
+    pub async fn transfer_leadership(
+        &self,
+        to: Option<NodeId>,
+        deadline: Duration,
+    ) -> Result<NodeId, TransferError> {
+        let give_up = Instant::now() + deadline;
+        let metrics = self.metrics();
+        if metrics.current_leader != Some(self.id) {
+            return Err(TransferError::NotLeader {
+                me: self.id,
+                leader: metrics.current_leader,
+            });
+        }
+        let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+        let matched = |metrics: &RaftMetrics<TypeConfig>, id: NodeId| {
+            metrics
+                .replication
+                .as_ref()
+                .and_then(|progress| progress.get(&id).cloned().flatten())
+                .map(|log_id| log_id.index)
+        };
+        let target = match to {
+            Some(id) if id == self.id => return Ok(self.id),
+            Some(id) if !voters.contains(&id) => return Err(TransferError::NotAVoter(id)),
+            Some(id) => id,
+            None => voters
+                .iter()
+                .copied()
+                .filter(|id| *id != self.id)
+                .max_by_key(|id| matched(&metrics, *id))
+                .ok_or(TransferError::NoFollower)?,
+        };
+        // Give the target a moment to catch up: it takes over only once its log holds
+        // everything this leader has, and a lagging target would make the group wait.
+        let catch_up_until = Instant::now() + deadline / 4;
+        while Instant::now() < catch_up_until {
+            let now = self.metrics();
+            if matched(&now, target) >= now.last_log_index {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tracing::info!(to = target, "transferring leadership");
+        self.raft
+            .trigger()
+            .transfer_leader(target)
+            .await
+            .map_err(|e| TransferError::Fatal(e.to_string()))?;
+        let me = self.id;
+        let wait = give_up.saturating_duration_since(Instant::now());
+        match self
+            .raft
+            .wait(Some(wait))
+            .metrics(
+                |m| m.current_leader.is_some_and(|leader| leader != me),
+                "another node leads",
+            )
+            .await
+        {
+            Ok(m) => Ok(m.current_leader.unwrap_or(target)),
+            Err(_) => Err(TransferError::TimedOut(deadline)),
+        }
     }
 
     /// The lowest-id member initializes the group, once, when no member has been initialized
@@ -247,13 +329,26 @@ impl RaftNode {
     /// leader for its read index; the leader confirms its leadership with a quorum.
     pub async fn read_barrier(&self, deadline: Duration) -> Result<(), ProposeError> {
         let give_up = Instant::now() + deadline;
-        let index = loop {
+        let index = self.read_index(give_up).await?;
+        let mut applied = self.state.subscribe_applied();
+        let reached =
+            tokio::time::timeout_at(give_up.into(), applied.wait_for(|a| *a >= index)).await;
+        match reached {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(ProposeError::NoLeader),
+        }
+    }
+
+    /// The group's commit index as the leader confirms it with a quorum: everything
+    /// acknowledged before the call is at or below it.
+    pub async fn read_index(&self, give_up: Instant) -> Result<u64, ProposeError> {
+        loop {
             let leader = match self
                 .raft
                 .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
                 .await
             {
-                Ok(read) => break read.index(),
+                Ok(read) => return Ok(read.index()),
                 Err(openraft::errors::RaftError::APIError(
                     LinearizableReadError::ForwardToLeader(forward),
                 )) => forward.leader_id,
@@ -274,20 +369,13 @@ impl RaftNode {
                     && let Some(pb::read_index_response::Outcome::Index(index)) =
                         reply.into_inner().outcome
                 {
-                    break index;
+                    return Ok(index);
                 }
             }
             if Instant::now() >= give_up {
                 return Err(ProposeError::NoLeader);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        let mut applied = self.state.subscribe_applied();
-        let reached =
-            tokio::time::timeout_at(give_up.into(), applied.wait_for(|a| *a >= index)).await;
-        match reached {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(ProposeError::NoLeader),
         }
     }
 

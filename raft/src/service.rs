@@ -35,6 +35,24 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl RaftService for RaftGrpc {
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        let req = convert::transfer_leader_request_from_pb(request.get_ref())?;
+        let refused = match self
+            .node
+            .raft
+            .handle_transfer_leader(req)
+            .await
+            .map_err(fatal)?
+        {
+            Ok(()) => String::new(),
+            Err(refusal) => refusal.to_string(),
+        };
+        Ok(Response::new(pb::TransferLeaderResponse { refused }))
+    }
+
     async fn vote(
         &self,
         request: Request<pb::VoteRequest>,

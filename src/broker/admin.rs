@@ -1,15 +1,23 @@
 //! `raftmq.admin.v1.AdminService`: cluster status and topic management for operators.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use openraft::ServerState;
+use raftmq_proto::admin::v1::admin_service_client::AdminServiceClient;
 use raftmq_proto::admin::v1::admin_service_server::{AdminService, AdminServiceServer};
 use raftmq_proto::admin::v1::{self as admin};
 use raftmq_proto::raft::v1 as pb;
+use raftmq_raft::TransferError;
 use tonic::{Request, Response, Status};
 
 use super::Broker;
 use super::status::Rejection;
+
+/// Marks a request a follower passed on to the leader, so it is passed on at most once.
+const FORWARDED_HEADER: &str = "x-raftmq-forwarded";
+/// How long a leader transfer may take when the request names no timeout.
+const DEFAULT_TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Admin {
     broker: Arc<Broker>,
@@ -203,5 +211,56 @@ impl AdminService for Admin {
             .map(group_info)
             .collect();
         Ok(Response::new(admin::ListGroupsResponse { groups }))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<admin::TransferLeaderRequest>,
+    ) -> Result<Response<admin::TransferLeaderResponse>, Status> {
+        let forwarded = request.metadata().contains_key(FORWARDED_HEADER);
+        let request = request.into_inner();
+        let timeout = match request.timeout_ms {
+            0 => DEFAULT_TRANSFER_TIMEOUT,
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        let node = &self.broker.node;
+        let started = Instant::now();
+        match node.transfer_leadership(request.to, timeout).await {
+            Ok(leader) => Ok(Response::new(admin::TransferLeaderResponse {
+                previous_leader: node.id,
+                leader,
+                took_ms: started.elapsed().as_millis() as u64,
+            })),
+            Err(TransferError::NotLeader {
+                leader: Some(leader),
+                ..
+            }) if !forwarded && leader != node.id => {
+                let addr = node
+                    .members()
+                    .get(&leader)
+                    .map(|n| n.client_addr.clone())
+                    .ok_or_else(|| Status::internal(format!("leader {leader} has no address")))?;
+                let channel = node
+                    .network()
+                    .channel(&addr)
+                    .map_err(|e| Status::unavailable(format!("leader {leader} at {addr}: {e}")))?;
+                let mut forward = Request::new(request);
+                forward.metadata_mut().insert(
+                    FORWARDED_HEADER,
+                    tonic::metadata::MetadataValue::from_static("1"),
+                );
+                AdminServiceClient::new(channel)
+                    .transfer_leader(forward)
+                    .await
+            }
+            Err(e @ TransferError::NotAVoter(_)) => Err(Status::invalid_argument(e.to_string())),
+            Err(e @ TransferError::NotLeader { .. }) => Err(Status::unavailable(format!(
+                "{e}; no leader is known yet, retry shortly"
+            ))),
+            Err(e @ (TransferError::NoFollower | TransferError::TimedOut(_))) => {
+                Err(Status::failed_precondition(e.to_string()))
+            }
+            Err(e @ TransferError::Fatal(_)) => Err(Status::internal(e.to_string())),
+        }
     }
 }

@@ -61,6 +61,12 @@ fn client_id_of<T>(request: &Request<T>) -> String {
 
 fn rejected(rpc: &'static str, client: ClientKind, rejection: &Rejection) -> v2::Status {
     tracing::info!(rpc, code = ?rejection.code, message = %rejection.message, "request rejected");
+    metrics::counter!(
+        "raftmq_requests_rejected_total",
+        "rpc" => rpc,
+        "code" => rejection.code.as_str_name()
+    )
+    .increment(1);
     client.status(rejection)
 }
 
@@ -530,11 +536,16 @@ impl MessagingService for Messaging {
                     .unwrap_or_default()
             })
             .collect();
+        let started = std::time::Instant::now();
         let reply = match self.send(request, &client_id).await {
-            Ok(entries) => v2::SendMessageResponse {
-                status: Some(ok()),
-                entries,
-            },
+            Ok(entries) => {
+                metrics::histogram!("raftmq_send_seconds").record(started.elapsed().as_secs_f64());
+                metrics::counter!("raftmq_messages_produced_total").increment(entries.len() as u64);
+                v2::SendMessageResponse {
+                    status: Some(ok()),
+                    entries,
+                }
+            }
             Err(rejection) => {
                 let status = rejected("SendMessage", client, &rejection);
                 // One entry per message even when refused: some clients index into them.
@@ -601,9 +612,13 @@ impl MessagingService for Messaging {
                 code: Code::MessageNotFound as i32,
                 message: "no new message".into(),
             })],
-            Ok(messages) => std::iter::once(Content::Status(ok()))
-                .chain(messages.into_iter().map(Content::Message))
-                .collect(),
+            Ok(messages) => {
+                metrics::counter!("raftmq_messages_consumed_total", "via" => "receive")
+                    .increment(messages.len() as u64);
+                std::iter::once(Content::Status(ok()))
+                    .chain(messages.into_iter().map(Content::Message))
+                    .collect()
+            }
             Err(rejection) => vec![Content::Status(rejected(
                 "ReceiveMessage",
                 client,
@@ -697,6 +712,8 @@ impl MessagingService for Messaging {
         let requested_offset = request.offset;
         let frames = match self.pull(request).await {
             Ok((messages, next_offset)) => {
+                metrics::counter!("raftmq_messages_consumed_total", "via" => "pull")
+                    .increment(messages.len() as u64);
                 let status = if messages.is_empty() {
                     v2::Status {
                         code: Code::MessageNotFound as i32,

@@ -14,6 +14,7 @@ pub mod batcher;
 pub mod clients;
 pub mod consumer;
 pub mod filter;
+pub mod http;
 pub mod messages;
 pub mod messaging;
 pub mod renewals;
@@ -24,7 +25,7 @@ pub mod validate;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -54,6 +55,8 @@ pub struct Broker {
     pub clients: clients::ClientRegistry,
     /// Push-consumer deliveries this node keeps invisible until they are acknowledged.
     pub renewals: renewals::Renewals,
+    /// Set when shutdown starts: `/readyz` fails from then on.
+    pub draining: AtomicBool,
     round_robin: AtomicU64,
 }
 
@@ -180,12 +183,20 @@ impl Broker {
     }
 }
 
-/// Run a broker node until `shutdown` completes, then stop in order: client RPCs, Raft, storage.
+/// How long a stopping leader waits for another node to take over.
+const LEADERSHIP_DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Run a broker node until `shutdown` completes, then stop in order: leadership handed to a
+/// caught-up follower, client RPCs and the HTTP port, Raft, storage.
 pub async fn run(
     config: BrokerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    // Installed first, so that nothing recorded during startup is lost.
+    if let Some(handle) = http::recorder() {
+        tokio::spawn(http::upkeep(handle));
+    }
     let client_listen = config.listen_addr(&config.me().client_addr)?;
     let raft_listen = config.listen_addr(&config.me().raft_addr)?;
     let node = RaftNode::start(NodeConfig {
@@ -205,6 +216,7 @@ pub async fn run(
         sends: batcher::SendBatcher::start(node.clone()),
         clients: clients::ClientRegistry::default(),
         renewals: renewals::Renewals::default(),
+        draining: AtomicBool::new(false),
         round_robin: AtomicU64::new(0),
     });
 
@@ -214,6 +226,14 @@ pub async fn run(
     let client_listener = tokio::net::TcpListener::bind(client_listen)
         .await
         .with_context(|| format!("listen for clients on {client_listen}"))?;
+    let http_listener = match config.http_port {
+        0 => None,
+        port => {
+            let mut addr = client_listen;
+            addr.set_port(port);
+            Some(http::bind(addr).await?)
+        }
+    };
     tracing::info!(
         node_id = config.node_id,
         group = %config.group,
@@ -244,12 +264,39 @@ pub async fn run(
     let renewal_task = tokio::spawn(renewals::run(broker.clone(), stop_rx.clone()));
     let raft_task = tokio::spawn(raft_server);
     let client_task = tokio::spawn(client_server);
+    let http_task = http_listener.map(|listener| {
+        tokio::spawn(http::serve(
+            broker.clone(),
+            listener,
+            stopped(stop_rx.clone()),
+        ))
+    });
     tokio::spawn(node.clone().bootstrap());
 
     shutdown.await;
-    tracing::info!(stage = "stop client rpc", "shutting down");
     let started = std::time::Instant::now();
+    broker.draining.store(true, Ordering::Relaxed);
+    // A leader hands over before it stops, so the group does not wait an election timeout
+    // and sends in flight are forwarded to the new leader rather than failed.
+    if node.metrics().current_leader == Some(node.id) {
+        tracing::info!(stage = "transfer leadership", "shutting down");
+        match node
+            .transfer_leadership(None, LEADERSHIP_DRAIN_DEADLINE)
+            .await
+        {
+            Ok(leader) => tracing::info!(
+                leader,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "leadership handed over"
+            ),
+            Err(e) => tracing::warn!(error = %e, "leadership not handed over; stopping anyway"),
+        }
+    }
+    tracing::info!(stage = "stop client rpc", "shutting down");
     let _ = stop_tx.send(true);
+    if let Some(task) = http_task {
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(5), client_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(3), timer_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(3), transaction_task).await;

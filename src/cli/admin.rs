@@ -30,6 +30,24 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: GroupCommand,
     },
+    /// Move the group's leadership (before maintenance on the leader's machine).
+    Leader {
+        #[command(subcommand)]
+        command: LeaderCommand,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum LeaderCommand {
+    /// Hand leadership to another voter and wait until it leads.
+    Transfer {
+        /// The node id to hand over to (default: the follower whose log is furthest along).
+        #[arg(long)]
+        to: Option<u64>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 10)]
+        timeout_secs: u32,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -252,6 +270,23 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 }
             }
         },
+        AdminCommand::Leader {
+            command: LeaderCommand::Transfer { to, timeout_secs },
+        } => {
+            let request = admin::TransferLeaderRequest {
+                to,
+                timeout_ms: timeout_secs.saturating_mul(1000),
+            };
+            let reply = client
+                .admin(
+                    |mut c| async move { c.transfer_leader(request).await.map(|r| r.into_inner()) },
+                )
+                .await?;
+            println!(
+                "leadership moved from node {} to node {} in {} ms",
+                reply.previous_leader, reply.leader, reply.took_ms
+            );
+        }
         AdminCommand::Group { command } => match command {
             GroupCommand::Create {
                 name,

@@ -29,6 +29,9 @@ pub struct LocalArgs {
     /// Raft port of node 1; node N listens on this + N - 1.
     #[arg(long, default_value_t = 9091)]
     pub raft_port: u16,
+    /// HTTP port (/healthz, /readyz, /metrics) of node 1; node N listens on this + N - 1.
+    #[arg(long, default_value_t = 8091)]
+    pub http_port: u16,
     /// `sync` (default) or `async`.
     #[arg(long, default_value = "sync")]
     pub flush: String,
@@ -143,6 +146,8 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
                 args.flush.clone(),
                 "--auto-create-topics".into(),
                 "true".into(),
+                "--http-port".into(),
+                (args.http_port + id as u16 - 1).to_string(),
                 "--pid-file".into(),
                 node_dir.join("broker.pid").display().to_string(),
             ];

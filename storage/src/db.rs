@@ -107,6 +107,27 @@ impl Db {
         self.flush
     }
 
+    /// Bytes each column family holds on disk (SST files) and in memtables: what the
+    /// metrics report as the store's size.
+    pub fn column_family_bytes(&self) -> Vec<(&'static str, u64)> {
+        ALL_CFS
+            .iter()
+            .map(|name| {
+                let cf = self.cf(name);
+                let property = |key: &str| {
+                    self.inner
+                        .property_int_value_cf(&cf, key)
+                        .ok()
+                        .flatten()
+                        .unwrap_or(0)
+                };
+                let bytes = property("rocksdb.total-sst-files-size")
+                    + property("rocksdb.size-all-mem-tables");
+                (*name, bytes)
+            })
+            .collect()
+    }
+
     pub(crate) fn cf(&self, name: &'static str) -> Arc<rocksdb::BoundColumnFamily<'_>> {
         self.inner
             .cf_handle(name)

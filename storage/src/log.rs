@@ -78,7 +78,10 @@ impl LogStore {
             batch.put_cf(&cf, keys::log_key(index), &buf);
         }
         drop(cf);
+        let started = std::time::Instant::now();
         self.db.write(CF_LOG, batch)?;
+        metrics::histogram!("raftmq_log_append_seconds").record(started.elapsed().as_secs_f64());
+        metrics::counter!("raftmq_log_entries_appended_total").increment(entries.len() as u64);
         match self.db.flush {
             FlushMode::Async => on_durable(Ok(())),
             FlushMode::Sync => {
@@ -225,7 +228,10 @@ fn run_flusher(db: Db, pending: mpsc::Receiver<OnDurable>) {
     while let Ok(first) = pending.recv() {
         let mut callbacks = vec![first];
         callbacks.extend(pending.try_iter());
+        let started = std::time::Instant::now();
         let result = db.sync_wal();
+        metrics::histogram!("raftmq_wal_fsync_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("raftmq_wal_fsync_appends").record(callbacks.len() as f64);
         if let Err(err) = &result {
             tracing::error!(error = %err, "WAL fsync failed");
         }

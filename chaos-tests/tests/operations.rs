@@ -1,0 +1,293 @@
+//! Operating a running group, with three real broker processes: the HTTP health, readiness
+//! and metrics endpoints, leader transfer from the CLI, and a leader that is stopped with
+//! SIGTERM handing over before it goes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chaos_tests::cluster::{Cluster, ClusterOptions, raftmq_binary};
+use chaos_tests::history::{History, check_every_node};
+use raftmq::client::message;
+
+/// GET `path` from a node's HTTP port: (status, body).
+async fn get(http: &reqwest::Client, addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let response = http
+        .get(format!("http://{addr}{path}"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .with_context(|| format!("GET http://{addr}{path}"))?;
+    let status = response.status().as_u16();
+    Ok((status, response.text().await?))
+}
+
+/// The value of one sample line (`name{labels} value`) in Prometheus text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Wait until `path` answers `status` on `addr`.
+async fn wait_for_status(
+    http: &reqwest::Client,
+    addr: &str,
+    path: &str,
+    status: u16,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    let give_up = Instant::now() + timeout;
+    loop {
+        let last = get(http, addr, path).await;
+        if let Ok((got, body)) = &last
+            && *got == status
+        {
+            return Ok(body.clone());
+        }
+        anyhow::ensure!(
+            Instant::now() < give_up,
+            "{addr}{path} did not answer {status} within {timeout:?}; last answer {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_readiness_and_metrics_follow_the_group() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
+    cluster.create_topic("ops", 4).await?;
+    let http = reqwest::Client::new();
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+
+    for node in &cluster.nodes {
+        let (status, body) = get(&http, &node.http_addr, "/healthz").await?;
+        assert_eq!((status, body.as_str()), (200, "ok\n"), "node {}", node.id);
+        let body = wait_for_status(
+            &http,
+            &node.http_addr,
+            "/readyz",
+            200,
+            Duration::from_secs(10),
+        )
+        .await?;
+        let ready: serde_json::Value = serde_json::from_str(&body)?;
+        assert_eq!(ready["ready"], true, "node {}: {body}", node.id);
+        assert_eq!(ready["leader_id"], leader, "node {}: {body}", node.id);
+    }
+
+    // Ten sends and one refused send (illegal topic name), then the counters show them.
+    let client = cluster.client();
+    for i in 0..10 {
+        client
+            .send(vec![message(
+                "ops",
+                format!("m{i}").into_bytes(),
+                None,
+                &[],
+            )])
+            .await?;
+    }
+    assert!(
+        client
+            .send(vec![message("bad topic!", b"x".to_vec(), None, &[])])
+            .await
+            .is_err(),
+        "an illegal topic name is refused"
+    );
+    let leader_http = cluster.node(leader).http_addr.clone();
+    let follower = cluster
+        .nodes
+        .iter()
+        .find(|n| n.id != leader)
+        .context("a follower")?;
+    let mut totals = (0.0, 0.0);
+    for node in &cluster.nodes {
+        let (status, text) = get(&http, &node.http_addr, "/metrics").await?;
+        assert_eq!(status, 200, "node {}", node.id);
+        let role = |r: &str| sample(&text, &format!("raftmq_raft_role{{role=\"{r}\"}}"));
+        let expected = if node.id == leader {
+            "leader"
+        } else {
+            "follower"
+        };
+        assert_eq!(role(expected), Some(1.0), "node {} role\n{text}", node.id);
+        assert_eq!(sample(&text, "raftmq_raft_leader_id"), Some(leader as f64));
+        assert!(sample(&text, "raftmq_raft_applied_index").unwrap_or(0.0) > 0.0);
+        assert!(sample(&text, "raftmq_data_dir_free_bytes").unwrap_or(0.0) > 0.0);
+        assert!(
+            sample(&text, "raftmq_wal_fsync_seconds_count").unwrap_or(0.0) > 0.0,
+            "every node fsyncs its log (flush = sync)\n{text}"
+        );
+        totals.0 += sample(&text, "raftmq_messages_produced_total").unwrap_or(0.0);
+        totals.1 += sample(
+            &text,
+            "raftmq_requests_rejected_total{rpc=\"SendMessage\",code=\"ILLEGAL_TOPIC\"}",
+        )
+        .unwrap_or(0.0);
+    }
+    assert_eq!(
+        totals,
+        (10.0, 1.0),
+        "sends and refusals counted once, where served"
+    );
+    let (_, text) = get(&http, &leader_http, "/metrics").await?;
+    let lag = format!(
+        "raftmq_raft_replication_lag_entries{{follower=\"{}\"}}",
+        follower.id
+    );
+    assert!(
+        sample(&text, &lag).is_some(),
+        "the leader reports {lag}\n{text}"
+    );
+
+    // Without a majority, the last node is alive but not ready.
+    let others: Vec<u64> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .filter(|id| *id != leader)
+        .collect();
+    let survivor = others[0];
+    cluster.kill_node(leader);
+    cluster.kill_node(others[1]);
+    let addr = cluster.node(survivor).http_addr.clone();
+    let body = wait_for_status(&http, &addr, "/readyz", 503, Duration::from_secs(10)).await?;
+    eprintln!("survivor /readyz: {body}");
+    assert!(body.contains("\"ready\":false"), "{body}");
+    let (status, _) = get(&http, &addr, "/healthz").await?;
+    assert_eq!(status, 200, "a node without quorum is still alive");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_moves_leadership_to_the_chosen_node() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    let binary = raftmq_binary()?;
+    for _ in 0..2 {
+        let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+        let target = cluster
+            .nodes
+            .iter()
+            .map(|n| n.id)
+            .find(|id| *id != leader)
+            .context("a follower")?;
+        // Asked of the third node, which passes the request on to the leader.
+        let asked = cluster
+            .nodes
+            .iter()
+            .find(|n| n.id != leader && n.id != target)
+            .context("a third node")?;
+        let output = tokio::process::Command::new(&binary)
+            .args([
+                "admin",
+                "--endpoints",
+                &asked.client_addr,
+                "leader",
+                "transfer",
+            ])
+            .args(["--to", &target.to_string()])
+            .output()
+            .await?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "transfer failed: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        eprintln!("{}", stdout.trim());
+        assert!(
+            stdout.contains(&format!("from node {leader} to node {target}")),
+            "{stdout}"
+        );
+        assert_eq!(
+            cluster.wait_for_leader(Duration::from_secs(5)).await?,
+            target
+        );
+    }
+
+    let output = tokio::process::Command::new(&binary)
+        .args(["admin", "--endpoints", &cluster.endpoints().join(",")])
+        .args(["leader", "transfer", "--to", "42"])
+        .output()
+        .await?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "a transfer to an unknown node fails"
+    );
+    assert!(stderr.contains("42 is not a voter"), "{stderr}");
+    Ok(())
+}
+
+/// SIGTERM to the leader under a steady load: it hands leadership to a follower before it
+/// stops, so no send fails and nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_stopped_with_sigterm_hands_over_and_no_send_fails() -> anyhow::Result<()> {
+    const TOPIC: &str = "drain";
+    const PRODUCERS: usize = 8;
+    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
+    cluster.create_topic(TOPIC, 4).await?;
+    let history = Arc::new(History::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let mut producers = Vec::new();
+    for producer in 0..PRODUCERS {
+        let client = cluster.client();
+        let (history, stop, failed) = (history.clone(), stop.clone(), failed.clone());
+        producers.push(tokio::spawn(async move {
+            let mut seq = 0;
+            while !stop.load(Ordering::Relaxed) {
+                // One attempt per message: any error counts as a failed send.
+                let body = format!("p{producer}:s{seq}");
+                if history
+                    .send_until_acked(&client, TOPIC, body, Duration::ZERO)
+                    .await
+                    .is_err()
+                {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                seq += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(5)).await?;
+    let before = history.acked();
+    let stopping = Instant::now();
+    cluster.stop_node(leader);
+    let stopped_in = stopping.elapsed();
+    let new_leader = cluster.wait_for_leader(Duration::from_secs(5)).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    for producer in producers {
+        producer.await?;
+    }
+    let log = std::fs::read_to_string(cluster.node(leader).log_file())?;
+    eprintln!(
+        "leader {leader} stopped in {stopped_in:?}; node {new_leader} leads; {} acked \
+         ({before} before the stop), {} failed",
+        history.acked(),
+        failed.load(Ordering::Relaxed)
+    );
+    assert!(
+        log.contains("leadership handed over"),
+        "the stopping leader handed over first:\n{}",
+        cluster.log_tails(30)
+    );
+    assert_ne!(new_leader, leader);
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "sends failed during the handover"
+    );
+    assert!(history.acked() > before, "sends went on after the stop");
+    cluster.wait_caught_up(Duration::from_secs(30)).await?;
+    check_every_node(&cluster, &history, TOPIC, 4).await?;
+    Ok(())
+}

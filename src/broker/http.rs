@@ -1,0 +1,214 @@
+//! The HTTP port for orchestrators and monitoring:
+//!
+//! - `/healthz`: the process and its Raft core are running (liveness).
+//! - `/readyz`: this node can serve clients: it is not shutting down, the group has a leader
+//!   that confirms its commit index with a quorum, and this node has applied all but at most
+//!   [`READY_MAX_LAG`] entries of it (readiness; a replica catching up is not ready).
+//! - `/metrics`: Prometheus text format. Counters and histograms are recorded where things
+//!   happen (`metrics::counter!` …); Raft and disk gauges are read when scraped.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use openraft::ServerState;
+use serde_json::json;
+
+use super::Broker;
+
+/// A node stays ready while its applied index is at most this many entries behind the
+/// group's commit index. One entry is one batch of messages, so this is a small bound.
+pub const READY_MAX_LAG: u64 = 1000;
+/// How long `/readyz` waits for the leader to confirm its commit index.
+const READ_INDEX_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Latency buckets (seconds): 100 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+/// Appends made durable by one WAL fsync (group commit).
+const FSYNC_BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// The process-wide Prometheus recorder, installed on first call. `None` if another recorder
+/// was installed first (then `/metrics` says so instead of serving partial data).
+pub fn recorder() -> Option<PrometheusHandle> {
+    RECORDER
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("raftmq_wal_fsync_appends".into()),
+                        FSYNC_BATCH_BUCKETS,
+                    )
+                });
+            match builder.and_then(|b| b.install_recorder()) {
+                Ok(handle) => Some(handle),
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics recorder not installed; /metrics is off");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+/// Fold recorded histogram samples into their buckets now and then, so that memory stays
+/// bounded between scrapes.
+pub async fn upkeep(handle: PrometheusHandle) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        every.tick().await;
+        handle.run_upkeep();
+    }
+}
+
+/// Serve the HTTP port until `stop` completes.
+pub async fn serve(
+    broker: Arc<Broker>,
+    listener: tokio::net::TcpListener,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(broker);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(stop)
+        .await
+}
+
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    use anyhow::Context;
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listen for HTTP (health, metrics) on {addr}"))
+}
+
+async fn healthz(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
+    match &broker.node.metrics().running_state {
+        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+        Err(fatal) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("raft core stopped: {fatal}\n"),
+        ),
+    }
+}
+
+async fn readyz(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
+    let node = &broker.node;
+    let metrics = node.metrics();
+    let applied = metrics.last_applied.as_ref().map_or(0, |id| id.index);
+    let mut body = json!({
+        "node_id": node.id,
+        "leader_id": metrics.current_leader,
+        "applied_index": applied,
+    });
+    let not_ready = |mut body: serde_json::Value, reason: String| {
+        body["ready"] = json!(false);
+        body["reason"] = json!(reason);
+        (StatusCode::SERVICE_UNAVAILABLE, body.to_string() + "\n")
+    };
+    if broker.draining.load(Ordering::Relaxed) {
+        return not_ready(body, "shutting down".into());
+    }
+    if metrics.current_leader.is_none() {
+        return not_ready(body, "no leader known".into());
+    }
+    let commit = match node.read_index(Instant::now() + READ_INDEX_DEADLINE).await {
+        Ok(index) => index,
+        Err(e) => {
+            return not_ready(
+                body,
+                format!("the leader did not confirm its commit index: {e}"),
+            );
+        }
+    };
+    let lag = commit.saturating_sub(applied);
+    body["commit_index"] = json!(commit);
+    body["lag"] = json!(lag);
+    if lag > READY_MAX_LAG {
+        return not_ready(
+            body,
+            format!(
+                "applied index {lag} entries behind the commit index (at most {READY_MAX_LAG})"
+            ),
+        );
+    }
+    body["ready"] = json!(true);
+    (StatusCode::OK, body.to_string() + "\n")
+}
+
+async fn metrics_text(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
+    let Some(handle) = recorder() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder not installed\n".to_string(),
+        );
+    };
+    record_gauges(&broker);
+    (StatusCode::OK, handle.render())
+}
+
+/// Gauges read from Raft, RocksDB and the file system at scrape time.
+fn record_gauges(broker: &Broker) {
+    use metrics::gauge;
+    let node = &broker.node;
+    let m = node.metrics();
+    gauge!("raftmq_node_id").set(node.id as f64);
+    for (state, name) in [
+        (ServerState::Leader, "leader"),
+        (ServerState::Follower, "follower"),
+        (ServerState::Candidate, "candidate"),
+        (ServerState::Learner, "learner"),
+    ] {
+        gauge!("raftmq_raft_role", "role" => name).set(if m.state == state { 1.0 } else { 0.0 });
+    }
+    gauge!("raftmq_raft_term").set(m.current_term as f64);
+    gauge!("raftmq_raft_leader_id").set(m.current_leader.map_or(-1.0, |id| id as f64));
+    let index = |id: Option<&raftmq_raft::types::LogId>| id.map_or(0.0, |id| id.index as f64);
+    gauge!("raftmq_raft_last_log_index").set(m.last_log_index.unwrap_or(0) as f64);
+    gauge!("raftmq_raft_committed_index").set(index(m.local_committed.as_ref()));
+    gauge!("raftmq_raft_applied_index").set(index(m.last_applied.as_ref()));
+    gauge!("raftmq_raft_purged_index").set(index(m.purged.as_ref()));
+    if let Some(progress) = &m.replication {
+        let last = m.last_log_index.unwrap_or(0);
+        for (follower, matched) in progress {
+            if *follower == node.id {
+                continue;
+            }
+            let matched = matched.as_ref().map_or(0, |id| id.index);
+            gauge!("raftmq_raft_replication_lag_entries", "follower" => follower.to_string())
+                .set(last.saturating_sub(matched) as f64);
+        }
+    }
+    for (cf, bytes) in node.state.db().column_family_bytes() {
+        gauge!("raftmq_store_bytes", "cf" => cf).set(bytes as f64);
+    }
+    if let Some((free, capacity)) = disk_space(&broker.config.data_dir) {
+        gauge!("raftmq_data_dir_free_bytes").set(free as f64);
+        gauge!("raftmq_data_dir_capacity_bytes").set(capacity as f64);
+    }
+}
+
+/// Free and total bytes of the file system holding `dir`.
+fn disk_space(dir: &Path) -> Option<(u64, u64)> {
+    let stat = nix::sys::statvfs::statvfs(dir).ok()?;
+    let fragment = stat.fragment_size() as u64;
+    Some((
+        stat.blocks_available() as u64 * fragment,
+        stat.blocks() as u64 * fragment,
+    ))
+}
