@@ -357,19 +357,26 @@ async fn python_transactions_commit_roll_back_and_resolve_by_check_back() -> any
     Ok(())
 }
 
-/// The same producer and consumer objects, connected to a follower, keep working while the
-/// leader is SIGKILLed. Every acknowledged send is received; duplicates are only reported.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn python_clients_keep_working_when_the_leader_is_killed() -> anyhow::Result<()> {
-    const TOPIC: &str = "py-failover";
+/// Which node a failover test kills while the Python clients run.
+#[derive(Clone, Copy, Debug)]
+enum Victim {
+    Leader,
+    /// The node the clients were given as their one access point (a follower).
+    AccessPoint,
+}
+
+/// The same producer and consumer objects, connected to a follower, keep working while
+/// `victim` is SIGKILLed. Every acknowledged send is received; duplicates are only reported.
+async fn python_clients_survive_a_kill(victim: Victim) -> anyhow::Result<()> {
     const PRODUCE: Duration = Duration::from_secs(15);
-    let mut cluster = cluster_with_topic(TOPIC).await?;
+    let topic = format!("py-failover-{victim:?}").to_lowercase();
+    let mut cluster = cluster_with_topic(&topic).await?;
     let access_point = follower_access_point(&cluster).await?;
     let args = vec![
         "--endpoints".to_string(),
         access_point.clone(),
         "--topic".to_string(),
-        TOPIC.to_string(),
+        topic.clone(),
         "--duration".to_string(),
         PRODUCE.as_secs().to_string(),
         "--drain".to_string(),
@@ -390,17 +397,39 @@ async fn python_clients_keep_working_when_the_leader_is_killed() -> anyhow::Resu
         access_point,
         "the access point was a follower when the script started"
     );
-    cluster.kill_node(leader);
+    let killed = match victim {
+        Victim::Leader => leader,
+        Victim::AccessPoint => cluster
+            .nodes
+            .iter()
+            .find(|n| n.client_addr == access_point)
+            .map(|n| n.id)
+            .context("the access point node")?,
+    };
+    cluster.kill_node(killed);
     let new_leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
     eprintln!(
-        "killed leader {leader} {:?} into producing; node {new_leader} leads",
+        "killed node {killed} ({victim:?}) {:?} into producing; node {new_leader} leads",
         producing.elapsed()
     );
 
     let outcome = scenario.finish(Duration::from_secs(50)).await?;
-    eprintln!("killed leader {leader}; summary {}", outcome.summary);
+    eprintln!(
+        "killed node {killed} ({victim:?}); summary {}",
+        outcome.summary
+    );
     outcome.assert_passed(&cluster);
     assert_eq!(outcome.number("missing"), 0, "{}", outcome.summary);
     assert!(outcome.number("sent") > 0, "{}", outcome.summary);
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn python_clients_keep_working_when_the_leader_is_killed() -> anyhow::Result<()> {
+    python_clients_survive_a_kill(Victim::Leader).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn python_clients_keep_working_when_their_access_point_is_killed() -> anyhow::Result<()> {
+    python_clients_survive_a_kill(Victim::AccessPoint).await
 }
