@@ -43,7 +43,16 @@ pub struct Node {
     /// /healthz, /readyz and /metrics.
     pub http_addr: String,
     pub dir: PathBuf,
+    /// The `--members` this node starts with: the group it was created in, plus itself.
+    members: String,
     child: Option<Child>,
+}
+
+impl Node {
+    /// This node's entry in a `--members` list.
+    pub fn member_spec(&self) -> String {
+        format!("{}={}/{}", self.id, self.raft_addr, self.client_addr)
+    }
 }
 
 impl Node {
@@ -66,7 +75,6 @@ impl Node {
 
 pub struct Cluster {
     binary: PathBuf,
-    members: String,
     options: ClusterOptions,
     root: Option<tempfile::TempDir>,
     pub nodes: Vec<Node>,
@@ -144,17 +152,20 @@ impl Cluster {
                 client_addr: format!("127.0.0.1:{}", free_port()?),
                 http_addr: format!("127.0.0.1:{}", free_port()?),
                 dir: root.path().join(format!("node-{id}")),
+                members: String::new(),
                 child: None,
             });
         }
         let members = nodes
             .iter()
-            .map(|n| format!("{}={}/{}", n.id, n.raft_addr, n.client_addr))
+            .map(Node::member_spec)
             .collect::<Vec<_>>()
             .join(",");
+        for node in &mut nodes {
+            node.members = members.clone();
+        }
         let mut cluster = Cluster {
             binary,
-            members,
             options,
             root: Some(root),
             nodes,
@@ -195,7 +206,6 @@ impl Cluster {
     /// Start (or restart) one node with its existing data dir.
     pub fn start_node(&mut self, id: u64) -> anyhow::Result<()> {
         let binary = self.binary.clone();
-        let members = self.members.clone();
         let flush = self.options.flush;
         let auto_create = self.options.auto_create_topics.to_string();
         let extra = self.options.extra_args.clone();
@@ -203,6 +213,7 @@ impl Cluster {
         if node.child.is_some() {
             bail!("node {id} is already running");
         }
+        let members = node.members.clone();
         let http_port = node
             .http_addr
             .rsplit_once(':')
@@ -240,6 +251,26 @@ impl Cluster {
             .with_context(|| format!("start node {id} ({})", binary.display()))?;
         node.child = Some(child);
         Ok(())
+    }
+
+    /// Start a new node (the next id) that is not a member yet: it knows the group's first
+    /// members and itself, and waits to be added (`raftmq admin member add`).
+    pub fn start_new_node(&mut self) -> anyhow::Result<u64> {
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        let first = self.nodes.first().context("a cluster has nodes")?;
+        let mut node = Node {
+            id,
+            raft_addr: format!("127.0.0.1:{}", free_port()?),
+            client_addr: format!("127.0.0.1:{}", free_port()?),
+            http_addr: format!("127.0.0.1:{}", free_port()?),
+            dir: self.root().join(format!("node-{id}")),
+            members: String::new(),
+            child: None,
+        };
+        node.members = format!("{},{}", first.members, node.member_spec());
+        self.nodes.push(node);
+        self.start_node(id)?;
+        Ok(id)
     }
 
     /// SIGKILL one node and reap it.

@@ -291,3 +291,145 @@ async fn a_leader_stopped_with_sigterm_hands_over_and_no_send_fails() -> anyhow:
     check_every_node(&cluster, &history, TOPIC, 4).await?;
     Ok(())
 }
+
+/// Run `raftmq admin ARGS` against `endpoints`: (success, stdout, stderr).
+async fn admin(endpoints: &str, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+    let output = tokio::process::Command::new(raftmq_binary()?)
+        .args(["admin", "--endpoints", endpoints])
+        .args(args)
+        .output()
+        .await?;
+    Ok((
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+/// Grow a running group from three voters to five, lose two of the first three, go on
+/// writing, then remove the dead ones: nothing acknowledged is lost at any step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_group_grows_to_five_voters_and_replaces_dead_ones() -> anyhow::Result<()> {
+    const TOPIC: &str = "members";
+    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
+    cluster.create_topic(TOPIC, 2).await?;
+    let history = History::default();
+    let client = cluster.client();
+    for i in 0..50 {
+        history
+            .send_until_acked(
+                &client,
+                TOPIC,
+                format!("before-{i}"),
+                Duration::from_secs(10),
+            )
+            .await?;
+    }
+
+    let via = cluster.endpoints().join(",");
+    for _ in 0..2 {
+        let id = cluster.start_new_node()?;
+        let node = cluster.node(id);
+        let (raft_addr, client_addr) = (node.raft_addr.clone(), node.client_addr.clone());
+        let (ok, stdout, stderr) = admin(
+            &via,
+            &["member", "add", &id.to_string(), "--raft-addr", &raft_addr]
+                .into_iter()
+                .chain(["--client-addr", &client_addr])
+                .collect::<Vec<_>>(),
+        )
+        .await?;
+        assert!(ok, "member add {id}: {stdout}{stderr}");
+        eprintln!("{}", stdout.lines().next().unwrap_or_default());
+    }
+    let (ok, stdout, stderr) = admin(&via, &["member", "list", "--json"]).await?;
+    assert!(ok, "{stderr}");
+    let listed: serde_json::Value = serde_json::from_str(&stdout)?;
+    let voters: Vec<u64> = listed["members"]
+        .as_array()
+        .context("members")?
+        .iter()
+        .filter(|m| m["voter"] == true)
+        .filter_map(|m| m["node_id"].as_u64())
+        .collect();
+    assert_eq!(voters, vec![1, 2, 3, 4, 5], "{stdout}");
+
+    // Two of the first three die: three of five voters remain, a majority.
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let dead: Vec<u64> = [leader]
+        .into_iter()
+        .chain((1..=3).filter(|id| *id != leader).take(1))
+        .collect();
+    for id in &dead {
+        cluster.kill_node(*id);
+    }
+    let client = cluster.client();
+    for i in 0..50 {
+        history
+            .send_until_acked(
+                &client,
+                TOPIC,
+                format!("after-{i}"),
+                Duration::from_secs(15),
+            )
+            .await?;
+    }
+
+    // The dead nodes are removed; the group is three voters again, without them.
+    let alive = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.is_running())
+        .map(|n| n.client_addr.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    for id in &dead {
+        let (ok, stdout, stderr) = admin(&alive, &["member", "remove", &id.to_string()]).await?;
+        assert!(ok, "member remove {id}: {stdout}{stderr}");
+    }
+    let (_, stdout, _) = admin(&alive, &["member", "list", "--json"]).await?;
+    let listed: serde_json::Value = serde_json::from_str(&stdout)?;
+    let mut members: Vec<u64> = listed["members"]
+        .as_array()
+        .context("members")?
+        .iter()
+        .filter_map(|m| m["node_id"].as_u64())
+        .collect();
+    members.sort();
+    let mut expected: Vec<u64> = (1..=5).filter(|id| !dead.contains(id)).collect();
+    expected.sort();
+    assert_eq!(members, expected, "{stdout}");
+
+    // Bad requests are refused with a clear message and change nothing.
+    let (ok, _, stderr) = admin(&alive, &["member", "remove", "42"]).await?;
+    assert!(!ok && stderr.contains("42 is not a member"), "{stderr}");
+    let (ok, _, stderr) = admin(
+        &alive,
+        &[
+            "member",
+            "add",
+            "6",
+            "--raft-addr",
+            "nowhere",
+            "--client-addr",
+            "x:1",
+        ],
+    )
+    .await?;
+    assert!(!ok && stderr.contains("is not HOST:PORT"), "{stderr}");
+
+    for i in 0..20 {
+        history
+            .send_until_acked(
+                &client,
+                TOPIC,
+                format!("shrunk-{i}"),
+                Duration::from_secs(15),
+            )
+            .await?;
+    }
+    cluster.wait_caught_up(Duration::from_secs(30)).await?;
+    let stored = check_every_node(&cluster, &history, TOPIC, 2).await?;
+    assert_eq!(stored.len(), 120);
+    Ok(())
+}

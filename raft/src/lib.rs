@@ -19,5 +19,5 @@ pub mod service;
 pub mod state_machine;
 pub mod types;
 
-pub use node::{NodeConfig, ProposeError, RaftNode, TransferError};
+pub use node::{MembershipError, NodeConfig, ProposeError, RaftNode, TransferError};
 pub use types::{NodeId, Raft, TypeConfig};

@@ -79,12 +79,28 @@ pub enum TransferError {
     Fatal(String),
 }
 
+/// Why a membership change was not made.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum MembershipError {
+    #[error("node {me} is not the leader (the leader is {leader:?}); ask the leader")]
+    NotLeader { me: NodeId, leader: Option<NodeId> },
+    #[error("{0}")]
+    Invalid(String),
+    #[error(
+        "node {id} did not catch up within {waited:?}; it stays a learner (add it again to retry)"
+    )]
+    CatchUpTimedOut { id: NodeId, waited: Duration },
+    #[error("membership change failed: {0}")]
+    Failed(String),
+}
+
 pub struct RaftNode {
     pub id: NodeId,
     pub raft: Raft,
     pub state: Arc<BrokerState>,
     pub flush: FlushMode,
-    members: BTreeMap<NodeId, pb::Node>,
+    /// The voters the group was first started with (used to initialize it once).
+    initial_members: BTreeMap<NodeId, pb::Node>,
     network: Network,
 }
 
@@ -134,13 +150,42 @@ impl RaftNode {
             raft,
             state,
             flush: config.flush,
-            members: config.members,
+            initial_members: config.members,
             network,
         }))
     }
 
-    pub fn members(&self) -> &BTreeMap<NodeId, pb::Node> {
-        &self.members
+    /// Where node `id` can be reached: from the group's current membership, or from the
+    /// configured members for a node the membership does not know (yet).
+    pub fn node_addr(&self, id: NodeId) -> Option<pb::Node> {
+        let metrics = self.raft.metrics();
+        let from_membership = metrics
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .cloned();
+        from_membership.or_else(|| self.initial_members.get(&id).cloned())
+    }
+
+    /// The group's current voters and their addresses.
+    pub fn voters(&self) -> Vec<(NodeId, pb::Node)> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let membership = metrics.membership_config.membership();
+        let voters: Vec<(NodeId, pb::Node)> = membership
+            .voter_ids()
+            .filter_map(|id| Some((id, membership.get_node(&id)?.clone())))
+            .collect();
+        if voters.is_empty() {
+            // Not initialized yet: the configured members are the group to be.
+            return self
+                .initial_members
+                .iter()
+                .map(|(id, node)| (*id, node.clone()))
+                .collect();
+        }
+        voters
     }
 
     pub fn network(&self) -> &Network {
@@ -218,11 +263,106 @@ impl RaftNode {
         }
     }
 
+    fn ensure_leader_for_membership(&self) -> Result<RaftMetrics<TypeConfig>, MembershipError> {
+        let metrics = self.metrics();
+        if metrics.current_leader != Some(self.id) {
+            return Err(MembershipError::NotLeader {
+                me: self.id,
+                leader: metrics.current_leader,
+            });
+        }
+        Ok(metrics)
+    }
+
+    /// Add node `id` as a voter: first as a learner that receives the whole log, then, once
+    /// it has caught up, promoted to voter through joint consensus. Adding a voter again with
+    /// the same addresses does nothing.
+    pub async fn add_voter(
+        &self,
+        id: NodeId,
+        node: pb::Node,
+        catch_up: Duration,
+    ) -> Result<(), MembershipError> {
+        let metrics = self.ensure_leader_for_membership()?;
+        let membership = metrics.membership_config.membership();
+        if let Some(existing) = membership.get_node(&id)
+            && (existing.raft_addr != node.raft_addr || existing.client_addr != node.client_addr)
+        {
+            return Err(MembershipError::Invalid(format!(
+                "node {id} is already a member at {}/{}; remove it first to change its addresses",
+                existing.raft_addr, existing.client_addr
+            )));
+        }
+        if membership.voter_ids().any(|v| v == id) {
+            return Ok(());
+        }
+        let failed =
+            |e: openraft::errors::RaftError<TypeConfig, ClientWriteError<TypeConfig>>| match e {
+                openraft::errors::RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                    MembershipError::NotLeader {
+                        me: self.id,
+                        leader: f.leader_id,
+                    }
+                }
+                other => MembershipError::Failed(other.to_string()),
+            };
+        tracing::info!(node = id, raft_addr = %node.raft_addr, "adding a learner");
+        match tokio::time::timeout(catch_up, self.raft.add_learner(id, node, true)).await {
+            Ok(result) => {
+                result.map_err(failed)?;
+            }
+            Err(_) => {
+                return Err(MembershipError::CatchUpTimedOut {
+                    id,
+                    waited: catch_up,
+                });
+            }
+        }
+        tracing::info!(node = id, "learner caught up; promoting it to voter");
+        self.raft
+            .change_membership(
+                openraft::ChangeMembers::AddVoterIds([id].into_iter().collect()),
+                false,
+            )
+            .await
+            .map_err(failed)?;
+        Ok(())
+    }
+
+    /// Remove node `id` from the group (voter or learner). The group must keep at least one
+    /// voter; a removed leader steps down once the change is committed.
+    pub async fn remove_member(&self, id: NodeId) -> Result<(), MembershipError> {
+        let metrics = self.ensure_leader_for_membership()?;
+        let membership = metrics.membership_config.membership();
+        if membership.get_node(&id).is_none() {
+            return Err(MembershipError::Invalid(format!(
+                "node {id} is not a member of this group"
+            )));
+        }
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let change = if voters.contains(&id) {
+            if voters.len() == 1 {
+                return Err(MembershipError::Invalid(format!(
+                    "node {id} is the group's only voter"
+                )));
+            }
+            openraft::ChangeMembers::RemoveVoters([id].into_iter().collect())
+        } else {
+            openraft::ChangeMembers::RemoveNodes([id].into_iter().collect())
+        };
+        tracing::info!(node = id, "removing a member");
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| MembershipError::Failed(e.to_string()))?;
+        Ok(())
+    }
+
     /// The lowest-id member initializes the group, once, when no member has been initialized
     /// yet. Every other node (and a node restarted with an empty disk) waits to be replicated
     /// to by the leader.
     pub async fn bootstrap(self: Arc<Self>) {
-        let lowest = self.members.keys().next().copied();
+        let lowest = self.initial_members.keys().next().copied();
         if lowest != Some(self.id) {
             return;
         }
@@ -236,7 +376,7 @@ impl RaftNode {
                 }
             }
             let mut all_empty = true;
-            for (id, node) in &self.members {
+            for (id, node) in &self.initial_members {
                 if *id == self.id {
                     continue;
                 }
@@ -253,10 +393,10 @@ impl RaftNode {
                 }
             }
             if all_empty {
-                let voters: BTreeMap<_, _> = self.members.clone();
+                let voters: BTreeMap<_, _> = self.initial_members.clone();
                 match self.raft.initialize(voters).await {
                     Ok(()) => {
-                        tracing::info!(members = ?self.members.keys().collect::<Vec<_>>(), "initialized the group")
+                        tracing::info!(members = ?self.initial_members.keys().collect::<Vec<_>>(), "initialized the group")
                     }
                     Err(e) => tracing::warn!(error = %e, "initialize"),
                 }
@@ -303,9 +443,9 @@ impl RaftNode {
                 }
             };
             if let Some(leader) = leader.filter(|id| *id != self.id)
-                && let Some(node) = self.members.get(&leader)
+                && let Some(node) = self.node_addr(leader)
             {
-                match self.forward(node, &command, give_up).await {
+                match self.forward(&node, &command, give_up).await {
                     Forwarded::Done(result) => return Ok(result),
                     Forwarded::NotLeader => {}
                     Forwarded::Unknown(reason) => {
@@ -360,7 +500,7 @@ impl RaftNode {
             };
             if let Some(node) = leader
                 .filter(|id| *id != self.id)
-                .and_then(|id| self.members.get(&id))
+                .and_then(|id| self.node_addr(id))
                 && let Ok(mut client) = self.network.client(&node.raft_addr)
             {
                 let mut request = tonic::Request::new(pb::ReadIndexRequest {});

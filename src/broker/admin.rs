@@ -8,7 +8,8 @@ use raftmq_proto::admin::v1::admin_service_client::AdminServiceClient;
 use raftmq_proto::admin::v1::admin_service_server::{AdminService, AdminServiceServer};
 use raftmq_proto::admin::v1::{self as admin};
 use raftmq_proto::raft::v1 as pb;
-use raftmq_raft::TransferError;
+use raftmq_raft::{MembershipError, TransferError};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::Broker;
@@ -18,6 +19,8 @@ use super::status::Rejection;
 const FORWARDED_HEADER: &str = "x-raftmq-forwarded";
 /// How long a leader transfer may take when the request names no timeout.
 const DEFAULT_TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a new member may take to receive the log when the request names no timeout.
+const DEFAULT_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub struct Admin {
     broker: Arc<Broker>,
@@ -235,32 +238,154 @@ impl AdminService for Admin {
                 leader: Some(leader),
                 ..
             }) if !forwarded && leader != node.id => {
-                let addr = node
-                    .members()
-                    .get(&leader)
-                    .map(|n| n.client_addr.clone())
-                    .ok_or_else(|| Status::internal(format!("leader {leader} has no address")))?;
-                let channel = node
-                    .network()
-                    .channel(&addr)
-                    .map_err(|e| Status::unavailable(format!("leader {leader} at {addr}: {e}")))?;
-                let mut forward = Request::new(request);
-                forward.metadata_mut().insert(
-                    FORWARDED_HEADER,
-                    tonic::metadata::MetadataValue::from_static("1"),
-                );
-                AdminServiceClient::new(channel)
-                    .transfer_leader(forward)
-                    .await
+                let mut client = self.leader_admin(leader)?;
+                client.transfer_leader(forwarded_request(request)).await
             }
             Err(e @ TransferError::NotAVoter(_)) => Err(Status::invalid_argument(e.to_string())),
-            Err(e @ TransferError::NotLeader { .. }) => Err(Status::unavailable(format!(
-                "{e}; no leader is known yet, retry shortly"
-            ))),
+            Err(e @ TransferError::NotLeader { .. }) => Err(no_leader(e)),
             Err(e @ (TransferError::NoFollower | TransferError::TimedOut(_))) => {
                 Err(Status::failed_precondition(e.to_string()))
             }
             Err(e @ TransferError::Fatal(_)) => Err(Status::internal(e.to_string())),
         }
     }
+
+    async fn list_members(
+        &self,
+        _request: Request<admin::ListMembersRequest>,
+    ) -> Result<Response<admin::ListMembersResponse>, Status> {
+        Ok(Response::new(admin::ListMembersResponse {
+            leader_id: self.broker.node.metrics().current_leader,
+            members: self.members(),
+        }))
+    }
+
+    async fn add_member(
+        &self,
+        request: Request<admin::AddMemberRequest>,
+    ) -> Result<Response<admin::AddMemberResponse>, Status> {
+        let forwarded = request.metadata().contains_key(FORWARDED_HEADER);
+        let request = request.into_inner();
+        for (what, addr) in [
+            ("raft_addr", &request.raft_addr),
+            ("client_addr", &request.client_addr),
+        ] {
+            if !valid_addr(addr) {
+                return Err(Status::invalid_argument(format!(
+                    "{what} `{addr}` is not HOST:PORT"
+                )));
+            }
+        }
+        let catch_up = match request.catch_up_timeout_ms {
+            0 => DEFAULT_CATCH_UP_TIMEOUT,
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        let member = pb::Node {
+            raft_addr: request.raft_addr.clone(),
+            client_addr: request.client_addr.clone(),
+        };
+        let node = &self.broker.node;
+        let started = Instant::now();
+        match node.add_voter(request.node_id, member, catch_up).await {
+            Ok(()) => Ok(Response::new(admin::AddMemberResponse {
+                members: self.members(),
+                took_ms: started.elapsed().as_millis() as u64,
+            })),
+            Err(MembershipError::NotLeader {
+                leader: Some(leader),
+                ..
+            }) if !forwarded && leader != node.id => {
+                let mut client = self.leader_admin(leader)?;
+                client.add_member(forwarded_request(request)).await
+            }
+            Err(e) => Err(membership_status(e)),
+        }
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<admin::RemoveMemberRequest>,
+    ) -> Result<Response<admin::RemoveMemberResponse>, Status> {
+        let forwarded = request.metadata().contains_key(FORWARDED_HEADER);
+        let request = request.into_inner();
+        let node = &self.broker.node;
+        match node.remove_member(request.node_id).await {
+            Ok(()) => Ok(Response::new(admin::RemoveMemberResponse {
+                members: self.members(),
+            })),
+            Err(MembershipError::NotLeader {
+                leader: Some(leader),
+                ..
+            }) if !forwarded && leader != node.id => {
+                let mut client = self.leader_admin(leader)?;
+                client.remove_member(forwarded_request(request)).await
+            }
+            Err(e) => Err(membership_status(e)),
+        }
+    }
+}
+
+impl Admin {
+    /// An admin client of the leader, for a request only the leader can serve.
+    fn leader_admin(&self, leader: u64) -> Result<AdminServiceClient<Channel>, Status> {
+        let node = &self.broker.node;
+        let addr = node
+            .node_addr(leader)
+            .map(|n| n.client_addr)
+            .ok_or_else(|| Status::internal(format!("leader {leader} has no known address")))?;
+        let channel = node
+            .network()
+            .channel(&addr)
+            .map_err(|e| Status::unavailable(format!("leader {leader} at {addr}: {e}")))?;
+        Ok(AdminServiceClient::new(channel))
+    }
+
+    /// The group's members as this node sees them, with the leader's replication progress.
+    fn members(&self) -> Vec<admin::MemberInfo> {
+        let metrics = self.broker.node.metrics();
+        let membership = metrics.membership_config.membership();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, n)| admin::MemberInfo {
+                node_id: *id,
+                raft_addr: n.raft_addr.clone(),
+                client_addr: n.client_addr.clone(),
+                voter: voters.contains(id),
+                matched_index: metrics
+                    .replication
+                    .as_ref()
+                    .and_then(|progress| progress.get(id).cloned().flatten())
+                    .map(|log_id| log_id.index),
+            })
+            .collect()
+    }
+}
+
+/// The request again, marked so that the leader does not pass it on a second time.
+fn forwarded_request<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        FORWARDED_HEADER,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    request
+}
+
+fn no_leader(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("{e}; no leader is known yet, retry shortly"))
+}
+
+fn membership_status(e: MembershipError) -> Status {
+    match e {
+        MembershipError::NotLeader { .. } => no_leader(e),
+        MembershipError::Invalid(_) => Status::invalid_argument(e.to_string()),
+        MembershipError::CatchUpTimedOut { .. } => Status::deadline_exceeded(e.to_string()),
+        MembershipError::Failed(_) => Status::internal(e.to_string()),
+    }
+}
+
+fn valid_addr(addr: &str) -> bool {
+    addr.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
 }

@@ -125,12 +125,9 @@ impl Messaging {
     fn endpoints(&self, client: ClientKind, queue_id: i32) -> v2::Endpoints {
         let broker = &self.broker;
         let own = broker.config.me().client_addr.as_str();
-        let addrs: Vec<&str> = broker
-            .config
-            .members
-            .values()
-            .map(|n| n.client_addr.as_str())
-            .collect();
+        // The current voters: members added or removed at runtime are reflected at once.
+        let voters = broker.node.voters();
+        let addrs: Vec<&str> = voters.iter().map(|(_, n)| n.client_addr.as_str()).collect();
         if client == ClientKind::Rust {
             return endpoints_of(&addrs, own);
         }

@@ -35,6 +35,36 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: LeaderCommand,
     },
+    /// List, add and remove the Raft group's members.
+    Member {
+        #[command(subcommand)]
+        command: MemberCommand,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum MemberCommand {
+    /// Each member's id, addresses, whether it votes, and the log index it holds.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a node (start it first, with the group's members and itself in --members): it
+    /// receives the whole log as a learner, then becomes a voter.
+    Add {
+        node_id: u64,
+        /// HOST:PORT the other nodes reach its Raft port on.
+        #[arg(long)]
+        raft_addr: String,
+        /// HOST:PORT clients reach it on.
+        #[arg(long)]
+        client_addr: String,
+        /// Give up (it stays a learner) if it has not received the log within this time.
+        #[arg(long, default_value_t = 600)]
+        catch_up_timeout_secs: u32,
+    },
+    /// Remove a node from the group (stop its process afterwards).
+    Remove { node_id: u64 },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -90,6 +120,50 @@ pub enum TopicCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+fn print_members(
+    leader: Option<u64>,
+    members: &[admin::MemberInfo],
+    json: bool,
+) -> anyhow::Result<()> {
+    if json {
+        let members: Vec<_> = members
+            .iter()
+            .map(|m| {
+                json!({
+                    "node_id": m.node_id,
+                    "raft_addr": m.raft_addr,
+                    "client_addr": m.client_addr,
+                    "voter": m.voter,
+                    "matched_index": m.matched_index,
+                })
+            })
+            .collect();
+        let out = json!({ "leader_id": leader, "members": members });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "{:>4} {:<8} {:<28} {:<28} {:>8}",
+        "ID", "ROLE", "RAFT_ADDR", "CLIENT_ADDR", "MATCHED"
+    );
+    for m in members {
+        let role = match (leader == Some(m.node_id), m.voter) {
+            (true, _) => "leader",
+            (false, true) => "voter",
+            (false, false) => "learner",
+        };
+        println!(
+            "{:>4} {:<8} {:<28} {:<28} {:>8}",
+            m.node_id,
+            role,
+            m.raft_addr,
+            m.client_addr,
+            opt(m.matched_index)
+        );
+    }
+    Ok(())
 }
 
 fn opt(value: Option<u64>) -> String {
@@ -287,6 +361,53 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 reply.previous_leader, reply.leader, reply.took_ms
             );
         }
+        AdminCommand::Member { command } => match command {
+            MemberCommand::List { json } => {
+                let reply = client
+                    .admin(|mut c| async move {
+                        c.list_members(admin::ListMembersRequest {})
+                            .await
+                            .map(|r| r.into_inner())
+                    })
+                    .await?;
+                print_members(reply.leader_id, &reply.members, json)?;
+            }
+            MemberCommand::Add {
+                node_id,
+                raft_addr,
+                client_addr,
+                catch_up_timeout_secs,
+            } => {
+                let request = admin::AddMemberRequest {
+                    node_id,
+                    raft_addr,
+                    client_addr,
+                    catch_up_timeout_ms: catch_up_timeout_secs.saturating_mul(1000),
+                };
+                eprintln!(
+                    "adding node {node_id}: it receives the log first, then becomes a voter..."
+                );
+                let reply = client
+                    .admin(|mut c| {
+                        let request = request.clone();
+                        async move { c.add_member(request).await.map(|r| r.into_inner()) }
+                    })
+                    .await?;
+                println!("node {node_id} is a voter (took {} ms)", reply.took_ms);
+                print_members(None, &reply.members, false)?;
+            }
+            MemberCommand::Remove { node_id } => {
+                let reply = client
+                    .admin(|mut c| async move {
+                        c.remove_member(admin::RemoveMemberRequest { node_id })
+                            .await
+                            .map(|r| r.into_inner())
+                    })
+                    .await?;
+                println!("node {node_id} removed; stop its process now");
+                print_members(None, &reply.members, false)?;
+            }
+        },
         AdminCommand::Group { command } => match command {
             GroupCommand::Create {
                 name,
