@@ -253,6 +253,11 @@ impl Cluster {
         Ok(())
     }
 
+    /// The `--members` node `id` is started with.
+    pub fn members_of(&self, id: u64) -> String {
+        self.node(id).members.clone()
+    }
+
     /// Start a new node (the next id) that is not a member yet: it knows the group's first
     /// members and itself, and waits to be added (`raftmq admin member add`).
     pub fn start_new_node(&mut self) -> anyhow::Result<u64> {

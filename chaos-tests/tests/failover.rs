@@ -144,6 +144,110 @@ async fn a_wiped_follower_catches_up_completely() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The leader dies and a follower's disk is wiped at the same time. The surviving follower
+/// may lack entries that only the dead leader and the wiped disk held; the wiped node must not
+/// elect it (an empty log would vote for anyone) or acknowledged messages would be lost. So
+/// the group waits, and recovers with everything once the old leader returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_node_does_not_elect_a_leader_that_may_lack_acknowledged_messages()
+-> anyhow::Result<()> {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
+    cluster.create_topic(TOPIC, QUEUES as u32).await?;
+    let history = History::default();
+    let client = cluster.client();
+    for seq in 0..200 {
+        history
+            .send_until_acked(
+                &client,
+                TOPIC,
+                format!("before:{seq}"),
+                Duration::from_secs(10),
+            )
+            .await?;
+    }
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let wiped = (1..=3).find(|id| *id != leader).unwrap();
+    let survivor = (1..=3).find(|id| *id != leader && *id != wiped).unwrap();
+    cluster.kill_node(leader);
+    cluster.wipe_node(wiped)?;
+    cluster.start_node(wiped)?;
+
+    // Three election timeouts and more: no leader, because the wiped node refuses its vote.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let statuses = cluster.statuses().await;
+    let leaders: Vec<u64> = statuses
+        .iter()
+        .filter_map(|(id, s)| s.as_ref().filter(|s| s.role == "leader").map(|_| *id))
+        .collect();
+    assert!(
+        leaders.is_empty(),
+        "node {leaders:?} was elected with the vote of an empty disk\n{}",
+        cluster.log_tails(20)
+    );
+    let log = std::fs::read_to_string(cluster.node(wiped).log_file())?;
+    assert!(log.contains("vote refused"), "{}", cluster.log_tails(20));
+    assert!(log.contains("new data dir"), "{}", cluster.log_tails(20));
+
+    cluster.start_node(leader)?;
+    let new_leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    eprintln!(
+        "killed {leader}, wiped {wiped}; {survivor} waited; {new_leader} leads after {leader} returned"
+    );
+    for seq in 0..50 {
+        history
+            .send_until_acked(
+                &client,
+                TOPIC,
+                format!("after:{seq}"),
+                Duration::from_secs(10),
+            )
+            .await?;
+    }
+    cluster.wait_caught_up(Duration::from_secs(60)).await?;
+    let stored = check_every_node(&cluster, &history, TOPIC, QUEUES).await?;
+    assert_eq!(stored.len(), 250);
+    let log = std::fs::read_to_string(cluster.node(wiped).log_file())?;
+    assert!(
+        log.contains("this node votes again"),
+        "{}",
+        cluster.log_tails(20)
+    );
+    Ok(())
+}
+
+/// A data dir that belongs to another node (a volume attached to the wrong pod) is refused
+/// with a clear message before the node joins anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_data_dir_of_another_node_is_refused() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let other = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.kill_node(other);
+    let output = tokio::process::Command::new(chaos_tests::cluster::raftmq_binary()?)
+        .args([
+            "broker",
+            "--node-id",
+            &leader.to_string(),
+            "--http-port",
+            "0",
+        ])
+        .arg("--data-dir")
+        .arg(cluster.node(other).data_dir())
+        .args(["--members", &cluster.members_of(other)])
+        .output()
+        .await?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("belongs to node {other}")) && stderr.contains("wrong volume"),
+        "{stderr}"
+    );
+    // The data dir is untouched: its node starts from it as before.
+    cluster.start_node(other)?;
+    cluster.wait_caught_up(Duration::from_secs(20)).await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restarting_every_node_at_once_loses_nothing() -> anyhow::Result<()> {
     let mut cluster = Cluster::start(ClusterOptions::default()).await?;

@@ -11,10 +11,12 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError};
+use openraft::raft::{VoteRequest, VoteResponse};
 use openraft::{Config, RaftMetrics, SnapshotPolicy};
 use raftmq_proto::raft::v1 as pb;
 use raftmq_storage::{BrokerState, Db, FlushMode, LogStore, StorageError};
@@ -28,6 +30,8 @@ use crate::types::{NodeId, Raft, Request, TypeConfig};
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub node_id: NodeId,
+    /// The broker group's name, recorded in the data dir's identity.
+    pub group: String,
     pub data_dir: PathBuf,
     pub flush: FlushMode,
     /// Every voter of the group, this node included: id → addresses.
@@ -47,6 +51,17 @@ pub enum StartError {
     Storage(#[from] StorageError),
     #[error("start raft: {0}")]
     Raft(String),
+    #[error(
+        "the data dir belongs to node {found} of group `{found_group}`, not to node {configured} \
+         of group `{configured_group}`: wrong volume attached? (give this node its own data dir, \
+         or an empty one to rejoin as a new replica)"
+    )]
+    WrongDataDir {
+        found: NodeId,
+        found_group: String,
+        configured: NodeId,
+        configured_group: String,
+    },
 }
 
 /// Why a proposal did not produce a result.
@@ -62,6 +77,37 @@ pub enum ProposeError {
     /// The node is shutting down or its Raft core failed.
     #[error("raft node failed: {0}")]
     Fatal(String),
+}
+
+/// Read the data dir's identity, or write it when there is none. Returns whether the node
+/// starts with an empty disk. A data dir of another node or group is refused.
+fn check_identity(log: &LogStore, config: &NodeConfig) -> Result<bool, StartError> {
+    if let Some(identity) = log.read_identity()? {
+        if identity.node_id != config.node_id || identity.group != config.group {
+            return Err(StartError::WrongDataDir {
+                found: identity.node_id,
+                found_group: identity.group,
+                configured: config.node_id,
+                configured_group: config.group.clone(),
+            });
+        }
+        return Ok(false);
+    }
+    // A data dir written before identities existed still holds its vote and log.
+    let empty = log.read_vote()?.is_none() && log.last()?.is_none();
+    let identity = pb::NodeIdentity {
+        node_id: config.node_id,
+        group: config.group.clone(),
+        storage_id: uuid::Uuid::new_v4().to_string(),
+        created_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
+    };
+    log.save_identity(&identity)?;
+    if empty {
+        tracing::info!(storage_id = %identity.storage_id, "new data dir");
+    }
+    Ok(empty)
 }
 
 /// Why leadership could not be handed over.
@@ -102,6 +148,10 @@ pub struct RaftNode {
     /// The voters the group was first started with (used to initialize it once).
     initial_members: BTreeMap<NodeId, pb::Node>,
     network: Network,
+    /// This node started with an empty disk and has not seen a leader since: it may have
+    /// voted before its disk was lost, so it grants no vote to a candidate with a non-empty
+    /// log (that is, outside a brand-new group's first election) until it follows a leader.
+    rejoining: AtomicBool,
 }
 
 impl RaftNode {
@@ -117,6 +167,7 @@ impl RaftNode {
         })?;
         let db = Db::open(&config.data_dir.join("rocksdb"), config.flush)?;
         let log = LogStore::new(db.clone());
+        let empty_disk = check_identity(&log, &config)?;
         let state = Arc::new(BrokerState::open(db)?);
         let raft_config = Config {
             cluster_name: "raftmq".into(),
@@ -152,7 +203,47 @@ impl RaftNode {
             flush: config.flush,
             initial_members: config.members,
             network,
+            rejoining: AtomicBool::new(empty_disk),
         }))
+    }
+
+    /// Stop refusing votes once a leader is followed (see `rejoining`).
+    pub async fn watch_rejoin(self: Arc<Self>) {
+        if !self.rejoining.load(Ordering::Relaxed) {
+            return;
+        }
+        let seen = self
+            .raft
+            .wait(None)
+            .metrics(|m| m.current_leader.is_some(), "a leader is known")
+            .await;
+        if let Ok(metrics) = seen {
+            self.rejoining.store(false, Ordering::Relaxed);
+            tracing::info!(
+                leader = ?metrics.current_leader,
+                term = metrics.current_term,
+                "following the group's leader; this node votes again"
+            );
+        }
+    }
+
+    /// A refusal for a vote request this node must not grant while it rejoins with an empty
+    /// disk; `None` lets openraft decide as usual.
+    pub fn refuse_vote(
+        &self,
+        request: &VoteRequest<TypeConfig>,
+    ) -> Option<VoteResponse<TypeConfig>> {
+        let candidate_has_log = request.last_log_id.as_ref().is_some_and(|id| id.index > 0);
+        if !self.rejoining.load(Ordering::Relaxed) || !candidate_has_log {
+            return None;
+        }
+        tracing::info!(
+            candidate = %request.vote,
+            "vote refused: this node started with an empty disk and follows no leader yet"
+        );
+        let metrics = self.raft.metrics();
+        let vote = metrics.borrow_watched().vote.clone();
+        Some(VoteResponse::new(vote, None, false))
     }
 
     /// Where node `id` can be reached: from the group's current membership, or from the

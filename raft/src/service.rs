@@ -58,6 +58,9 @@ impl RaftService for RaftGrpc {
         request: Request<pb::VoteRequest>,
     ) -> Result<Response<pb::VoteResponse>, Status> {
         let req = convert::vote_request_from_pb(request.get_ref())?;
+        if let Some(refusal) = self.node.refuse_vote(&req) {
+            return Ok(Response::new(convert::vote_response_to_pb(&refusal)));
+        }
         let resp = self.node.raft.vote(req).await.map_err(fatal)?;
         Ok(Response::new(convert::vote_response_to_pb(&resp)))
     }
@@ -67,6 +70,9 @@ impl RaftService for RaftGrpc {
         request: Request<pb::VoteRequest>,
     ) -> Result<Response<pb::VoteResponse>, Status> {
         let req = convert::vote_request_from_pb(request.get_ref())?;
+        if let Some(refusal) = self.node.refuse_vote(&req) {
+            return Ok(Response::new(convert::vote_response_to_pb(&refusal)));
+        }
         let resp = self.node.raft.pre_vote(req).await.map_err(fatal)?;
         Ok(Response::new(convert::vote_response_to_pb(&resp)))
     }

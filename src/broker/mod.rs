@@ -201,6 +201,7 @@ pub async fn run(
     let raft_listen = config.listen_addr(&config.me().raft_addr)?;
     let node = RaftNode::start(NodeConfig {
         node_id: config.node_id,
+        group: config.group.clone(),
         data_dir: config.data_dir.clone(),
         flush: config.flush,
         members: config.members.clone(),
@@ -272,6 +273,7 @@ pub async fn run(
         ))
     });
     tokio::spawn(node.clone().bootstrap());
+    tokio::spawn(node.clone().watch_rejoin());
 
     shutdown.await;
     let started = std::time::Instant::now();

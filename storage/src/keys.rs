@@ -137,6 +137,8 @@ pub const VOTE_KEY: &[u8] = b"vote";
 pub const COMMITTED_KEY: &[u8] = b"committed";
 /// `raft` CF: the last purged log id.
 pub const PURGED_KEY: &[u8] = b"purged";
+/// `raft` CF: which node this data dir belongs to (never replicated, never in a snapshot).
+pub const IDENTITY_KEY: &[u8] = b"identity";
 
 #[cfg(test)]
 mod tests {

@@ -178,6 +178,14 @@ impl LogStore {
         self.db.write_synced(CF_RAFT, batch)
     }
 
+    pub fn save_identity(&self, identity: &pb::NodeIdentity) -> Result<(), StorageError> {
+        self.put_raft(keys::IDENTITY_KEY, identity.encode_to_vec(), true)
+    }
+
+    pub fn read_identity(&self) -> Result<Option<pb::NodeIdentity>, StorageError> {
+        self.get_raft(keys::IDENTITY_KEY)
+    }
+
     pub fn save_vote(&self, vote: &pb::Vote) -> Result<(), StorageError> {
         self.put_raft(keys::VOTE_KEY, vote.encode_to_vec(), true)
     }
