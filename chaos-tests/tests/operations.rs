@@ -372,7 +372,8 @@ async fn the_group_grows_to_five_voters_and_replaces_dead_ones() -> anyhow::Resu
                 format!("after-{i}"),
                 Duration::from_secs(15),
             )
-            .await?;
+            .await
+            .with_context(|| format!("nodes {dead:?} killed\n{}", cluster.log_tails(30)))?;
     }
 
     // The dead nodes are removed; the group is three voters again, without them.

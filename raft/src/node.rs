@@ -242,7 +242,7 @@ impl RaftNode {
             "vote refused: this node started with an empty disk and follows no leader yet"
         );
         let metrics = self.raft.metrics();
-        let vote = metrics.borrow_watched().vote.clone();
+        let vote = metrics.borrow_watched().vote;
         Some(VoteResponse::new(vote, None, false))
     }
 
@@ -408,6 +408,29 @@ impl RaftNode {
                     waited: catch_up,
                 });
             }
+        }
+        // openraft's blocking add returns once the learner is within its lag threshold,
+        // even before the learner has answered once. Promote only a learner that holds the
+        // log and follows this leader: an empty voter would refuse votes (see `rejoining`).
+        let target = self.metrics().last_log_index.unwrap_or(0);
+        let caught_up = self
+            .raft
+            .wait(Some(catch_up))
+            .metrics(
+                |m| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|progress| progress.get(&id).cloned().flatten())
+                        .is_some_and(|matched| matched.index >= target)
+                },
+                "the learner holds the log",
+            )
+            .await;
+        if caught_up.is_err() {
+            return Err(MembershipError::CatchUpTimedOut {
+                id,
+                waited: catch_up,
+            });
         }
         tracing::info!(node = id, "learner caught up; promoting it to voter");
         self.raft

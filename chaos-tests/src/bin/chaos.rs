@@ -1,0 +1,326 @@
+//! `chaos`: workload and checker for drills against a running raftmq group (the local
+//! cluster, the compose cluster, a Kubernetes StatefulSet).
+//!
+//! ```text
+//! chaos load  --endpoints H:P,... --topic T --duration 20s --rate 200 --history run.jsonl
+//! chaos check --endpoints H:P,... --topic T --history run.jsonl
+//! ```
+//!
+//! `load` sends unique, checkable messages at a steady rate, prints a progress line every
+//! second and, at the end, one JSON line: attempted, acknowledged, failed sends, ack latency
+//! percentiles and the longest time without any acknowledgement (the unavailability a fault
+//! caused). Every acknowledged send and every failed one (whose outcome is unknown) goes to
+//! the history file. `check` reads the topic back from every node and compares it with the
+//! history: lost, duplicated, reordered and phantom messages, and whether the replicas are
+//! identical; it exits 1 when anything is wrong.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chaos_tests::history::{self, Ack, History};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use raftmq::client::Client;
+use serde_json::json;
+use tokio::sync::Mutex;
+
+#[derive(Parser)]
+#[command(
+    name = "chaos",
+    about = "Workload and checker for raftmq failover drills"
+)]
+enum Command {
+    /// Send unique messages at a steady rate and record every outcome.
+    Load(LoadArgs),
+    /// Compare what the group holds with a history written by `load`.
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args)]
+struct LoadArgs {
+    /// Client addresses of the group's nodes, comma-separated.
+    #[arg(long)]
+    endpoints: String,
+    #[arg(long)]
+    topic: String,
+    /// How long to send, in seconds.
+    #[arg(long, default_value_t = 20.0)]
+    duration: f64,
+    /// Messages per second over all workers.
+    #[arg(long, default_value_t = 200)]
+    rate: u32,
+    /// Concurrent senders.
+    #[arg(long, default_value_t = 8)]
+    workers: u32,
+    /// Where to write the history (JSON lines).
+    #[arg(long)]
+    history: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// Client addresses of the group's nodes, comma-separated; each is read and checked.
+    #[arg(long)]
+    endpoints: String,
+    #[arg(long)]
+    topic: String,
+    #[arg(long)]
+    history: PathBuf,
+    /// How long to wait for every node to apply everything committed.
+    #[arg(long, default_value_t = 60)]
+    catch_up_secs: u64,
+}
+
+fn endpoints(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Command::parse() {
+        Command::Load(args) => load(args).await,
+        Command::Check(args) => check(args).await,
+    }
+}
+
+/// What the workers share.
+struct Progress {
+    started: Instant,
+    history: History,
+    failed: AtomicU64,
+    attempted: AtomicU64,
+    latency_us: Mutex<Histogram<u64>>,
+    /// Milliseconds since start of every acknowledgement, for the longest gap.
+    ack_times_ms: Mutex<Vec<u64>>,
+}
+
+async fn load(args: LoadArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.rate > 0 && args.workers > 0,
+        "--rate and --workers must be > 0"
+    );
+    let client = Arc::new(Client::new(&endpoints(&args.endpoints))?);
+    let run = format!("{:x}", std::process::id());
+    let progress = Arc::new(Progress {
+        started: Instant::now(),
+        history: History::default(),
+        failed: AtomicU64::new(0),
+        attempted: AtomicU64::new(0),
+        latency_us: Mutex::new(Histogram::new_with_bounds(1, 120_000_000, 3)?),
+        ack_times_ms: Mutex::new(Vec::new()),
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let duration = Duration::from_secs_f64(args.duration);
+    // Each worker sends one message every `interval`, offset so that the sends interleave.
+    let interval = Duration::from_secs_f64(f64::from(args.workers) / f64::from(args.rate));
+    let mut workers = Vec::new();
+    for worker in 0..args.workers {
+        let (client, progress, stop) = (client.clone(), progress.clone(), stop.clone());
+        let topic = args.topic.clone();
+        let run = run.clone();
+        workers.push(tokio::spawn(async move {
+            let first = progress.started + interval * worker / args.workers;
+            let mut ticks = tokio::time::interval_at(first.into(), interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                ticks.tick().await;
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let body = format!("{run}:w{worker}:s{seq}");
+                seq += 1;
+                progress.attempted.fetch_add(1, Ordering::Relaxed);
+                let sent = Instant::now();
+                // One attempt (the client itself tries the other nodes): an error is a
+                // failed send whose outcome is unknown.
+                match progress
+                    .history
+                    .send_until_acked(&client, &topic, body, Duration::ZERO)
+                    .await
+                {
+                    Ok(_) => {
+                        let took = sent.elapsed().as_micros() as u64;
+                        let _ = progress.latency_us.lock().await.record(took.max(1));
+                        let at = progress.started.elapsed().as_millis() as u64;
+                        progress.ack_times_ms.lock().await.push(at);
+                    }
+                    Err(_) => {
+                        progress.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+
+    let mut last = 0usize;
+    while progress.started.elapsed() < duration {
+        tokio::time::sleep(Duration::from_secs(1).min(duration)).await;
+        let acked = progress.history.acked();
+        eprintln!(
+            "[{:5.1}s] acked {acked} (+{}), failed {}, p99 {:.1} ms",
+            progress.started.elapsed().as_secs_f64(),
+            acked - last,
+            progress.failed.load(Ordering::Relaxed),
+            progress.latency_us.lock().await.value_at_quantile(0.99) as f64 / 1000.0
+        );
+        last = acked;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await?;
+    }
+
+    write_history(&args.history, &progress.history)?;
+    let mut times = progress.ack_times_ms.lock().await.clone();
+    times.sort_unstable();
+    // The longest stretch without an acknowledgement, from the start to the end of the run.
+    let end = progress.started.elapsed().as_millis() as u64;
+    let mut gap = (0u64, 0u64);
+    let mut previous = 0u64;
+    for at in times.iter().copied().chain([end]) {
+        if at - previous > gap.1 {
+            gap = (previous, at - previous);
+        }
+        previous = at;
+    }
+    let latency = progress.latency_us.lock().await;
+    let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
+    let summary = json!({
+        "topic": args.topic,
+        "attempted": progress.attempted.load(Ordering::Relaxed),
+        "acked": progress.history.acked(),
+        "failed": progress.failed.load(Ordering::Relaxed),
+        "latency_ms": {"p50": ms(0.5), "p99": ms(0.99), "p999": ms(0.999), "max": latency.max() as f64 / 1000.0},
+        "longest_gap_ms": gap.1,
+        "longest_gap_from_s": gap.0 as f64 / 1000.0,
+        "history": args.history.display().to_string(),
+    });
+    println!("{summary}");
+    Ok(())
+}
+
+fn write_history(path: &PathBuf, history: &History) -> anyhow::Result<()> {
+    let file = std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    for ack in history.acks() {
+        let line = json!({
+            "body": ack.body, "message_id": ack.message_id, "offset": ack.offset,
+            "started": ack.started, "acked": ack.acked,
+        });
+        writeln!(out, "{line}")?;
+    }
+    for body in history.unknown() {
+        writeln!(out, "{}", json!({"body": body, "unknown": true}))?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn read_history(path: &PathBuf) -> anyhow::Result<(Vec<Ack>, Vec<String>)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let (mut acks, mut unknown) = (Vec::new(), Vec::new());
+    for (n, line) in text.lines().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not JSON", path.display(), n + 1))?;
+        let body = v["body"]
+            .as_str()
+            .context("a history line without body")?
+            .to_string();
+        if v["unknown"] == true {
+            unknown.push(body);
+            continue;
+        }
+        let number = |key: &str| {
+            v[key]
+                .as_u64()
+                .with_context(|| format!("line {} lacks {key}", n + 1))
+        };
+        acks.push(Ack {
+            body,
+            message_id: v["message_id"].as_str().unwrap_or_default().to_string(),
+            offset: number("offset")?,
+            started: number("started")?,
+            acked: number("acked")?,
+        });
+    }
+    Ok((acks, unknown))
+}
+
+/// Wait until every reachable node has applied what the leader committed.
+async fn wait_caught_up(nodes: &[String], timeout: Duration) -> anyhow::Result<()> {
+    let give_up = Instant::now() + timeout;
+    loop {
+        let statuses = Client::new(nodes)?.cluster_status().await;
+        let leader_commit = statuses
+            .iter()
+            .filter_map(|(_, s)| s.as_ref().ok())
+            .find(|s| s.role == "leader")
+            .and_then(|s| s.committed_index);
+        let behind: Vec<&str> = statuses
+            .iter()
+            .filter(|(_, s)| s.as_ref().map_or(true, |s| s.applied_index < leader_commit))
+            .map(|(addr, _)| addr.as_str())
+            .collect();
+        if leader_commit.is_some() && behind.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > give_up {
+            bail!(
+                "nodes {behind:?} did not catch up with the leader's commit index {leader_commit:?} within {timeout:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn check(args: CheckArgs) -> anyhow::Result<()> {
+    let nodes = endpoints(&args.endpoints);
+    let (acks, unknown) = read_history(&args.history)?;
+    wait_caught_up(&nodes, Duration::from_secs(args.catch_up_secs)).await?;
+    let routes = Client::new(&nodes)?.route(&args.topic).await?;
+    let queues = routes.iter().map(|q| q.id + 1).max().unwrap_or(0);
+    let mut clean = true;
+    let mut replicas = Vec::new();
+    for node in &nodes {
+        let stored = history::read_topic(
+            &Client::new(std::slice::from_ref(node))?,
+            &args.topic,
+            queues,
+        )
+        .await?;
+        let report = history::check(&acks, &unknown, &stored);
+        clean &= report.is_clean();
+        println!(
+            "{}",
+            json!({
+                "node": node, "acknowledged": report.acknowledged, "stored": report.stored,
+                "lost": report.lost.len(), "duplicated": report.duplicated.len(),
+                "reordered": report.reordered.len(), "phantom": report.phantom.len(),
+                "wrong_offset": report.wrong_offset.len(), "offset_gaps": report.offset_gaps.len(),
+                "unknown_sends": unknown.len(), "unknown_present": report.unknown_present,
+                "lost_examples": report.lost.iter().take(5).collect::<Vec<_>>(),
+            })
+        );
+        replicas.push(stored);
+    }
+    let identical = replicas
+        .windows(2)
+        .all(|w| history::replicas_identical(&w[0], &w[1]));
+    println!(
+        "{}",
+        json!({"replicas_identical": identical, "clean": clean && identical})
+    );
+    if !(clean && identical) {
+        std::process::exit(1);
+    }
+    Ok(())
+}
