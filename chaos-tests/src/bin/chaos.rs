@@ -59,6 +59,11 @@ struct LoadArgs {
     /// Where to write the history (JSON lines).
     #[arg(long)]
     history: PathBuf,
+    /// Per-request timeout before the client tries another node (ms). Short, so that a node
+    /// that stops answering without closing its connections (killed behind a proxy, paused)
+    /// is left quickly; a retry keeps the message id, so it cannot store a second copy.
+    #[arg(long, default_value_t = 1000)]
+    request_timeout_ms: u64,
 }
 
 #[derive(clap::Args)]
@@ -107,7 +112,9 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
         args.rate > 0 && args.workers > 0,
         "--rate and --workers must be > 0"
     );
-    let client = Arc::new(Client::new(&endpoints(&args.endpoints))?);
+    let mut client = Client::new(&endpoints(&args.endpoints))?;
+    client.timeout = Duration::from_millis(args.request_timeout_ms);
+    let client = Arc::new(client);
     let run = format!("{:x}", std::process::id());
     let progress = Arc::new(Progress {
         started: Instant::now(),
