@@ -58,7 +58,10 @@ wait_new_leader() {
 }
 
 cluster_up() {
-  command -v curl >/dev/null || die "curl is missing (apt-get install curl)"
+  if ! command -v curl >/dev/null; then
+    [ "$(id -u)" = 0 ] || die "curl is missing: sudo apt-get install curl"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
+  fi
   [ -x "$RAFTMQ" ] && [ -x "$CHAOS" ] || die "build first: cargo build --workspace --all-targets"
   docker image inspect raftmq:dev >/dev/null 2>&1 || scripts/build-image.sh
   say "starting a fresh compose cluster"

@@ -2,7 +2,9 @@
 # Build raftmq once and run every test suite from that build: unit and property tests,
 # RocksDB storage tests, openraft's storage conformance suite, and the integration tests that
 # start real three-node clusters and kill their leaders, including the official RocketMQ 5
-# clients (the Rust crate, and the Python package in a virtualenv made here).
+# clients (the Rust crate, and the Python package in a virtualenv made here). Then validate the
+# Kubernetes manifests and run the failover drills against a three-container compose cluster
+# (the image is built here too; skip both with RAFTMQ_SKIP_DRILLS=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
@@ -24,3 +26,11 @@ else
 fi
 echo "=== running tests: ${runner[*]}"
 "${runner[@]}"
+
+if [ "${RAFTMQ_SKIP_DRILLS:-0}" != 1 ]; then
+  echo "=== Kubernetes manifests"
+  scripts/validate-k8s.sh
+  echo "=== container image and drills"
+  scripts/build-image.sh
+  scripts/drills.sh
+fi
