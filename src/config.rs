@@ -29,6 +29,10 @@ pub struct BrokerArgs {
     /// TOML configuration file.
     #[arg(long, env = "RAFTMQ_CONFIG")]
     pub config: Option<PathBuf>,
+    /// `text` (default) or `json`: one JSON object per line, for log collectors. The level
+    /// comes from `RUST_LOG` and can be changed at runtime: `PUT /loglevel` on the HTTP port.
+    #[arg(long, env = "RAFTMQ_LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: crate::logging::LogFormat,
     /// This node's id within its group. Default: the ordinal at the end of the host name
     /// (`raftmq-2` → 2), as in a Kubernetes StatefulSet.
     #[arg(long, env = "RAFTMQ_NODE_ID")]
@@ -78,6 +82,10 @@ pub struct BrokerArgs {
     /// listens on the bind host, or on the host of this node's client address.
     #[arg(long, env = "RAFTMQ_HTTP_PORT")]
     pub http_port: Option<u16>,
+    /// A node that should lead whenever it is up and caught up: the leader hands leadership
+    /// to it (for example the node nearest the clients). Default: none.
+    #[arg(long, env = "RAFTMQ_PREFERRED_LEADER")]
+    pub preferred_leader: Option<u64>,
     /// Raft heartbeat interval in ms (default 100).
     #[arg(long, env = "RAFTMQ_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
@@ -107,6 +115,7 @@ pub struct BrokerFile {
     pub transaction_check_interval_secs: Option<u64>,
     pub transaction_max_checks: Option<u32>,
     pub http_port: Option<u16>,
+    pub preferred_leader: Option<u64>,
     pub heartbeat_ms: Option<u64>,
     pub election_timeout_min_ms: Option<u64>,
     pub election_timeout_max_ms: Option<u64>,
@@ -140,6 +149,7 @@ pub struct BrokerConfig {
     pub transaction_max_checks: u32,
     /// 0: no HTTP port.
     pub http_port: u16,
+    pub preferred_leader: Option<u64>,
     pub heartbeat_interval: Duration,
     pub election_timeout_min: Duration,
     pub election_timeout_max: Duration,
@@ -265,6 +275,7 @@ impl BrokerArgs {
                 .http_port
                 .or(file.http_port)
                 .unwrap_or(DEFAULT_HTTP_PORT),
+            preferred_leader: self.preferred_leader.or(file.preferred_leader),
             heartbeat_interval: Duration::from_millis(
                 self.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(100),
             ),

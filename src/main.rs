@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use raftmq::cli;
 use raftmq::config::BrokerArgs;
-use tracing_subscriber::EnvFilter;
+use raftmq::logging::{self, LogFormat};
 
 // The broker allocates and frees a few buffers per message; mimalloc does that with less
 // CPU than glibc's allocator (see docs/BENCHMARKS.md).
@@ -44,12 +44,7 @@ enum Command {
 }
 
 fn init_tracing(default: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    logging::init(default, LogFormat::Text);
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,7 +54,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Broker { args, pid_file } => {
-            init_tracing("info,openraft=warn");
+            logging::init("info,openraft=warn", args.log_format);
             let config = args.resolve()?;
             if let Some(path) = pid_file {
                 std::fs::write(&path, std::process::id().to_string())?;

@@ -49,6 +49,19 @@ pub struct Node {
 }
 
 impl Node {
+    /// A node that is not started yet, on ports free a moment ago.
+    fn with_free_ports(id: u64, dir: PathBuf) -> anyhow::Result<Node> {
+        Ok(Node {
+            id,
+            raft_addr: format!("127.0.0.1:{}", free_port()?),
+            client_addr: format!("127.0.0.1:{}", free_port()?),
+            http_addr: format!("127.0.0.1:{}", free_port()?),
+            dir,
+            members: String::new(),
+            child: None,
+        })
+    }
+
     /// This node's entry in a `--members` list.
     pub fn member_spec(&self) -> String {
         format!("{}={}/{}", self.id, self.raft_addr, self.client_addr)
@@ -146,15 +159,10 @@ impl Cluster {
             .tempdir()?;
         let mut nodes = Vec::new();
         for id in 1..=options.nodes {
-            nodes.push(Node {
+            nodes.push(Node::with_free_ports(
                 id,
-                raft_addr: format!("127.0.0.1:{}", free_port()?),
-                client_addr: format!("127.0.0.1:{}", free_port()?),
-                http_addr: format!("127.0.0.1:{}", free_port()?),
-                dir: root.path().join(format!("node-{id}")),
-                members: String::new(),
-                child: None,
-            });
+                root.path().join(format!("node-{id}")),
+            )?);
         }
         let members = nodes
             .iter()
@@ -263,15 +271,7 @@ impl Cluster {
     pub fn start_new_node(&mut self) -> anyhow::Result<u64> {
         let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
         let first = self.nodes.first().context("a cluster has nodes")?;
-        let mut node = Node {
-            id,
-            raft_addr: format!("127.0.0.1:{}", free_port()?),
-            client_addr: format!("127.0.0.1:{}", free_port()?),
-            http_addr: format!("127.0.0.1:{}", free_port()?),
-            dir: self.root().join(format!("node-{id}")),
-            members: String::new(),
-            child: None,
-        };
+        let mut node = Node::with_free_ports(id, self.root().join(format!("node-{id}")))?;
         node.members = format!("{},{}", first.members, node.member_spec());
         self.nodes.push(node);
         self.start_node(id)?;

@@ -57,6 +57,23 @@ impl History {
         self.unknown.lock().unwrap().clone()
     }
 
+    /// Send `{prefix}:0` .. `{prefix}:{count - 1}` one after another, each retried (same
+    /// message id) until acknowledged or `give_up` passes.
+    pub async fn send_numbered(
+        &self,
+        client: &Client,
+        topic: &str,
+        prefix: &str,
+        count: usize,
+        give_up: Duration,
+    ) -> Result<(), ClientError> {
+        for seq in 0..count {
+            self.send_until_acked(client, topic, format!("{prefix}:{seq}"), give_up)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Send `body` to `topic`, retrying with the same message id until it is acknowledged
     /// or `give_up` passes. Retries may reach a different node and a different leader.
     pub async fn send_until_acked(

@@ -103,41 +103,20 @@ async fn a_wiped_follower_catches_up_completely() -> anyhow::Result<()> {
     cluster.create_topic(TOPIC, QUEUES as u32).await?;
     let history = History::default();
     let client = cluster.client();
-    for seq in 0..500 {
-        history
-            .send_until_acked(
-                &client,
-                TOPIC,
-                format!("before:{seq}"),
-                Duration::from_secs(10),
-            )
-            .await?;
-    }
+    history
+        .send_numbered(&client, TOPIC, "before", 500, Duration::from_secs(10))
+        .await?;
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
     let follower = (1..=3).find(|id| *id != leader).unwrap();
     cluster.wipe_node(follower)?;
     // Writes continue while the follower is gone, and after it is back.
-    for seq in 0..300 {
-        history
-            .send_until_acked(
-                &client,
-                TOPIC,
-                format!("during:{seq}"),
-                Duration::from_secs(10),
-            )
-            .await?;
-    }
+    history
+        .send_numbered(&client, TOPIC, "during", 300, Duration::from_secs(10))
+        .await?;
     cluster.start_node(follower)?;
-    for seq in 0..200 {
-        history
-            .send_until_acked(
-                &client,
-                TOPIC,
-                format!("after:{seq}"),
-                Duration::from_secs(10),
-            )
-            .await?;
-    }
+    history
+        .send_numbered(&client, TOPIC, "after", 200, Duration::from_secs(10))
+        .await?;
     cluster.wait_caught_up(Duration::from_secs(60)).await?;
     let stored = check_every_node(&cluster, &history, TOPIC, QUEUES).await?;
     assert_eq!(stored.len(), 1000);
@@ -155,16 +134,9 @@ async fn a_wiped_node_does_not_elect_a_leader_that_may_lack_acknowledged_message
     cluster.create_topic(TOPIC, QUEUES as u32).await?;
     let history = History::default();
     let client = cluster.client();
-    for seq in 0..200 {
-        history
-            .send_until_acked(
-                &client,
-                TOPIC,
-                format!("before:{seq}"),
-                Duration::from_secs(10),
-            )
-            .await?;
-    }
+    history
+        .send_numbered(&client, TOPIC, "before", 200, Duration::from_secs(10))
+        .await?;
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
     let wiped = (1..=3).find(|id| *id != leader).unwrap();
     let survivor = (1..=3).find(|id| *id != leader && *id != wiped).unwrap();
@@ -193,16 +165,9 @@ async fn a_wiped_node_does_not_elect_a_leader_that_may_lack_acknowledged_message
     eprintln!(
         "killed {leader}, wiped {wiped}; {survivor} waited; {new_leader} leads after {leader} returned"
     );
-    for seq in 0..50 {
-        history
-            .send_until_acked(
-                &client,
-                TOPIC,
-                format!("after:{seq}"),
-                Duration::from_secs(10),
-            )
-            .await?;
-    }
+    history
+        .send_numbered(&client, TOPIC, "after", 50, Duration::from_secs(10))
+        .await?;
     cluster.wait_caught_up(Duration::from_secs(60)).await?;
     let stored = check_every_node(&cluster, &history, TOPIC, QUEUES).await?;
     assert_eq!(stored.len(), 250);

@@ -106,9 +106,17 @@ async fn health_readiness_and_metrics_follow_the_group() -> anyhow::Result<()> {
         .iter()
         .find(|n| n.id != leader)
         .context("a follower")?;
+    // And read them back, so that consumption is counted too.
+    for queue in 0..4 {
+        client
+            .pull("ops-g", "ops", queue, 0, 32, Duration::ZERO)
+            .await?;
+    }
     let mut totals = (0.0, 0.0);
+    let mut every_node = String::new();
     for node in &cluster.nodes {
         let (status, text) = get(&http, &node.http_addr, "/metrics").await?;
+        every_node.push_str(&text);
         assert_eq!(status, 200, "node {}", node.id);
         let role = |r: &str| sample(&text, &format!("raftmq_raft_role{{role=\"{r}\"}}"));
         let expected = if node.id == leader {
@@ -145,6 +153,24 @@ async fn health_readiness_and_metrics_follow_the_group() -> anyhow::Result<()> {
         sample(&text, &lag).is_some(),
         "the leader reports {lag}\n{text}"
     );
+
+    // Every series the Grafana dashboard charts is one the brokers export.
+    let dashboard = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana-dashboard.json"),
+    )?;
+    let mut charted: Vec<&str> = dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("raftmq_"))
+        .collect();
+    charted.sort_unstable();
+    charted.dedup();
+    assert!(charted.len() > 10, "{charted:?}");
+    for name in charted {
+        assert!(
+            every_node.lines().any(|l| l.starts_with(name)),
+            "the dashboard charts {name}, which /metrics does not export"
+        );
+    }
 
     // Without a majority, the last node is alive but not ready.
     let others: Vec<u64> = cluster
@@ -306,6 +332,22 @@ async fn admin(endpoints: &str, args: &[&str]) -> anyhow::Result<(bool, String, 
     ))
 }
 
+/// The voters `raftmq admin member list --json` reports, in id order.
+async fn voters(endpoints: &str) -> anyhow::Result<Vec<u64>> {
+    let (ok, stdout, stderr) = admin(endpoints, &["member", "list", "--json"]).await?;
+    anyhow::ensure!(ok, "member list: {stderr}");
+    let listed: serde_json::Value = serde_json::from_str(&stdout)?;
+    let mut voters: Vec<u64> = listed["members"]
+        .as_array()
+        .context("members")?
+        .iter()
+        .filter(|m| m["voter"] == true)
+        .filter_map(|m| m["node_id"].as_u64())
+        .collect();
+    voters.sort_unstable();
+    Ok(voters)
+}
+
 /// Grow a running group from three voters to five, lose two of the first three, go on
 /// writing, then remove the dead ones: nothing acknowledged is lost at any step.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -315,16 +357,9 @@ async fn the_group_grows_to_five_voters_and_replaces_dead_ones() -> anyhow::Resu
     cluster.create_topic(TOPIC, 2).await?;
     let history = History::default();
     let client = cluster.client();
-    for i in 0..50 {
-        history
-            .send_until_acked(
-                &client,
-                TOPIC,
-                format!("before-{i}"),
-                Duration::from_secs(10),
-            )
-            .await?;
-    }
+    history
+        .send_numbered(&client, TOPIC, "before", 50, Duration::from_secs(10))
+        .await?;
 
     let via = cluster.endpoints().join(",");
     for _ in 0..2 {
@@ -342,17 +377,7 @@ async fn the_group_grows_to_five_voters_and_replaces_dead_ones() -> anyhow::Resu
         assert!(ok, "member add {id}: {stdout}{stderr}");
         eprintln!("{}", stdout.lines().next().unwrap_or_default());
     }
-    let (ok, stdout, stderr) = admin(&via, &["member", "list", "--json"]).await?;
-    assert!(ok, "{stderr}");
-    let listed: serde_json::Value = serde_json::from_str(&stdout)?;
-    let voters: Vec<u64> = listed["members"]
-        .as_array()
-        .context("members")?
-        .iter()
-        .filter(|m| m["voter"] == true)
-        .filter_map(|m| m["node_id"].as_u64())
-        .collect();
-    assert_eq!(voters, vec![1, 2, 3, 4, 5], "{stdout}");
+    assert_eq!(voters(&via).await?, vec![1, 2, 3, 4, 5]);
 
     // Two of the first three die: three of five voters remain, a majority.
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
@@ -364,17 +389,10 @@ async fn the_group_grows_to_five_voters_and_replaces_dead_ones() -> anyhow::Resu
         cluster.kill_node(*id);
     }
     let client = cluster.client();
-    for i in 0..50 {
-        history
-            .send_until_acked(
-                &client,
-                TOPIC,
-                format!("after-{i}"),
-                Duration::from_secs(15),
-            )
-            .await
-            .with_context(|| format!("nodes {dead:?} killed\n{}", cluster.log_tails(30)))?;
-    }
+    history
+        .send_numbered(&client, TOPIC, "after", 50, Duration::from_secs(15))
+        .await
+        .with_context(|| format!("nodes {dead:?} killed\n{}", cluster.log_tails(30)))?;
 
     // The dead nodes are removed; the group is three voters again, without them.
     let alive = cluster
@@ -388,18 +406,8 @@ async fn the_group_grows_to_five_voters_and_replaces_dead_ones() -> anyhow::Resu
         let (ok, stdout, stderr) = admin(&alive, &["member", "remove", &id.to_string()]).await?;
         assert!(ok, "member remove {id}: {stdout}{stderr}");
     }
-    let (_, stdout, _) = admin(&alive, &["member", "list", "--json"]).await?;
-    let listed: serde_json::Value = serde_json::from_str(&stdout)?;
-    let mut members: Vec<u64> = listed["members"]
-        .as_array()
-        .context("members")?
-        .iter()
-        .filter_map(|m| m["node_id"].as_u64())
-        .collect();
-    members.sort();
-    let mut expected: Vec<u64> = (1..=5).filter(|id| !dead.contains(id)).collect();
-    expected.sort();
-    assert_eq!(members, expected, "{stdout}");
+    let expected: Vec<u64> = (1..=5).filter(|id| !dead.contains(id)).collect();
+    assert_eq!(voters(&alive).await?, expected);
 
     // Bad requests are refused with a clear message and change nothing.
     let (ok, _, stderr) = admin(&alive, &["member", "remove", "42"]).await?;
@@ -419,18 +427,104 @@ async fn the_group_grows_to_five_voters_and_replaces_dead_ones() -> anyhow::Resu
     .await?;
     assert!(!ok && stderr.contains("is not HOST:PORT"), "{stderr}");
 
-    for i in 0..20 {
-        history
-            .send_until_acked(
-                &client,
-                TOPIC,
-                format!("shrunk-{i}"),
-                Duration::from_secs(15),
-            )
-            .await?;
-    }
+    history
+        .send_numbered(&client, TOPIC, "shrunk", 20, Duration::from_secs(15))
+        .await?;
     cluster.wait_caught_up(Duration::from_secs(30)).await?;
     let stored = check_every_node(&cluster, &history, TOPIC, 2).await?;
     assert_eq!(stored.len(), 120);
+    Ok(())
+}
+
+/// Wait (15 s at most) until `node` leads.
+async fn wait_for_leader_to_be(cluster: &Cluster, node: u64) -> anyhow::Result<()> {
+    let give_up = Instant::now() + Duration::from_secs(15);
+    loop {
+        let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+        if leader == node {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < give_up,
+            "node {leader} still leads, not node {node}\n{}",
+            cluster.log_tails(20)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `preferred_leader`: the group hands leadership to the preferred node, and back to it once
+/// it returns from a crash and has caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_preferred_leader_takes_leadership_and_takes_it_back() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(ClusterOptions {
+        extra_args: vec!["--preferred-leader".into(), "3".into()],
+        ..ClusterOptions::default()
+    })
+    .await?;
+    wait_for_leader_to_be(&cluster, 3).await?;
+    cluster.kill_node(3);
+    let other = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    assert_ne!(other, 3);
+    cluster.create_topic("preferred", 2).await?;
+    cluster.start_node(3)?;
+    wait_for_leader_to_be(&cluster, 3).await?;
+    Ok(())
+}
+
+/// `--log-format json` writes one JSON object per line, and `PUT /loglevel` changes the
+/// filter of a running broker (a bad filter is refused and changes nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn json_logs_and_a_log_filter_changed_at_runtime() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOptions {
+        extra_args: vec!["--log-format".into(), "json".into()],
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let node = cluster.node(1);
+    let http = reqwest::Client::new();
+    let (status, filter) = get(&http, &node.http_addr, "/loglevel").await?;
+    // The harness starts brokers with RUST_LOG=info,openraft=warn (EnvFilter may reorder it).
+    assert_eq!(status, 200);
+    let mut directives: Vec<&str> = filter.trim().split(',').collect();
+    directives.sort_unstable();
+    assert_eq!(directives, ["info", "openraft=warn"]);
+
+    let put = |body: &'static str| {
+        http.put(format!("http://{}/loglevel", node.http_addr))
+            .body(body)
+            .send()
+    };
+    let refused = put("=[nonsense").await?;
+    assert_eq!(refused.status().as_u16(), 400);
+    assert!(refused.text().await?.contains("invalid log filter"));
+    assert_eq!(put("debug").await?.status().as_u16(), 200);
+    let (_, filter) = get(&http, &node.http_addr, "/loglevel").await?;
+    assert_eq!(filter.trim(), "debug");
+    cluster.create_topic("logs", 1).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let log = std::fs::read_to_string(node.log_file())?;
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .context("every log line is a JSON object")?;
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["timestamp"].is_string())
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "log filter changed"),
+        "the change is logged"
+    );
+    assert!(
+        lines.iter().any(|l| l["level"] == "DEBUG"),
+        "debug lines appear once the filter allows them"
+    );
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! - `/readyz`: this node can serve clients: it is not shutting down, the group has a leader
 //!   that confirms its commit index with a quorum, and this node has applied all but at most
 //!   [`READY_MAX_LAG`] entries of it (readiness; a replica catching up is not ready).
+//! - `/loglevel`: GET the log filter, PUT a new one (`RUST_LOG` syntax).
 //! - `/metrics`: Prometheus text format. Counters and histograms are recorded where things
 //!   happen (`metrics::counter!` …); Raft and disk gauges are read when scraped.
 
@@ -84,6 +85,7 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .route("/loglevel", get(log_level).put(set_log_level))
         .with_state(broker);
     axum::serve(listener, router)
         .with_graceful_shutdown(stop)
@@ -149,6 +151,27 @@ async fn readyz(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
     }
     body["ready"] = json!(true);
     (StatusCode::OK, body.to_string() + "\n")
+}
+
+async fn log_level() -> impl IntoResponse {
+    match crate::logging::current_filter() {
+        Some(filter) => (StatusCode::OK, filter + "\n"),
+        None => (StatusCode::NOT_FOUND, "logging is not initialized\n".into()),
+    }
+}
+
+/// `PUT /loglevel` with a `RUST_LOG`-style filter as the body, e.g. `debug,openraft=info`.
+async fn set_log_level(body: String) -> impl IntoResponse {
+    match crate::logging::set_filter(&body) {
+        Ok(()) => {
+            tracing::info!(filter = %body.trim(), "log filter changed");
+            (
+                StatusCode::OK,
+                format!("log filter is now {}\n", body.trim()),
+            )
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, e + "\n"),
+    }
 }
 
 async fn metrics_text(State(broker): State<Arc<Broker>>) -> impl IntoResponse {

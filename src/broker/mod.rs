@@ -17,6 +17,7 @@ pub mod filter;
 pub mod http;
 pub mod messages;
 pub mod messaging;
+pub mod preferred;
 pub mod renewals;
 pub mod status;
 pub mod timers;
@@ -263,6 +264,7 @@ pub async fn run(
     let timer_task = tokio::spawn(timers::run(broker.clone(), stop_rx.clone()));
     let transaction_task = tokio::spawn(transactions::run(broker.clone(), stop_rx.clone()));
     let renewal_task = tokio::spawn(renewals::run(broker.clone(), stop_rx.clone()));
+    tokio::spawn(preferred::run(broker.clone(), stop_rx.clone()));
     let raft_task = tokio::spawn(raft_server);
     let client_task = tokio::spawn(client_server);
     let http_task = http_listener.map(|listener| {
