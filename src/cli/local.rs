@@ -45,6 +45,7 @@ struct LocalNode {
     dir: PathBuf,
     client_addr: String,
     raft_addr: String,
+    http_addr: String,
     command: Vec<String>,
     child: Option<tokio::process::Child>,
 }
@@ -155,6 +156,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
                 id,
                 client_addr: format!("127.0.0.1:{}", args.client_port + id as u16 - 1),
                 raft_addr: format!("127.0.0.1:{}", args.raft_port + id as u16 - 1),
+                http_addr: format!("127.0.0.1:{}", args.http_port + id as u16 - 1),
                 dir: node_dir,
                 command,
                 child: None,
@@ -253,6 +255,7 @@ fn write_cluster_json(dir: &Path, nodes: &[LocalNode]) -> anyhow::Result<()> {
                 "pid": n.child.as_ref().and_then(|c| c.id()),
                 "client_addr": n.client_addr,
                 "raft_addr": n.raft_addr,
+                "http_addr": n.http_addr,
                 "data_dir": n.dir.join("data"),
                 "log": n.log_file(),
                 "pid_file": n.pid_file(),
