@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+. scripts/drill-common.sh
 RAFTMQ=${RAFTMQ:-target/debug/raftmq}
 CHAOS=${CHAOS:-target/debug/chaos}
 ENDPOINTS=127.0.0.1:18081,127.0.0.1:18082,127.0.0.1:18083
@@ -17,51 +18,12 @@ else
   COMPOSE=(docker compose -p raftmq -f deploy/compose.yaml)
 fi
 
-say() { echo "[$(date +%H:%M:%S)] $*"; }
-die() { echo "drill failed: $*" >&2; exit 1; }
-
-now_ms() { date +%s%3N; }
-
-# HTTP status of a node's /readyz (000 when it does not answer).
-ready_status() {
-  curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:1818$(($1 + 1))/readyz" || true
-}
-
 wait_ready() {
-  local node=$1 until=$(($(date +%s) + ${2:-60}))
-  while [ "$(ready_status "$node")" != 200 ]; do
-    [ "$(date +%s)" -lt "$until" ] || die "node $node not ready after ${2:-60}s: $(docker logs --tail 20 "raftmq-$node" 2>&1)"
-    sleep 0.5
-  done
-}
-
-# The leader's node id as the reachable nodes report it (empty when none).
-leader_id() {
-  "$RAFTMQ" admin --endpoints "$ENDPOINTS" cluster --json 2>/dev/null | python3 -c '
-import json, sys
-nodes = json.load(sys.stdin)["nodes"]
-print(next((n["node_id"] for n in nodes if n.get("role") == "leader"), ""))' || true
-}
-
-# Wait until a node other than $1 leads; print how long it took in ms.
-wait_new_leader() {
-  local old=$1 since=$2 until=$(($(date +%s) + 30)) leader
-  while true; do
-    leader=$(leader_id)
-    if [ -n "$leader" ] && [ "$leader" != "$old" ]; then
-      echo $(($(now_ms) - since))
-      return
-    fi
-    [ "$(date +%s)" -lt "$until" ] || die "no new leader 30s after the fault"
-    sleep 0.1
-  done
+  wait_http_ready "127.0.0.1:1818$(($1 + 1))" "node $1 (see: docker logs raftmq-$1)" "${2:-60}"
 }
 
 cluster_up() {
-  if ! command -v curl >/dev/null; then
-    [ "$(id -u)" = 0 ] || die "curl is missing: sudo apt-get install curl"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
-  fi
+  ensure_curl
   [ -x "$RAFTMQ" ] && [ -x "$CHAOS" ] || die "build first: cargo build --workspace --all-targets"
   docker image inspect raftmq:dev >/dev/null 2>&1 || scripts/build-image.sh
   say "starting a fresh compose cluster"

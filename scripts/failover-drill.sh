@@ -18,9 +18,8 @@ CHAOS=${CHAOS:-target/debug/chaos}
 PAUSE_SECS=${PAUSE_SECS:-5}
 RATE=${RATE:-200}
 
-say() { echo "[$(date +%H:%M:%S)] $*"; }
-die() { echo "drill failed: $*" >&2; exit 1; }
-now_ms() { date +%s%3N; }
+. scripts/drill-common.sh
+ensure_curl
 
 [ -f "$dir/cluster.json" ] || die "$dir/cluster.json not found: start a cluster with scripts/local.sh --dir $dir (or pass its --dir)"
 [ -x "$RAFTMQ" ] || die "$RAFTMQ not found: build it with scripts/local.sh"
@@ -41,47 +40,21 @@ nodes = {str(n["id"]): n for n in json.load(open(sys.argv[1]))["nodes"]}
 print(nodes[sys.argv[2]][sys.argv[3]])' "$dir/cluster.json" "$1" "$2"
 }
 ids=$(python3 -c 'import json,sys; print(" ".join(str(n["id"]) for n in json.load(open(sys.argv[1]))["nodes"]))' "$dir/cluster.json")
-endpoints=$(for id in $ids; do node_field "$id" client_addr; done | paste -sd, -)
+ENDPOINTS=$(for id in $ids; do node_field "$id" client_addr; done | paste -sd, -)
 
-leader_id() {
-  "$RAFTMQ" admin --endpoints "$endpoints" cluster --json 2>/dev/null | python3 -c '
-import json, sys
-print(next((n["node_id"] for n in json.load(sys.stdin)["nodes"] if n.get("role") == "leader"), ""))' || true
-}
 pid_of() { cat "$(node_field "$1" pid_file)"; }
 restart() { bash -c "$(node_field "$1" restart_command)"; }
-wait_ready() {
-  local until=$(($(date +%s) + 60)) addr
-  addr=$(node_field "$1" http_addr)
-  until [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://$addr/readyz" || true)" = 200 ]; do
-    [ "$(date +%s)" -lt "$until" ] || die "node $1 not ready after 60s (see $(node_field "$1" log))"
-    sleep 0.3
-  done
-}
-wait_new_leader() {
-  local old=$1 since=$2 until=$(($(date +%s) + 30)) leader
-  while true; do
-    leader=$(leader_id)
-    if [ -n "$leader" ] && [ "$leader" != "$old" ]; then echo $(($(now_ms) - since)); return; fi
-    [ "$(date +%s)" -lt "$until" ] || die "no new leader 30s after the fault"
-    sleep 0.05
-  done
-}
-# load_field NAME KEY: a value of step NAME's load summary, e.g. longest_gap_ms.
-# without an ack in step NAME's load summary.
-load_field() {
-  python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])[sys.argv[2]])' "$out/$1.json" "$2"
-}
+wait_ready() { wait_http_ready "$(node_field "$1" http_addr)" "node $1 (see $(node_field "$1" log))"; }
 # run_load NAME SECONDS: progress lines go to the terminal, the summary to $out/NAME.json.
 run_load() {
-  "$CHAOS" load --endpoints "$endpoints" --topic "$1" --duration "$2" --rate "$RATE" \
+  "$CHAOS" load --endpoints "$ENDPOINTS" --topic "$1" --duration "$2" --rate "$RATE" \
     --history "$out/$1.jsonl" > "$out/$1.json" &
   LOAD_PID=$!
 }
 finish_step() {
   local name=$1
   wait "$LOAD_PID" || die "the load failed"
-  "$CHAOS" check --endpoints "$endpoints" --topic "$name" --history "$out/$name.jsonl" > "$out/$name.check" \
+  "$CHAOS" check --endpoints "$ENDPOINTS" --topic "$name" --history "$out/$name.jsonl" > "$out/$name.check" \
     || { cat "$out/$name.check" >&2; die "the checker found problems (history $out/$name.jsonl)"; }
   python3 - "$out/$name.json" "$out/$name.check" <<'PY'
 import json, sys
@@ -112,7 +85,7 @@ restart "$leader"
 wait_ready "$leader"
 say "node $leader is back and caught up"
 finish_step "drill-kill-$stamp"
-summary+=("leader SIGKILL: new leader after ${took} ms, longest time without an ack $(load_field "drill-kill-$stamp" longest_gap_ms) ms")
+summary+=("leader SIGKILL: new leader after ${took} ms, longest time without an ack $(load_field "$out/drill-kill-$stamp.json" longest_gap_ms) ms")
 
 leader=$(leader_id)
 say "step 2: pause the leader (node $leader, SIGSTOP) for ${PAUSE_SECS}s: a new leader takes over, the old one must not acknowledge anything"
@@ -128,7 +101,7 @@ kill -CONT "$pid"
 wait_ready "$leader"
 say "node $leader resumed and follows again"
 finish_step "drill-pause-$stamp"
-summary+=("leader SIGSTOP: new leader after ${took} ms, longest time without an ack $(load_field "drill-pause-$stamp" longest_gap_ms) ms")
+summary+=("leader SIGSTOP: new leader after ${took} ms, longest time without an ack $(load_field "$out/drill-pause-$stamp.json" longest_gap_ms) ms")
 
 leader=$(leader_id)
 order="$(for id in $ids; do [ "$id" = "$leader" ] || printf '%s ' "$id"; done)$leader"
@@ -146,7 +119,7 @@ for id in $order; do
   sleep 2
 done
 finish_step "drill-rolling-$stamp"
-summary+=("rolling restart: $(load_field "drill-rolling-$stamp" failed) failed sends, longest time without an ack $(load_field "drill-rolling-$stamp" longest_gap_ms) ms")
+summary+=("rolling restart: $(load_field "$out/drill-rolling-$stamp.json" failed) failed sends, longest time without an ack $(load_field "$out/drill-rolling-$stamp.json" longest_gap_ms) ms")
 
 echo
 echo "drill passed: nothing acknowledged was lost"

@@ -57,7 +57,7 @@ fn main() -> anyhow::Result<()> {
             logging::init("info,openraft=warn", args.log_format);
             let config = args.resolve()?;
             if let Some(path) = pid_file {
-                std::fs::write(&path, std::process::id().to_string())?;
+                std::fs::write(&path, format!("{}\n", std::process::id()))?;
             }
             runtime.block_on(raftmq::broker::run(config, cli::shutdown_signal()))
         }

@@ -193,7 +193,7 @@ async fn health_readiness_and_metrics_follow_the_group() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_cli_moves_leadership_to_the_chosen_node() -> anyhow::Result<()> {
-    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
     let binary = raftmq_binary()?;
     for _ in 0..2 {
         let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
@@ -248,6 +248,36 @@ async fn the_cli_moves_leadership_to_the_chosen_node() -> anyhow::Result<()> {
         "a transfer to an unknown node fails"
     );
     assert!(stderr.contains("42 is not a voter"), "{stderr}");
+
+    // A node that is down is not handed the leadership: the leader keeps it.
+    let leader = cluster.wait_for_leader(Duration::from_secs(5)).await?;
+    let down = cluster
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|id| *id != leader)
+        .context("a follower")?;
+    cluster.kill_node(down);
+    let (ok, _, stderr) = admin(
+        &cluster.node(leader).client_addr,
+        &[
+            "leader",
+            "transfer",
+            "--to",
+            &down.to_string(),
+            "--timeout-secs",
+            "4",
+        ],
+    )
+    .await?;
+    assert!(
+        !ok && stderr.contains("does not hold the whole log"),
+        "{stderr}"
+    );
+    assert_eq!(
+        cluster.wait_for_leader(Duration::from_secs(5)).await?,
+        leader
+    );
     Ok(())
 }
 

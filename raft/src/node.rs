@@ -121,6 +121,15 @@ pub enum TransferError {
     NoFollower,
     #[error("no other node became leader within {0:?}")]
     TimedOut(Duration),
+    #[error(
+        "node {target} does not hold the whole log (it has up to {matched:?}, the leader {last:?}): \
+         it is down or behind; leadership stays"
+    )]
+    TargetBehind {
+        target: NodeId,
+        matched: Option<u64>,
+        last: Option<u64>,
+    },
     #[error("raft node failed: {0}")]
     Fatal(String),
 }
@@ -319,16 +328,41 @@ impl RaftNode {
                 .iter()
                 .copied()
                 .filter(|id| *id != self.id)
-                .max_by_key(|id| matched(&metrics, *id))
+                .max_by_key(|id| {
+                    // The most complete log, and of those the one heard from last.
+                    let last_ack = metrics
+                        .heartbeat
+                        .as_ref()
+                        .and_then(|acks| acks.get(id).cloned().flatten())
+                        .map(|at| at.into_inner());
+                    (matched(&metrics, *id), last_ack)
+                })
                 .ok_or(TransferError::NoFollower)?,
         };
         // Give the target a moment to catch up: it takes over only once its log holds
-        // everything this leader has, and a lagging target would make the group wait.
+        // everything this leader has. A target still behind after that (down, or far
+        // behind) is not asked: the group would wait for an election instead.
         let catch_up_until = Instant::now() + deadline / 4;
-        while Instant::now() < catch_up_until {
+        let asked_at = <openraft::TokioInstant as openraft::Instant>::now();
+        loop {
             let now = self.metrics();
-            if matched(&now, target) >= now.last_log_index {
+            // On an idle group a dead follower still looks caught up: it must also have
+            // acknowledged something since this transfer was asked for (heartbeats go out
+            // every heartbeat interval).
+            let answering = now
+                .heartbeat
+                .as_ref()
+                .and_then(|acks| acks.get(&target).cloned().flatten())
+                .is_some_and(|at| at.into_inner() > asked_at);
+            if answering && matched(&now, target) >= now.last_log_index {
                 break;
+            }
+            if Instant::now() >= catch_up_until {
+                return Err(TransferError::TargetBehind {
+                    target,
+                    matched: matched(&now, target),
+                    last: now.last_log_index,
+                });
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -559,7 +593,7 @@ impl RaftNode {
             if let Some(leader) = leader.filter(|id| *id != self.id)
                 && let Some(node) = self.node_addr(leader)
             {
-                match self.forward(&node, &command, give_up).await {
+                match self.forward(leader, &node, &command, give_up).await {
                     Forwarded::Done(result) => return Ok(result),
                     Forwarded::NotLeader => {}
                     Forwarded::Unknown(reason) => {
@@ -635,6 +669,7 @@ impl RaftNode {
 
     async fn forward(
         &self,
+        leader_id: NodeId,
         leader: &pb::Node,
         command: &pb::Command,
         give_up: Instant,
@@ -647,7 +682,29 @@ impl RaftNode {
             command: Some(command.clone()),
         });
         request.set_timeout(time_left(give_up));
-        match client.propose(request).await {
+        // A leader that stopped answering without closing its connections (paused, cut
+        // off) would hold the write until the deadline: give up on it as soon as this node
+        // stops following it, and let the caller try the next leader.
+        let mut metrics = self.raft.metrics();
+        let leader_gone = async move {
+            loop {
+                if metrics.borrow_watched().current_leader != Some(leader_id) {
+                    return;
+                }
+                if metrics.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        let reply = tokio::select! {
+            reply = client.propose(request) => reply,
+            () = leader_gone => {
+                return Forwarded::Unknown(format!(
+                    "node {leader_id} stopped leading while the write was forwarded to it"
+                ));
+            }
+        };
+        match reply {
             Ok(reply) => match reply.into_inner().outcome {
                 Some(pb::propose_response::Outcome::Result(result)) => Forwarded::Done(result),
                 Some(pb::propose_response::Outcome::NotLeader(_)) => Forwarded::NotLeader,

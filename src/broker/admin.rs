@@ -243,9 +243,11 @@ impl AdminService for Admin {
             }
             Err(e @ TransferError::NotAVoter(_)) => Err(Status::invalid_argument(e.to_string())),
             Err(e @ TransferError::NotLeader { .. }) => Err(no_leader(e)),
-            Err(e @ (TransferError::NoFollower | TransferError::TimedOut(_))) => {
-                Err(Status::failed_precondition(e.to_string()))
-            }
+            Err(
+                e @ (TransferError::NoFollower
+                | TransferError::TimedOut(_)
+                | TransferError::TargetBehind { .. }),
+            ) => Err(Status::failed_precondition(e.to_string())),
             Err(e @ TransferError::Fatal(_)) => Err(Status::internal(e.to_string())),
         }
     }

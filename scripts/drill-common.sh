@@ -1,0 +1,48 @@
+# Sourced by the drill scripts: messages, time, and the group's leader as seen through
+# `raftmq admin cluster`. The caller sets RAFTMQ (the binary) and ENDPOINTS (client addresses).
+
+say() { echo "[$(date +%H:%M:%S)] $*"; }
+die() { echo "drill failed: $*" >&2; exit 1; }
+now_ms() { date +%s%3N; }
+
+ensure_curl() {
+  command -v curl >/dev/null && return
+  [ "$(id -u)" = 0 ] || die "curl is missing: sudo apt-get install curl"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
+}
+
+# The leader's node id as the reachable nodes report it (empty when none).
+leader_id() {
+  "$RAFTMQ" admin --endpoints "$ENDPOINTS" cluster --json 2>/dev/null | python3 -c '
+import json, sys
+nodes = json.load(sys.stdin)["nodes"]
+print(next((n["node_id"] for n in nodes if n.get("role") == "leader"), ""))' || true
+}
+
+# wait_new_leader OLD SINCE_MS: wait until a node other than OLD leads; print the ms since SINCE_MS.
+wait_new_leader() {
+  local old=$1 since=$2 until=$(($(date +%s) + 30)) leader
+  while true; do
+    leader=$(leader_id)
+    if [ -n "$leader" ] && [ "$leader" != "$old" ]; then
+      echo $(($(now_ms) - since))
+      return
+    fi
+    [ "$(date +%s)" -lt "$until" ] || die "no new leader 30s after the fault"
+    sleep 0.05
+  done
+}
+
+# wait_http_ready HTTP_ADDR WHAT [SECONDS]: until /readyz answers 200.
+wait_http_ready() {
+  local addr=$1 what=$2 until=$(($(date +%s) + ${3:-60}))
+  until [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://$addr/readyz" || true)" = 200 ]; do
+    [ "$(date +%s)" -lt "$until" ] || die "$what not ready after ${3:-60}s"
+    sleep 0.3
+  done
+}
+
+# load_field SUMMARY KEY: a value of a `chaos load` summary file, e.g. longest_gap_ms.
+load_field() {
+  python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])[sys.argv[2]])' "$1" "$2"
+}
