@@ -15,6 +15,8 @@ use nix::unistd::Pid;
 use raftmq::client::Client;
 use raftmq_proto::admin::v1 as admin;
 
+use crate::netns::{self, Network};
+
 #[derive(Clone)]
 pub struct ClusterOptions {
     pub nodes: u64,
@@ -23,6 +25,14 @@ pub struct ClusterOptions {
     pub auto_create_topics: bool,
     /// More `raftmq broker` flags for every node.
     pub extra_args: Vec<String>,
+    /// Each node in its own network namespace (see [`crate::netns`]; needs root), so that
+    /// links between nodes can be cut. Otherwise every node listens on 127.0.0.1.
+    pub netns: bool,
+    /// Where the nodes' data dirs and logs go, kept afterwards; by default a temporary
+    /// folder removed when a passing test drops the cluster.
+    pub root: Option<PathBuf>,
+    /// Extra environment variables for every node.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for ClusterOptions {
@@ -32,6 +42,9 @@ impl Default for ClusterOptions {
             flush: "sync",
             auto_create_topics: false,
             extra_args: Vec::new(),
+            netns: false,
+            root: None,
+            env: Vec::new(),
         }
     }
 }
@@ -62,6 +75,20 @@ impl Node {
         })
     }
 
+    /// A node that is not started yet, on its own address in `network`.
+    fn in_namespace(id: u64, dir: PathBuf, network: &Network) -> Node {
+        let ip = network.ip(id);
+        Node {
+            id,
+            raft_addr: format!("{ip}:{}", netns::RAFT_PORT),
+            client_addr: format!("{ip}:{}", netns::CLIENT_PORT),
+            http_addr: format!("{ip}:{}", netns::HTTP_PORT),
+            dir,
+            members: String::new(),
+            child: None,
+        }
+    }
+
     /// This node's entry in a `--members` list.
     pub fn member_spec(&self) -> String {
         format!("{}={}/{}", self.id, self.raft_addr, self.client_addr)
@@ -89,8 +116,12 @@ impl Node {
 pub struct Cluster {
     binary: PathBuf,
     options: ClusterOptions,
-    root: Option<tempfile::TempDir>,
+    root: PathBuf,
+    /// Owns `root` when it is a temporary folder.
+    temp: Option<tempfile::TempDir>,
     pub nodes: Vec<Node>,
+    /// Present when the nodes run in network namespaces; dropped after the nodes are killed.
+    pub network: Option<Network>,
 }
 
 /// The `raftmq` executable: `RAFTMQ_BIN`, or the one cargo built next to the test binary.
@@ -98,19 +129,17 @@ pub fn raftmq_binary() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("RAFTMQ_BIN") {
         return Ok(PathBuf::from(path));
     }
-    let test_exe = std::env::current_exe()?;
-    // target/<profile>/deps/<test> → target/<profile>/raftmq
-    let profile_dir = test_exe
-        .parent()
-        .and_then(Path::parent)
-        .context("locate the target directory")?;
-    let binary = profile_dir.join("raftmq");
-    if !binary.exists() {
+    // Next to the running executable (the `chaos` binary in target/<profile>/), or one level
+    // up from a test binary (target/<profile>/deps/<test>).
+    let exe = std::env::current_exe()?;
+    let exe_dir = exe.parent().context("locate the target directory")?;
+    let candidates = [exe_dir.join("raftmq"), exe_dir.join("../raftmq")];
+    let Some(binary) = candidates.iter().find(|path| path.exists()).cloned() else {
         bail!(
             "{} does not exist: build it first (`cargo build --workspace --all-targets`) or set RAFTMQ_BIN",
-            binary.display()
+            candidates[1].display()
         );
-    }
+    };
     Ok(binary)
 }
 
@@ -154,15 +183,36 @@ impl Cluster {
 
     async fn start_once(options: ClusterOptions) -> anyhow::Result<Cluster> {
         let binary = raftmq_binary()?;
-        let root = tempfile::Builder::new()
-            .prefix("raftmq-cluster-")
-            .tempdir()?;
+        let (root, temp) = match &options.root {
+            Some(dir) => {
+                // A fresh start: what an earlier attempt left there is not this group's.
+                if dir.exists() {
+                    std::fs::remove_dir_all(dir)
+                        .with_context(|| format!("harness: clear {}", dir.display()))?;
+                }
+                std::fs::create_dir_all(dir)?;
+                (dir.clone(), None)
+            }
+            None => {
+                let temp = tempfile::Builder::new()
+                    .prefix("raftmq-cluster-")
+                    .tempdir()?;
+                (temp.path().to_path_buf(), Some(temp))
+            }
+        };
+        let ids: Vec<u64> = (1..=options.nodes).collect();
+        let network = if options.netns {
+            Some(Network::create(&ids)?)
+        } else {
+            None
+        };
         let mut nodes = Vec::new();
-        for id in 1..=options.nodes {
-            nodes.push(Node::with_free_ports(
-                id,
-                root.path().join(format!("node-{id}")),
-            )?);
+        for &id in &ids {
+            let dir = root.join(format!("node-{id}"));
+            nodes.push(match &network {
+                Some(network) => Node::in_namespace(id, dir, network),
+                None => Node::with_free_ports(id, dir)?,
+            });
         }
         let members = nodes
             .iter()
@@ -175,8 +225,10 @@ impl Cluster {
         let mut cluster = Cluster {
             binary,
             options,
-            root: Some(root),
+            root,
+            temp,
             nodes,
+            network,
         };
         for id in 1..=cluster.options.nodes {
             cluster.start_node(id)?;
@@ -186,7 +238,7 @@ impl Cluster {
     }
 
     pub fn root(&self) -> &Path {
-        self.root.as_ref().expect("root exists until drop").path()
+        &self.root
     }
 
     pub fn node(&self, id: u64) -> &Node {
@@ -217,7 +269,8 @@ impl Cluster {
         let flush = self.options.flush;
         let auto_create = self.options.auto_create_topics.to_string();
         let extra = self.options.extra_args.clone();
-        let node = self.node_mut(id);
+        let env = self.options.env.clone();
+        let node = self.node(id);
         if node.child.is_some() {
             bail!("node {id} is already running");
         }
@@ -232,7 +285,17 @@ impl Cluster {
             .create(true)
             .append(true)
             .open(node.log_file())?;
-        let child = Command::new(&binary)
+        let mut command = match &self.network {
+            Some(network) => {
+                let [program, rest @ ..] = network.exec_prefix(id);
+                let mut command = Command::new(program);
+                command.args(rest).arg(&binary);
+                command
+            }
+            None => Command::new(&binary),
+        };
+        let node = &mut self.nodes[(id - 1) as usize];
+        let child = command
             .arg("broker")
             .args(["--node-id", &id.to_string()])
             .arg("--data-dir")
@@ -248,6 +311,7 @@ impl Cluster {
                 &http_port,
             ])
             .args(&extra)
+            .envs(env)
             .env(
                 "RUST_LOG",
                 std::env::var("RAFTMQ_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
@@ -271,7 +335,14 @@ impl Cluster {
     pub fn start_new_node(&mut self) -> anyhow::Result<u64> {
         let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
         let first = self.nodes.first().context("a cluster has nodes")?;
-        let mut node = Node::with_free_ports(id, self.root().join(format!("node-{id}")))?;
+        let dir = self.root().join(format!("node-{id}"));
+        let mut node = match &mut self.network {
+            Some(network) => {
+                network.add_node(id)?;
+                Node::in_namespace(id, dir, network)
+            }
+            None => Node::with_free_ports(id, dir)?,
+        };
         node.members = format!("{},{}", first.members, node.member_spec());
         self.nodes.push(node);
         self.start_node(id)?;
@@ -284,6 +355,21 @@ impl Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// SIGSTOP (`paused`) or SIGCONT one running node.
+    pub fn pause_node(&self, id: u64, paused: bool) -> anyhow::Result<()> {
+        let pid = self
+            .node(id)
+            .pid()
+            .with_context(|| format!("node {id} is not running"))?;
+        let signal = if paused {
+            Signal::SIGSTOP
+        } else {
+            Signal::SIGCONT
+        };
+        kill(Pid::from_raw(pid as i32), signal)
+            .with_context(|| format!("harness: send {signal} to node {id}"))
     }
 
     /// SIGTERM one node and wait (bounded) for it to stop.
@@ -470,8 +556,8 @@ impl Drop for Cluster {
             self.kill_node(id);
         }
         let keep = std::thread::panicking() || std::env::var_os("RAFTMQ_KEEP_CLUSTER").is_some();
-        if keep && let Some(root) = self.root.take() {
-            let kept = root.keep();
+        if keep && let Some(temp) = self.temp.take() {
+            let kept = temp.keep();
             eprintln!("cluster data and logs kept in {}", kept.display());
         }
     }

@@ -3,3 +3,7 @@
 
 pub mod cluster;
 pub mod history;
+pub mod nemesis;
+pub mod netns;
+pub mod report;
+pub mod run;

@@ -369,6 +369,10 @@ impl Messaging {
             .resolve_topic(resource_name(queue.topic.as_ref()))
             .await?;
         let queue_id = self.broker.check_queue(&topic, queue.id)?;
+        // A consumer resumes from this offset: a node that lags behind (or was cut off and
+        // does not know it yet) must not hand out an offset older than one already
+        // committed, or the group would consume a stretch again. Read what is committed.
+        self.broker.node.read_barrier(PROPOSE_DEADLINE).await?;
         self.broker
             .node
             .state

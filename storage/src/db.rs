@@ -67,6 +67,13 @@ impl std::str::FromStr for FlushMode {
     }
 }
 
+/// Debug builds only: set in a broker's environment, the node keeps its WAL in process memory
+/// (RocksDB's manual WAL flush, never fsynced) and still reports entries as stored, so a
+/// SIGKILL loses writes it acknowledged, as a power cut would with `flush = async`. The chaos
+/// tests use it to show that their checker catches lost acknowledged messages; release
+/// builds ignore it.
+pub const UNSAFE_LOSE_UNSYNCED_ENV: &str = "RAFTMQ_UNSAFE_TEST_LOSE_UNSYNCED_WRITES";
+
 /// The database handle shared by the log store and the broker state.
 #[derive(Clone)]
 pub struct Db {
@@ -74,9 +81,36 @@ pub struct Db {
     pub(crate) flush: FlushMode,
 }
 
+/// The test mode's WAL reaches the OS every 3 s (like a periodic flush), so that a node keeps
+/// its identity and older entries and only the last seconds are at risk.
+fn write_wal_every_few_seconds(db: std::sync::Weak<rocksdb::DB>) {
+    let _ = std::thread::Builder::new()
+        .name("raftmq-unsafe-wal".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3));
+                match db.upgrade() {
+                    Some(db) => {
+                        let _ = db.flush_wal(false);
+                    }
+                    None => return,
+                }
+            }
+        });
+}
+
 impl Db {
-    pub fn open(path: &Path, flush: FlushMode) -> Result<Db, StorageError> {
+    pub fn open(path: &Path, mut flush: FlushMode) -> Result<Db, StorageError> {
         let mut opts = Options::default();
+        let lose_unsynced =
+            cfg!(debug_assertions) && std::env::var_os(UNSAFE_LOSE_UNSYNCED_ENV).is_some();
+        if lose_unsynced {
+            tracing::warn!(
+                "{UNSAFE_LOSE_UNSYNCED_ENV} is set: this node loses acknowledged writes when killed (test mode)"
+            );
+            opts.set_manual_wal_flush(true);
+            flush = FlushMode::Async;
+        }
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.increase_parallelism(2);
@@ -97,10 +131,11 @@ impl Db {
                 source,
             }
         })?;
-        Ok(Db {
-            inner: Arc::new(inner),
-            flush,
-        })
+        let inner = Arc::new(inner);
+        if lose_unsynced {
+            write_wal_every_few_seconds(Arc::downgrade(&inner));
+        }
+        Ok(Db { inner, flush })
     }
 
     pub fn flush_mode(&self) -> FlushMode {

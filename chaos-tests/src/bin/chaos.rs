@@ -2,6 +2,7 @@
 //! cluster, the compose cluster, a Kubernetes StatefulSet).
 //!
 //! ```text
+//! chaos run   --nodes 3 --seed 7 --faults kill-leader,split,... --out target/chaos/run-7
 //! chaos load  --endpoints H:P,... --topic T --duration 20s --rate 200 --history run.jsonl
 //! chaos check --endpoints H:P,... --topic T --history run.jsonl
 //! ```
@@ -13,6 +14,11 @@
 //! the history file. `check` reads the topic back from every node and compares it with the
 //! history: lost, duplicated, reordered and phantom messages, and whether the replicas are
 //! identical; it exits 1 when anything is wrong.
+//!
+//! `run` is the whole experiment on its own group (network namespaces, needs root): it
+//! starts the nodes, drives producers and consumers through a seeded schedule of faults,
+//! checks every replica and writes report.txt, report.json, latency.svg and history.jsonl.
+//! Exit status: 0 clean, 1 the checker found something, 2 the harness itself failed.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -34,6 +40,8 @@ use tokio::sync::Mutex;
     about = "Workload and checker for raftmq failover drills"
 )]
 enum Command {
+    /// Start a group, inject seeded faults under load, check and report.
+    Run(RunArgs),
     /// Send unique messages at a steady rate and record every outcome.
     Load(LoadArgs),
     /// Compare what the group holds with a history written by `load`.
@@ -67,6 +75,45 @@ struct LoadArgs {
 }
 
 #[derive(clap::Args)]
+struct RunArgs {
+    /// Nodes in the group (3 or 5; the bridge fault needs 5).
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Every choice of the run derives from it; a random one is printed when omitted.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Comma-separated faults, or `all` (every fault that fits the group size).
+    #[arg(long, default_value = "all")]
+    faults: String,
+    /// Passes over the fault list, each in a new seeded order.
+    #[arg(long, default_value_t = 1)]
+    rounds: u32,
+    /// Soak: keep going with new rounds until this many seconds have passed.
+    #[arg(long, default_value_t = 0)]
+    duration: u64,
+    /// Messages per second over all producers.
+    #[arg(long, default_value_t = 200)]
+    rate: u32,
+    #[arg(long, default_value_t = 4)]
+    producers: u32,
+    #[arg(long, default_value_t = 2)]
+    consumers: u32,
+    /// `sync` (default) or `async`.
+    #[arg(long, default_value = "sync")]
+    flush: String,
+    /// Run every node on 127.0.0.1 instead of in its own namespace (no network faults).
+    #[arg(long)]
+    no_netns: bool,
+    /// Checker-bites mode (debug builds of raftmq only): nodes lose unwritten acknowledged
+    /// writes when killed. A run with kill faults must then FAIL; it shows the checker bites.
+    #[arg(long)]
+    unsafe_lose_unsynced: bool,
+    /// Where the report, history, plot and node data go (default target/chaos/seed-<seed>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
 struct CheckArgs {
     /// Client addresses of the group's nodes, comma-separated; each is read and checked.
     #[arg(long)]
@@ -91,8 +138,72 @@ fn endpoints(list: &str) -> Vec<String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Command::parse() {
+        Command::Run(args) => run(args).await,
         Command::Load(args) => load(args).await,
         Command::Check(args) => check(args).await,
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    use chaos_tests::nemesis::{self, Fault};
+    use chaos_tests::run::RunOptions;
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let faults: Vec<Fault> = if args.faults == "all" {
+        nemesis::ALL
+            .iter()
+            .copied()
+            .filter(|f| *f != Fault::Bridge || args.nodes >= 5)
+            .filter(|f| !args.no_netns || !f.needs_network())
+            .collect()
+    } else {
+        args.faults
+            .split(',')
+            .map(|name| name.trim().parse::<Fault>())
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::msg)?
+    };
+    let flush: &'static str = match args.flush.as_str() {
+        "sync" => "sync",
+        "async" => "async",
+        other => bail!("--flush must be sync or async, not `{other}`"),
+    };
+    anyhow::ensure!(args.nodes >= 3, "--nodes must be at least 3");
+    let options = RunOptions {
+        nodes: args.nodes,
+        seed,
+        faults,
+        rounds: args.rounds.max(1),
+        duration: Duration::from_secs(args.duration),
+        rate: args.rate.max(1),
+        producers: args.producers.max(1),
+        consumers: args.consumers,
+        flush,
+        netns: !args.no_netns,
+        lose_unsynced: args.unsafe_lose_unsynced,
+        out: args
+            .out
+            .unwrap_or_else(|| PathBuf::from(format!("target/chaos/seed-{seed}"))),
+    };
+    eprintln!("chaos run, seed {seed}: {}", options.replay_command());
+    eprintln!("output in {}", options.out.display());
+    match chaos_tests::run::run(&options).await {
+        Ok(report) => {
+            println!("{}", report.text());
+            println!(
+                "report, history, plot and node logs in {}",
+                options.out.display()
+            );
+            if !report.clean {
+                eprintln!("FAILED; replay with: {}", options.replay_command());
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("harness error (not a finding about the broker): {e:#}");
+            eprintln!("replay with: {}", options.replay_command());
+            std::process::exit(2);
+        }
     }
 }
 

@@ -1,0 +1,300 @@
+//! The faults a chaos run injects, and the schedule a seed turns into.
+//!
+//! A fault is chosen and timed by the seed; which node it hits is decided when it is
+//! injected (the leader at that moment, a follower picked by the seed from the sorted
+//! followers), so a replay with the same seed makes the same choices.
+
+use std::fmt;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use rand::rngs::StdRng;
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::{Rng, SeedableRng};
+
+use crate::cluster::Cluster;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Fault {
+    /// SIGKILL the leader; restart it after a random delay.
+    KillLeader,
+    KillFollower,
+    /// SIGKILL a majority, the leader among them; restart them.
+    KillMajority,
+    /// SIGKILL every node at once; restart them all.
+    KillAll,
+    /// SIGSTOP the leader for longer than the election timeout, then SIGCONT.
+    PauseLeader,
+    PauseFollower,
+    /// Cut the leader off from every other node (clients still reach it).
+    IsolateLeader,
+    /// Split the group into a majority and a minority; the old leader lands on either side.
+    Split,
+    /// Five nodes: two halves that cannot talk, and one node that sees both.
+    Bridge,
+    /// One node can receive from the others but whatever it sends them is lost.
+    OneWay,
+    /// 20% of the packets to and from the leader lost.
+    Lossy,
+    /// The leader's outgoing link slowed down (netem delay, or a token bucket without netem).
+    Slow,
+    /// A follower's data dir deleted; it restarts empty and must catch up.
+    Wipe,
+}
+
+pub const ALL: [Fault; 13] = [
+    Fault::KillLeader,
+    Fault::KillFollower,
+    Fault::KillMajority,
+    Fault::KillAll,
+    Fault::PauseLeader,
+    Fault::PauseFollower,
+    Fault::IsolateLeader,
+    Fault::Split,
+    Fault::Bridge,
+    Fault::OneWay,
+    Fault::Lossy,
+    Fault::Slow,
+    Fault::Wipe,
+];
+
+impl Fault {
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::KillLeader => "kill-leader",
+            Fault::KillFollower => "kill-follower",
+            Fault::KillMajority => "kill-majority",
+            Fault::KillAll => "kill-all",
+            Fault::PauseLeader => "pause-leader",
+            Fault::PauseFollower => "pause-follower",
+            Fault::IsolateLeader => "isolate-leader",
+            Fault::Split => "split",
+            Fault::Bridge => "bridge",
+            Fault::OneWay => "one-way",
+            Fault::Lossy => "lossy",
+            Fault::Slow => "slow",
+            Fault::Wipe => "wipe",
+        }
+    }
+
+    /// Faults that need the nodes in network namespaces.
+    pub fn needs_network(self) -> bool {
+        matches!(
+            self,
+            Fault::IsolateLeader
+                | Fault::Split
+                | Fault::Bridge
+                | Fault::OneWay
+                | Fault::Lossy
+                | Fault::Slow
+        )
+    }
+
+    /// Faults that take the leader away, for which a new leader is expected.
+    pub fn targets_leader(self) -> bool {
+        matches!(
+            self,
+            Fault::KillLeader
+                | Fault::KillMajority
+                | Fault::KillAll
+                | Fault::PauseLeader
+                | Fault::IsolateLeader
+        )
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Fault {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Fault, String> {
+        ALL.iter().copied().find(|f| f.name() == s).ok_or_else(|| {
+            let names: Vec<_> = ALL.iter().map(|f| f.name()).collect();
+            format!("unknown fault `{s}`; known: {}", names.join(", "))
+        })
+    }
+}
+
+/// One planned fault: quiet time before it, how long it lasts, and the seed-drawn choices.
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub fault: Fault,
+    pub quiet_before: Duration,
+    pub duration: Duration,
+    /// Picks among candidate nodes (followers, sides of a split) when the fault is injected.
+    pub pick: u64,
+}
+
+/// The faults, in a seed-shuffled order, `rounds` times over, with seed-drawn timings.
+/// `pause_at_least` keeps pauses longer than the election timeout.
+pub fn schedule(seed: u64, faults: &[Fault], rounds: u32, pause_at_least: Duration) -> Vec<Step> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut steps = Vec::new();
+    for _ in 0..rounds {
+        let mut order = faults.to_vec();
+        order.shuffle(&mut rng);
+        for fault in order {
+            let mut duration = Duration::from_millis(rng.random_range(1_500..4_000));
+            if matches!(fault, Fault::PauseLeader | Fault::PauseFollower) {
+                duration = duration.max(pause_at_least);
+            }
+            steps.push(Step {
+                fault,
+                quiet_before: Duration::from_millis(rng.random_range(1_000..2_500)),
+                duration,
+                pick: rng.random(),
+            });
+        }
+    }
+    steps
+}
+
+/// What was done to the cluster, so that it can be undone.
+#[derive(Debug, Default)]
+pub struct Injected {
+    pub killed: Vec<u64>,
+    pub paused: Vec<u64>,
+    pub network: bool,
+    /// Human-readable: which nodes, which filter.
+    pub description: String,
+    /// The leader when the fault was injected.
+    pub old_leader: Option<u64>,
+}
+
+fn pick_one(nodes: &[u64], pick: u64) -> anyhow::Result<u64> {
+    if nodes.is_empty() {
+        bail!("harness: no node to pick");
+    }
+    Ok(nodes[(pick % nodes.len() as u64) as usize])
+}
+
+/// Inject `step.fault`. Errors are harness errors (a fault that could not be installed).
+pub async fn inject(cluster: &mut Cluster, step: &Step) -> anyhow::Result<Injected> {
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(30))
+        .await
+        .context("harness: no leader to aim the fault at")?;
+    let mut ids: Vec<u64> = cluster.nodes.iter().map(|n| n.id).collect();
+    ids.sort_unstable();
+    let followers: Vec<u64> = ids.iter().copied().filter(|&id| id != leader).collect();
+    let mut rng = StdRng::seed_from_u64(step.pick);
+    let mut done = Injected {
+        old_leader: Some(leader),
+        ..Default::default()
+    };
+    let network = || {
+        cluster
+            .network
+            .as_ref()
+            .with_context(|| format!("harness: fault {} needs --netns", step.fault))
+    };
+    match step.fault {
+        Fault::KillLeader => done.killed = vec![leader],
+        Fault::KillFollower => done.killed = vec![pick_one(&followers, step.pick)?],
+        Fault::KillMajority => {
+            let mut others = followers.clone();
+            others.shuffle(&mut rng);
+            done.killed = vec![leader];
+            done.killed.extend(others.into_iter().take(ids.len() / 2));
+        }
+        Fault::KillAll => done.killed = ids.clone(),
+        Fault::PauseLeader => done.paused = vec![leader],
+        Fault::PauseFollower => done.paused = vec![pick_one(&followers, step.pick)?],
+        Fault::IsolateLeader => {
+            network()?.partition(&[leader], &followers)?;
+            done.network = true;
+            done.description = format!("node {leader} cut off from {followers:?}");
+        }
+        Fault::Split => {
+            let mut shuffled = ids.clone();
+            shuffled.shuffle(&mut rng);
+            let minority: Vec<u64> = shuffled[..ids.len() / 2].to_vec();
+            let majority: Vec<u64> = shuffled[ids.len() / 2..].to_vec();
+            network()?.partition(&minority, &majority)?;
+            done.network = true;
+            done.description = format!("{minority:?} | {majority:?}");
+        }
+        Fault::Bridge => {
+            if ids.len() < 5 {
+                bail!("harness: a bridge partition needs 5 nodes");
+            }
+            let mut shuffled = ids.clone();
+            shuffled.shuffle(&mut rng);
+            // The leader sits on one side; the bridge node sees both halves.
+            let (left, bridge, right) = (&shuffled[..2], shuffled[2], &shuffled[3..]);
+            network()?.partition(left, right)?;
+            done.network = true;
+            done.description = format!("{left:?} | {right:?}, node {bridge} sees both");
+        }
+        Fault::OneWay => {
+            let speaker = if step.pick.is_multiple_of(2) {
+                leader
+            } else {
+                pick_one(&followers, step.pick / 2)?
+            };
+            let network = network()?;
+            for &other in ids.iter().filter(|&&id| id != speaker) {
+                network.cut(speaker, other)?;
+            }
+            done.network = true;
+            done.description = format!("node {speaker} hears but is not heard");
+        }
+        Fault::Lossy => {
+            network()?.lossy(leader, 20)?;
+            done.network = true;
+            done.description = format!("node {leader} loses 20% of its packets");
+        }
+        Fault::Slow => {
+            let how = network()?.slow(leader, 100, 512)?;
+            done.network = true;
+            done.description = format!("node {leader}: {how}");
+        }
+        Fault::Wipe => {
+            let victim = pick_one(&followers, step.pick)?;
+            cluster.wipe_node(victim)?;
+            done.killed = vec![victim];
+            done.description = format!("node {victim} data dir deleted");
+        }
+    }
+    for &id in &done.killed {
+        cluster.kill_node(id);
+    }
+    for &id in &done.paused {
+        cluster.pause_node(id, true)?;
+    }
+    if done.description.is_empty() {
+        let nodes = if done.killed.is_empty() {
+            &done.paused
+        } else {
+            &done.killed
+        };
+        done.description = format!("nodes {nodes:?}");
+    }
+    Ok(done)
+}
+
+/// Undo a fault: heal the network, resume paused nodes, restart killed ones (in a
+/// seed-drawn order with short gaps, so restarts are not always simultaneous).
+pub async fn heal(cluster: &mut Cluster, injected: &Injected, pick: u64) -> anyhow::Result<()> {
+    if injected.network
+        && let Some(network) = &cluster.network
+    {
+        network.heal()?;
+    }
+    for &id in &injected.paused {
+        cluster.pause_node(id, false)?;
+    }
+    let mut rng = StdRng::seed_from_u64(pick ^ 0x9e37_79b9);
+    let mut order = injected.killed.clone();
+    order.shuffle(&mut rng);
+    for id in order {
+        cluster.start_node(id)?;
+        let gap = *[0u64, 100, 400].choose(&mut rng).unwrap_or(&0);
+        tokio::time::sleep(Duration::from_millis(gap)).await;
+    }
+    Ok(())
+}
