@@ -105,6 +105,8 @@ pub struct FaultRow {
     pub unavailable_ms: Spread,
     /// Injection to a new leader seen (detection and election together).
     pub election_ms: Spread,
+    /// New leader seen to the first acknowledgement: the clients finding their way to it.
+    pub reroute_ms: Spread,
     pub not_recovered: usize,
 }
 
@@ -206,6 +208,14 @@ impl RunReport {
                     .filter_map(|w| w.new_leader_ms.map(|at| at.saturating_sub(w.injected_ms)))
                     .collect(),
             );
+            entry.reroute_ms = Spread::of(
+                list.iter()
+                    .filter_map(|w| {
+                        let elected = w.new_leader_ms?.saturating_sub(w.injected_ms);
+                        Some(w.unavailable_ms?.saturating_sub(elected))
+                    })
+                    .collect(),
+            );
             entry.not_recovered = list.iter().filter(|w| w.recovery_error.is_some()).count();
         }
         let faults = rows
@@ -244,7 +254,7 @@ impl RunReport {
         );
         let _ = writeln!(
             out,
-            "{:<15} {:>4} {:>8} {:>8} {:>7} {:>5} {:>5} {:>7}  {:>29}  {:>14}",
+            "{:<15} {:>4} {:>8} {:>8} {:>7} {:>5} {:>5} {:>7}  {:>29}  {:>16}  {:>14}",
             "fault",
             "runs",
             "sent",
@@ -254,7 +264,8 @@ impl RunReport {
             "dup",
             "reorder",
             "unavailable ms min/p50/p99/max",
-            "election p50/max"
+            "election p50/max",
+            "reroute p50/max"
         );
         for r in &self.faults {
             let u = &r.unavailable_ms;
@@ -264,14 +275,17 @@ impl RunReport {
             } else {
                 format!("{}/{}/{}/{}", u.min, u.p50, u.p99, u.max)
             };
-            let election = if e.count == 0 {
-                "-".to_string()
-            } else {
-                format!("{}/{}", e.p50, e.max)
+            let p50_max = |s: &Spread| {
+                if s.count == 0 {
+                    "-".to_string()
+                } else {
+                    format!("{}/{}", s.p50, s.max)
+                }
             };
+            let (election, reroute) = (p50_max(e), p50_max(&r.reroute_ms));
             let _ = writeln!(
                 out,
-                "{:<15} {:>4} {:>8} {:>8} {:>7} {:>5} {:>5} {:>7}  {:>29}  {:>14}{}",
+                "{:<15} {:>4} {:>8} {:>8} {:>7} {:>5} {:>5} {:>7}  {:>29}  {:>16}  {:>14}{}",
                 r.fault,
                 r.injections,
                 r.attempted,
@@ -282,6 +296,7 @@ impl RunReport {
                 r.reordered,
                 unavailable,
                 election,
+                reroute,
                 if r.not_recovered > 0 {
                     format!("  ({} not recovered)", r.not_recovered)
                 } else {
@@ -440,4 +455,87 @@ fn plot(report: &RunReport, path: &Path) -> anyhow::Result<()> {
     )?;
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(body: &str, start_ms: u64, end_ms: u64, ok: bool) -> Op {
+        Op {
+            body: body.into(),
+            start_ms,
+            end_ms,
+            ok,
+        }
+    }
+
+    fn window(fault: Fault, injected_ms: u64, recovered_ms: u64) -> FaultWindow {
+        FaultWindow {
+            fault,
+            description: String::new(),
+            old_leader: Some(1),
+            injected_ms,
+            healed_ms: recovered_ms,
+            recovered_ms,
+            recovery_error: None,
+            new_leader_ms: Some(injected_ms + 700),
+            new_leader: Some(2),
+            unavailable_ms: None,
+        }
+    }
+
+    #[test]
+    fn unavailability_runs_to_the_first_ack_of_a_send_started_after_the_fault() {
+        let w = window(Fault::KillLeader, 1_000, 3_000);
+        let ops = [
+            // Started before the fault: does not count, however late its ack.
+            op("a", 990, 1_005, true),
+            op("b", 1_010, 2_000, false),
+            op("c", 1_020, 1_900, true),
+            op("d", 1_500, 1_950, true),
+        ];
+        assert_eq!(w.measure_unavailable(&ops), Some(900));
+        assert_eq!(w.measure_unavailable(&ops[..2]), None);
+    }
+
+    #[test]
+    fn sends_and_findings_are_counted_under_the_fault_they_started_in() {
+        let windows = vec![window(Fault::KillLeader, 1_000, 3_000)];
+        let ops = vec![
+            op("p0:0", 100, 110, true),
+            op("p0:1", 1_100, 1_900, true),
+            op("p0:2", 1_200, 2_300, false),
+            op("p0:3", 3_500, 3_510, true),
+        ];
+        let check = FinalCheck {
+            lost: vec!["p0:1".into()],
+            replicas_identical: true,
+            ..Default::default()
+        };
+        let options = RunOptions {
+            nodes: 3,
+            seed: 1,
+            faults: vec![Fault::KillLeader],
+            rounds: 1,
+            duration: std::time::Duration::ZERO,
+            rate: 1,
+            producers: 1,
+            consumers: 0,
+            flush: "sync",
+            netns: true,
+            lose_unsynced: false,
+            out: "unused".into(),
+        };
+        let report = RunReport::build(&options, ops, windows, check);
+        let row = |name: &str| report.faults.iter().find(|r| r.fault == name).unwrap();
+        let kill = row("kill-leader");
+        assert_eq!((kill.attempted, kill.acknowledged, kill.unknown, kill.lost), (2, 1, 1, 1));
+        assert_eq!(kill.unavailable_ms.p50, 900);
+        assert_eq!(kill.election_ms.p50, 700);
+        assert_eq!(kill.reroute_ms.p50, 200);
+        let none = row("none");
+        assert_eq!((none.attempted, none.lost), (2, 0));
+        assert!(!report.clean, "a lost message must fail the run");
+    }
 }
