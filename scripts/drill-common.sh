@@ -11,12 +11,13 @@ ensure_curl() {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
 }
 
-# The leader's node id as the reachable nodes report it (empty when none).
+# The leader's node id as the reachable nodes report it (empty when none). A cut-off old
+# leader may still believe it leads: the one in the newest term wins.
 leader_id() {
   "$RAFTMQ" admin --endpoints "$ENDPOINTS" cluster --json 2>/dev/null | python3 -c '
 import json, sys
-nodes = json.load(sys.stdin)["nodes"]
-print(next((n["node_id"] for n in nodes if n.get("role") == "leader"), ""))' || true
+nodes = [n for n in json.load(sys.stdin)["nodes"] if n.get("role") == "leader"]
+print(max(nodes, key=lambda n: n.get("term", 0))["node_id"] if nodes else "")' || true
 }
 
 # wait_new_leader OLD SINCE_MS: wait until a node other than OLD leads; print the ms since SINCE_MS.

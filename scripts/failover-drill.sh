@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
 # Failover drill for a running local cluster (started with scripts/local.sh or `raftmq local`).
 # Under a steady load of acknowledged sends it: kills the leader (SIGKILL) and restarts it,
-# pauses the leader (SIGSTOP) for longer than the election timeout and resumes it, then
-# restarts every node one by one with SIGTERM, leader last. After each step every node is read
+# pauses the leader (SIGSTOP) for longer than the election timeout and resumes it, cuts the
+# leader off from the other nodes and heals the partition (root and iptables needed: each
+# node's Raft traffic uses its own 127.0.0.N), then restarts every node one by one with
+# SIGTERM, leader last. After each step every node is read
 # back and checked: nothing acknowledged lost, duplicated or reordered, replicas identical.
 # It prints each step, a progress line every second, and the measured failover times.
 #
 #   scripts/failover-drill.sh [DIR]      DIR: the cluster's --dir (default raftmq-local)
 #
-# Network partitions need one network namespace per node; the chaos harness (issue 3) covers
-# them. Histories and reports are kept in DIR/drill/.
+# Histories and reports are kept in DIR/drill/. The chaos harness (docs/CHAOS.md) covers more
+# partitions (split, bridge, one-way) with each node in its own network namespace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir="${1:-raftmq-local}"
 RAFTMQ=${RAFTMQ:-target/debug/raftmq}
 CHAOS=${CHAOS:-target/debug/chaos}
 PAUSE_SECS=${PAUSE_SECS:-5}
+PARTITION_SECS=${PARTITION_SECS:-5}
 RATE=${RATE:-200}
 
 . scripts/drill-common.sh
@@ -101,11 +104,41 @@ kill -CONT "$pid"
 wait_ready "$leader"
 say "node $leader resumed and follows again"
 finish_step "drill-pause-$stamp"
-summary+=("leader SIGSTOP: new leader after ${took} ms, longest time without an ack $(load_field "$out/drill-pause-$stamp.json" longest_gap_ms) ms")
+summary+=("leader SIGSTOP: new leader seen after ${took} ms (the status poll waits up to 2 s for the paused node), longest time without an ack $(load_field "$out/drill-pause-$stamp.json" longest_gap_ms) ms")
+
+leader=$(leader_id)
+raft_ip() { node_field "$1" raft_addr | cut -d: -f1; }
+leader_ip=$(raft_ip "$leader")
+distinct_ips=$(for id in $ids; do raft_ip "$id"; done | sort -u | wc -l)
+if [ "$(id -u)" = 0 ] && command -v iptables >/dev/null && [ "$distinct_ips" = "$(echo "$ids" | wc -w)" ]; then
+  say "step 3: cut the leader (node $leader, Raft on $leader_ip) off from the other nodes for ${PARTITION_SECS}s, then heal"
+  run_load "drill-partition-$stamp" $((PARTITION_SECS + 9))
+  sleep 3
+  rules=()
+  for id in $ids; do
+    [ "$id" = "$leader" ] && continue
+    rules+=("-s $leader_ip -d $(raft_ip "$id")" "-s $(raft_ip "$id") -d $leader_ip")
+  done
+  heal() { for rule in "${rules[@]}"; do iptables -D INPUT -i lo $rule -j DROP 2>/dev/null || true; done; }
+  trap heal EXIT
+  injected=$(now_ms)
+  for rule in "${rules[@]}"; do iptables -I INPUT -i lo $rule -j DROP; done
+  took=$(wait_new_leader "$leader" "$injected")
+  say "node $(leader_id) leads ${took} ms after the partition; clients still reach node $leader, which must not acknowledge anything"
+  sleep "$PARTITION_SECS"
+  heal
+  trap - EXIT
+  wait_ready "$leader"
+  say "partition healed; node $leader follows again"
+  finish_step "drill-partition-$stamp"
+  summary+=("leader partitioned: new leader after ${took} ms, longest time without an ack $(load_field "$out/drill-partition-$stamp.json" longest_gap_ms) ms")
+else
+  say "step 3 skipped: cutting a node off needs root, iptables, and nodes with their own Raft addresses (127.0.0.N, as raftmq local starts them)"
+fi
 
 leader=$(leader_id)
 order="$(for id in $ids; do [ "$id" = "$leader" ] || printf '%s ' "$id"; done)$leader"
-say "step 3: rolling restart with SIGTERM, order $order (the leader hands over before it stops)"
+say "step 4: rolling restart with SIGTERM, order $order (the leader hands over before it stops)"
 run_load "drill-rolling-$stamp" $((6 * $(echo "$ids" | wc -w) + 4))
 sleep 2
 for id in $order; do

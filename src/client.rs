@@ -401,21 +401,23 @@ impl Client {
         .await
     }
 
-    /// Ask every endpoint for its own view of the group.
+    /// Ask every endpoint for its own view of the group, all at once: a node that hangs
+    /// (paused, cut off) costs its timeout once, not once per node after it.
     pub async fn cluster_status(&self) -> Vec<(String, Result<admin::NodeStatus, String>)> {
-        let mut out = Vec::new();
-        for (index, endpoint) in self.endpoints.iter().enumerate() {
+        let asks = self.endpoints.iter().enumerate().map(|(index, endpoint)| {
             let mut client = self.admin_at(index);
             let mut request = tonic::Request::new(admin::ClusterStatusRequest {});
             request.set_timeout(Duration::from_secs(2));
-            let status = client
-                .cluster_status(request)
-                .await
-                .map(|r| r.into_inner())
-                .map_err(|s| s.message().to_string());
-            out.push((endpoint.clone(), status));
-        }
-        out
+            async move {
+                let status = client
+                    .cluster_status(request)
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(|s| s.message().to_string());
+                (endpoint.clone(), status)
+            }
+        });
+        futures::future::join_all(asks).await
     }
 
     /// Run an admin call on the first node that answers.

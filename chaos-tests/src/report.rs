@@ -530,7 +530,10 @@ mod tests {
         let report = RunReport::build(&options, ops, windows, check);
         let row = |name: &str| report.faults.iter().find(|r| r.fault == name).unwrap();
         let kill = row("kill-leader");
-        assert_eq!((kill.attempted, kill.acknowledged, kill.unknown, kill.lost), (2, 1, 1, 1));
+        assert_eq!(
+            (kill.attempted, kill.acknowledged, kill.unknown, kill.lost),
+            (2, 1, 1, 1)
+        );
         assert_eq!(kill.unavailable_ms.p50, 900);
         assert_eq!(kill.election_ms.p50, 700);
         assert_eq!(kill.reroute_ms.p50, 200);

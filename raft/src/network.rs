@@ -34,9 +34,27 @@ pub const MAX_RAFT_MESSAGE_BYTES: usize = 256 << 20;
 #[derive(Clone, Default)]
 pub struct Network {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Source address of outgoing connections (see [`Network::from_own_address`]).
+    local_address: Option<std::net::IpAddr>,
 }
 
 impl Network {
+    /// A network whose outgoing connections leave from this node's own Raft address when it
+    /// is a loopback address: several nodes on one machine (`raftmq local`, each on its own
+    /// 127.0.0.N) can then be told apart by address, so a drill can cut one node off with a
+    /// packet filter. Elsewhere the system picks the source address as usual.
+    pub fn from_own_address(raft_addr: &str) -> Network {
+        let local_address = raft_addr
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .map(|addr| addr.ip())
+            .filter(|ip| ip.is_loopback());
+        Network {
+            local_address,
+            ..Network::default()
+        }
+    }
+
     pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut channels = self.channels.lock().expect("channel cache lock poisoned");
         if let Some(channel) = channels.get(addr) {
@@ -48,6 +66,7 @@ impl Network {
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true)
+            .local_address(self.local_address)
             .connect_lazy();
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)

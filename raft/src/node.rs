@@ -195,7 +195,12 @@ impl RaftNode {
         }
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
-        let network = Network::default();
+        let own_raft_addr = config
+            .members
+            .get(&config.node_id)
+            .map(|node| node.raft_addr.clone())
+            .unwrap_or_default();
+        let network = Network::from_own_address(&own_raft_addr);
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),

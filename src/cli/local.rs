@@ -1,4 +1,6 @@
-//! `raftmq local`: a three-node broker group on 127.0.0.1 for trying raftmq out.
+//! `raftmq local`: a three-node broker group on this machine for trying raftmq out. Clients
+//! reach the nodes on 127.0.0.1; each node's Raft traffic uses its own 127.0.0.N, so that a
+//! drill can cut one node off with a packet filter (scripts/failover-drill.sh).
 //!
 //! Each node is its own `raftmq broker` process, so any one can be killed (`kill -9`) and
 //! restarted by hand with the command recorded in `cluster.json`. Ctrl-C or SIGTERM stops
@@ -124,7 +126,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     let members: Vec<String> = (1..=args.nodes)
         .map(|id| {
             format!(
-                "{id}=127.0.0.1:{}/127.0.0.1:{}",
+                "{id}=127.0.0.{id}:{}/127.0.0.1:{}",
                 args.raft_port + id as u16 - 1,
                 args.client_port + id as u16 - 1
             )
@@ -155,7 +157,9 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
             LocalNode {
                 id,
                 client_addr: format!("127.0.0.1:{}", args.client_port + id as u16 - 1),
-                raft_addr: format!("127.0.0.1:{}", args.raft_port + id as u16 - 1),
+                // Each node's Raft traffic on its own loopback address, so that a drill can
+                // cut one node off from the others with a packet filter.
+                raft_addr: format!("127.0.0.{id}:{}", args.raft_port + id as u16 - 1),
                 http_addr: format!("127.0.0.1:{}", args.http_port + id as u16 - 1),
                 dir: node_dir,
                 command,
