@@ -18,6 +18,23 @@ ensure_build_deps() {
   fi
 }
 
+# The chaos suite puts each node in its own network namespace (ip), cuts links with iptables
+# and slows them with tc.
+ensure_chaos_deps() {
+  local missing=()
+  command -v ip >/dev/null || missing+=(iproute2)
+  command -v tc >/dev/null || missing+=(iproute2)
+  command -v iptables >/dev/null || missing+=(iptables)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing ${missing[*]} (the chaos suite's network faults)..."
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "the chaos suite needs root and ${missing[*]} (Debian/Ubuntu: sudo apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+}
+
 # Reuse a RocksDB static library that an earlier build on this machine kept (same crate
 # version, features and optimisation level); a cold RocksDB build takes 10-15 minutes.
 rocksdb_cache_dir() {

@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 . scripts/deps.sh
 
 ensure_build_deps
+ensure_chaos_deps
 use_cached_rocksdb
 scripts/python-env.sh
 
