@@ -45,7 +45,7 @@ for mode in $MODES; do
   "$bin" local --dir "$dir" --flush "$mode" --client-port 18081 --raft-port 19091 >"$WORK/local-$mode.log" 2>&1 &
   cluster_pid=$!
   for _ in $(seq 100); do
-    "$bin" admin cluster --json --endpoints "$endpoints" 2>/dev/null | grep -q '"leader"' && break
+    "$bin" admin cluster --json --endpoints "$endpoints" 2>/dev/null | grep '"leader"' >/dev/null && break
     sleep 0.2
   done
   "$bin" admin topic create bench --queues 8 --endpoints "$endpoints"

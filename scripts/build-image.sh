@@ -57,7 +57,7 @@ step "checking that $base has every shared library raftmq needs"
 needed=$(ldd "$binary" | awk '/=>/ {print $1}' | sort -u)
 missing=""
 for lib in $needed; do
-  if ! docker run --rm "$base" sh -c "ls /lib/x86_64-linux-gnu/$lib /usr/lib/x86_64-linux-gnu/$lib" 2>/dev/null | grep -q .; then
+  if ! docker run --rm "$base" sh -c "ls /lib/x86_64-linux-gnu/$lib /usr/lib/x86_64-linux-gnu/$lib" 2>/dev/null | grep . >/dev/null; then
     missing="$missing $lib"
   fi
 done

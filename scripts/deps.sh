@@ -3,7 +3,8 @@
 
 ensure_build_deps() {
   # libclang.so.N itself: libclang-cpp (a different library) may be present without it.
-  if ! ldconfig -p 2>/dev/null | grep -Eq 'libclang(-[0-9.]+)?\.so'; then
+  # No `grep -q` behind a pipe: with pipefail, grep quitting early makes the writer fail.
+  if ! ldconfig -p 2>/dev/null | grep -E 'libclang(-[0-9.]+)?\.so' >/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
       echo "installing libclang (needed to build RocksDB's bindings)..."
       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libclang-dev >/dev/null

@@ -23,7 +23,7 @@ started=$(now_ms)
 "${COMPOSE[@]}" up -d "raftmq-$victim" >/dev/null 2>&1 || die "could not recreate raftmq-$victim"
 wait_ready "$victim" 120
 say "node $victim is back and ready after $(($(now_ms) - started)) ms"
-docker logs "raftmq-$victim" 2>&1 | grep -q "new data dir" || die "node $victim did not notice its empty disk"
+docker logs "raftmq-$victim" 2>&1 | grep "new data dir" >/dev/null || die "node $victim did not notice its empty disk"
 wait "$LOAD_PID" || die "the load generator failed: $(tail -5 "$OUT/$name.progress")"
 check "$name"
 summary="$OUT/$name.json"
