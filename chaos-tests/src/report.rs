@@ -340,10 +340,10 @@ impl RunReport {
                 .map_or(String::new(), |e| format!("\nnot caught up: {e}"))
         );
         let examples: [(&str, Vec<String>); 4] = [
-            ("lost", c.lost.clone()),
+            ("lost", c.lost.iter().cloned().collect()),
             ("dirty reads", c.dirty_reads.clone()),
             ("offset regressions", c.offset_regressions.clone()),
-            ("phantom", c.phantom.clone()),
+            ("phantom", c.phantom.iter().cloned().collect()),
         ];
         for (name, list) in examples {
             if !list.is_empty() {
@@ -509,7 +509,7 @@ mod tests {
             op("p0:3", 3_500, 3_510, true),
         ];
         let check = FinalCheck {
-            lost: vec!["p0:1".into()],
+            lost: ["p0:1".to_string()].into(),
             replicas_identical: true,
             ..Default::default()
         };

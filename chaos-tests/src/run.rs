@@ -5,7 +5,7 @@
 //! that would not start): it says nothing about the broker. Findings about the broker are
 //! in the returned [`RunReport`].
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -407,12 +407,12 @@ pub struct FinalCheck {
     pub unknown_sends: usize,
     pub unknown_present: usize,
     /// Union over the nodes.
-    pub lost: Vec<String>,
-    pub duplicated: Vec<String>,
-    pub reordered: Vec<(String, String)>,
-    pub phantom: Vec<String>,
-    pub wrong_offset: Vec<String>,
-    pub offset_gaps: Vec<String>,
+    pub lost: BTreeSet<String>,
+    pub duplicated: BTreeSet<String>,
+    pub reordered: BTreeSet<(String, String)>,
+    pub phantom: BTreeSet<String>,
+    pub wrong_offset: BTreeSet<String>,
+    pub offset_gaps: BTreeSet<String>,
     pub replicas_identical: bool,
     /// Nodes whose stored messages differ from node 1's.
     pub divergent_nodes: Vec<u64>,
@@ -455,7 +455,6 @@ async fn final_check(cluster: &Cluster, workload: &Workload) -> anyhow::Result<F
     check.acknowledged = acks.len();
     check.unknown_sends = unknown.len();
     let mut first: Option<Vec<Stored>> = None;
-    let mut sets: BTreeMap<&str, HashSet<String>> = BTreeMap::new();
     for node in cluster.nodes.iter().filter(|n| n.is_running()) {
         let client = cluster.node_client(node.id);
         let stored = match history::read_topic(&client, TOPIC, QUEUES as i32).await {
@@ -473,25 +472,13 @@ async fn final_check(cluster: &Cluster, workload: &Workload) -> anyhow::Result<F
         };
         let found = history::check(&acks, &unknown, &stored);
         check.unknown_present = check.unknown_present.max(found.unknown_present);
-        let lists: [(&str, Vec<String>); 5] = [
-            ("lost", found.lost),
-            ("duplicated", found.duplicated),
-            ("phantom", found.phantom),
-            ("wrong_offset", found.wrong_offset),
-            (
-                "reordered",
-                found
-                    .reordered
-                    .iter()
-                    .map(|(a, b)| format!("{a} before {b}"))
-                    .collect(),
-            ),
-        ];
-        for (name, list) in lists {
-            sets.entry(name).or_default().extend(list);
-        }
+        check.lost.extend(found.lost);
+        check.duplicated.extend(found.duplicated);
+        check.phantom.extend(found.phantom);
+        check.wrong_offset.extend(found.wrong_offset);
+        check.reordered.extend(found.reordered);
         for (queue, offset) in found.offset_gaps {
-            sets.entry("offset_gaps").or_default().insert(format!(
+            check.offset_gaps.insert(format!(
                 "node {}: queue {queue} has no offset {offset}",
                 node.id
             ));
@@ -527,23 +514,6 @@ async fn final_check(cluster: &Cluster, workload: &Workload) -> anyhow::Result<F
             }
         }
     }
-    let take = |sets: &mut BTreeMap<&str, HashSet<String>>, name: &str| {
-        let mut list: Vec<String> = sets.remove(name).unwrap_or_default().into_iter().collect();
-        list.sort();
-        list
-    };
-    check.lost = take(&mut sets, "lost");
-    check.duplicated = take(&mut sets, "duplicated");
-    check.phantom = take(&mut sets, "phantom");
-    check.wrong_offset = take(&mut sets, "wrong_offset");
-    check.offset_gaps = take(&mut sets, "offset_gaps");
-    check.reordered = take(&mut sets, "reordered")
-        .into_iter()
-        .map(|pair| {
-            let (a, b) = pair.split_once(" before ").unwrap_or((&pair, ""));
-            (a.to_string(), b.to_string())
-        })
-        .collect();
     check.consumed = workload.consumed.lock().unwrap().len();
     check
         .offset_regressions
