@@ -17,7 +17,13 @@ const MAX_MESSAGE_BYTES: usize = 130 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("rejected with {code:?}: {message}")]
-    Rejected { code: Code, message: String },
+    Rejected {
+        code: Code,
+        message: String,
+        /// An earlier attempt of the same call went unanswered or failed in a way worth
+        /// retrying: it may have taken effect even though this one was refused.
+        after_unanswered: bool,
+    },
     #[error("no node answered: {0}")]
     Unavailable(String),
     #[error("bad endpoint `{0}`")]
@@ -49,6 +55,7 @@ fn check(status: Option<&v2::Status>) -> Result<(), ClientError> {
         code => Err(ClientError::Rejected {
             code,
             message: status.message,
+            after_unanswered: false,
         }),
     }
 }
@@ -114,16 +121,25 @@ impl Client {
         Fut: std::future::Future<Output = Result<T, ClientError>>,
     {
         let mut last = ClientError::Unavailable("no attempt made".into());
+        let mut unanswered = false;
         for attempt in 0..self.endpoints.len() * 2 {
             let index = self.current.load(Ordering::Relaxed) % self.endpoints.len();
             match call(self.messaging(index)).await {
                 Ok(value) => return Ok(value),
                 Err(err) if err.is_retryable() => {
+                    unanswered = true;
                     last = err;
                     self.current.store(index + 1, Ordering::Relaxed);
                     if attempt + 1 >= self.endpoints.len() {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
+                }
+                Err(ClientError::Rejected { code, message, .. }) => {
+                    return Err(ClientError::Rejected {
+                        code,
+                        message,
+                        after_unanswered: unanswered,
+                    });
                 }
                 Err(err) => return Err(err),
             }
@@ -437,6 +453,7 @@ impl Client {
                     return Err(ClientError::Rejected {
                         code: Code::BadRequest,
                         message: status.message().to_string(),
+                        after_unanswered: false,
                     });
                 }
             }

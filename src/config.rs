@@ -16,6 +16,9 @@ use serde::Deserialize;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// Longest delay of a delay message (RocketMQ 5 timer default: 3 days).
 pub const DEFAULT_MAX_DELAY_SECS: u64 = 3 * 24 * 3600;
+/// Free space a node's data dir keeps before it counts as full: room for what is in flight when
+/// the mark is crossed, consumer progress, and RocksDB's memtable flushes (64 MiB each).
+pub const DEFAULT_MIN_FREE_DISK_MB: u64 = 512;
 /// Hard cap on the configurable body limit: gRPC frames above this are refused anyway.
 pub const MAX_BODY_BYTES_CAP: usize = 128 * 1024 * 1024;
 pub const DEFAULT_QUEUES: u32 = 8;
@@ -95,6 +98,12 @@ pub struct BrokerArgs {
     /// Upper bound of the randomized election timeout in ms (default 500).
     #[arg(long, env = "RAFTMQ_ELECTION_TIMEOUT_MAX_MS")]
     pub election_timeout_max_ms: Option<u64>,
+    /// High-water mark of disk use, as the free MiB the data dir's filesystem must keep
+    /// (default 512; 0 turns it off). Below it the node counts as full: the group refuses new
+    /// messages (TOO_MANY_REQUESTS) once fewer than a majority of nodes have room, and a
+    /// leader with a low disk hands leadership to a node with room.
+    #[arg(long, env = "RAFTMQ_MIN_FREE_DISK_MB")]
+    pub min_free_disk_mb: Option<u64>,
 }
 
 /// The TOML file.
@@ -119,6 +128,7 @@ pub struct BrokerFile {
     pub heartbeat_ms: Option<u64>,
     pub election_timeout_min_ms: Option<u64>,
     pub election_timeout_max_ms: Option<u64>,
+    pub min_free_disk_mb: Option<u64>,
     pub members: Vec<MemberFile>,
 }
 
@@ -153,6 +163,8 @@ pub struct BrokerConfig {
     pub heartbeat_interval: Duration,
     pub election_timeout_min: Duration,
     pub election_timeout_max: Duration,
+    /// Free bytes the data dir's filesystem must keep (0: no mark).
+    pub min_free_disk: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -289,6 +301,12 @@ impl BrokerArgs {
                     .or(file.election_timeout_max_ms)
                     .unwrap_or(500),
             ),
+            min_free_disk: self
+                .min_free_disk_mb
+                .or(file.min_free_disk_mb)
+                .unwrap_or(DEFAULT_MIN_FREE_DISK_MB)
+                .checked_mul(1 << 20)
+                .ok_or_else(|| invalid("min_free_disk_mb", "too large"))?,
         };
         config.validate()
     }

@@ -25,8 +25,9 @@ struct Cli {
 enum Command {
     /// Run one broker node (one member of a Raft broker group).
     Broker {
+        // Boxed: the broker's flags are many, and the other commands should not pay for them.
         #[command(flatten)]
-        args: BrokerArgs,
+        args: Box<BrokerArgs>,
         /// Write this process's id to the file (used by `raftmq local`).
         #[arg(long)]
         pid_file: Option<std::path::PathBuf>,

@@ -33,6 +33,9 @@ pub struct ClusterOptions {
     pub root: Option<PathBuf>,
     /// Extra environment variables for every node.
     pub env: Vec<(String, String)>,
+    /// Each node's data dir on its own tmpfs of this many MiB (root needed), so that it can
+    /// be filled up (see [`crate::disk`]).
+    pub data_dir_mb: Option<u64>,
 }
 
 impl Default for ClusterOptions {
@@ -45,6 +48,7 @@ impl Default for ClusterOptions {
             netns: false,
             root: None,
             env: Vec::new(),
+            data_dir_mb: None,
         }
     }
 }
@@ -122,6 +126,8 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     /// Present when the nodes run in network namespaces; dropped after the nodes are killed.
     pub network: Option<Network>,
+    /// Data dirs mounted as small filesystems, unmounted when the cluster is dropped.
+    small_disks: Vec<PathBuf>,
 }
 
 /// The `raftmq` executable: `RAFTMQ_BIN`, or the one cargo built next to the test binary.
@@ -229,7 +235,14 @@ impl Cluster {
             temp,
             nodes,
             network,
+            small_disks: Vec::new(),
         };
+        if let Some(mb) = cluster.options.data_dir_mb {
+            for node in &cluster.nodes {
+                crate::disk::mount_small_disk(&node.data_dir(), mb)?;
+                cluster.small_disks.push(node.data_dir());
+            }
+        }
         for id in 1..=cluster.options.nodes {
             cluster.start_node(id)?;
         }
@@ -388,14 +401,38 @@ impl Cluster {
         }
     }
 
-    /// Kill one node and delete its data dir, as if its disk had been replaced.
+    /// Kill one node and delete what its data dir holds, as if its disk had been replaced.
+    /// (The dir itself stays: it may be a mount point.)
     pub fn wipe_node(&mut self, id: u64) -> anyhow::Result<()> {
         self.kill_node(id);
         let data = self.node(id).data_dir();
         if data.exists() {
-            std::fs::remove_dir_all(&data).with_context(|| format!("remove {}", data.display()))?;
+            for entry in std::fs::read_dir(&data)? {
+                let path = entry?.path();
+                let removed = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                removed.with_context(|| format!("remove {}", path.display()))?;
+            }
         }
         Ok(())
+    }
+
+    /// Fill node `id`'s data dir until at most `leave` bytes are free (0: full). Returns the
+    /// free bytes left. Needs `data_dir_mb`: filling the machine's own disk is not a test.
+    pub fn fill_disk(&self, id: u64, leave: u64) -> anyhow::Result<u64> {
+        let data = self.node(id).data_dir();
+        if !self.small_disks.contains(&data) {
+            bail!("harness: disk faults need small data dirs (ClusterOptions::data_dir_mb)");
+        }
+        crate::disk::fill(&data, leave)
+    }
+
+    /// Give node `id`'s data dir its space back.
+    pub fn unfill_disk(&self, id: u64) -> anyhow::Result<()> {
+        crate::disk::unfill(&self.node(id).data_dir())
     }
 
     /// Each running node's own status.
@@ -556,6 +593,13 @@ impl Drop for Cluster {
             self.kill_node(id);
         }
         let keep = std::thread::panicking() || std::env::var_os("RAFTMQ_KEEP_CLUSTER").is_some();
+        // Data dirs of a run kept on disk (an explicit root, or a failure) outlive the mounts.
+        let keep_data = keep || self.temp.is_none();
+        for dir in std::mem::take(&mut self.small_disks) {
+            if let Err(e) = crate::disk::unmount(&dir, keep_data) {
+                eprintln!("{e:#}");
+            }
+        }
         if keep && let Some(temp) = self.temp.take() {
             let kept = temp.keep();
             eprintln!("cluster data and logs kept in {}", kept.display());

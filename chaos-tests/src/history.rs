@@ -38,6 +38,22 @@ pub struct History {
     acks: Mutex<Vec<Ack>>,
     /// Sends that never got an answer: they may or may not have been stored.
     unknown: Mutex<Vec<String>>,
+    /// Sends the broker refused on their only attempt because the group has no disk room
+    /// (TOO_MANY_REQUESTS): never stored, so one read back is a phantom.
+    refused: Mutex<Vec<String>>,
+}
+
+/// The broker's answer when the group has no disk space for new messages, to a send none of
+/// whose attempts can have been stored.
+pub fn is_refused_for_room(err: &ClientError) -> bool {
+    matches!(
+        err,
+        ClientError::Rejected {
+            code: raftmq_proto::rocketmq::v2::Code::TooManyRequests,
+            after_unanswered: false,
+            ..
+        }
+    )
 }
 
 impl History {
@@ -55,6 +71,10 @@ impl History {
 
     pub fn unknown(&self) -> Vec<String> {
         self.unknown.lock().unwrap().clone()
+    }
+
+    pub fn refused(&self) -> usize {
+        self.refused.lock().unwrap().len()
     }
 
     /// Send `{prefix}:0` .. `{prefix}:{count - 1}` one after another, each retried (same
@@ -91,8 +111,11 @@ impl History {
             .unwrap_or_default();
         let deadline = Instant::now() + give_up;
         let started = self.tick();
+        let mut first_attempt = true;
         loop {
-            match client.send(vec![msg.clone()]).await {
+            let result = client.send(vec![msg.clone()]).await;
+            let this_attempt_was_first = std::mem::replace(&mut first_attempt, false);
+            match result {
                 Ok(entries) => {
                     let offset = entries
                         .first()
@@ -112,6 +135,10 @@ impl History {
                     // The retry keeps the message id: the broker must deduplicate it if the
                     // first attempt did land.
                     tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) if this_attempt_was_first && is_refused_for_room(&e) => {
+                    self.refused.lock().unwrap().push(body);
+                    return Err(e);
                 }
                 Err(e) => {
                     self.unknown.lock().unwrap().push(body);

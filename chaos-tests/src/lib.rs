@@ -2,6 +2,7 @@
 //! them, and checkers that compare what clients were told with what every replica holds.
 
 pub mod cluster;
+pub mod disk;
 pub mod history;
 pub mod nemesis;
 pub mod netns;

@@ -40,9 +40,17 @@ pub enum Fault {
     Slow,
     /// A follower's data dir deleted; it restarts empty and must catch up.
     Wipe,
+    /// A follower's disk filled to the last byte: its writes meet ENOSPC and wait; the other
+    /// nodes go on. Space comes back at heal and it catches up by itself.
+    DiskFullFollower,
+    /// The leader's disk filled to the last byte: another node must take over.
+    DiskFullLeader,
+    /// A majority's disks (the leader's among them) filled below `min_free_disk`: new messages
+    /// are refused with a clear error until space comes back.
+    DiskLowMajority,
 }
 
-pub const ALL: [Fault; 13] = [
+pub const ALL: [Fault; 16] = [
     Fault::KillLeader,
     Fault::KillFollower,
     Fault::KillMajority,
@@ -56,7 +64,17 @@ pub const ALL: [Fault; 13] = [
     Fault::Lossy,
     Fault::Slow,
     Fault::Wipe,
+    Fault::DiskFullFollower,
+    Fault::DiskFullLeader,
+    Fault::DiskLowMajority,
 ];
+
+/// Size of each node's data dir when a run has disk faults: room for a run's messages plus
+/// RocksDB's preallocated WAL, and, once a filler is deleted, for the 64 MiB RocksDB wants
+/// free before it resumes writing.
+pub const SMALL_DISK_MB: u64 = 512;
+/// The nodes' `min_free_disk` in runs with disk faults.
+pub const SMALL_DISK_MIN_FREE_MB: u64 = 128;
 
 impl Fault {
     pub fn name(self) -> &'static str {
@@ -74,7 +92,18 @@ impl Fault {
             Fault::Lossy => "lossy",
             Fault::Slow => "slow",
             Fault::Wipe => "wipe",
+            Fault::DiskFullFollower => "disk-full-follower",
+            Fault::DiskFullLeader => "disk-full-leader",
+            Fault::DiskLowMajority => "disk-low-majority",
         }
+    }
+
+    /// Faults that need each node's data dir on a small filesystem of its own.
+    pub fn needs_small_disks(self) -> bool {
+        matches!(
+            self,
+            Fault::DiskFullFollower | Fault::DiskFullLeader | Fault::DiskLowMajority
+        )
     }
 
     /// Faults that need the nodes in network namespaces.
@@ -99,6 +128,7 @@ impl Fault {
                 | Fault::KillAll
                 | Fault::PauseLeader
                 | Fault::IsolateLeader
+                | Fault::DiskFullLeader
         )
     }
 }
@@ -158,6 +188,8 @@ pub fn schedule(seed: u64, faults: &[Fault], rounds: u32, pause_at_least: Durati
 pub struct Injected {
     pub killed: Vec<u64>,
     pub paused: Vec<u64>,
+    /// Nodes whose data dir was filled.
+    pub filled: Vec<u64>,
     pub network: bool,
     /// Human-readable: which nodes, which filter.
     pub description: String,
@@ -259,6 +291,32 @@ pub async fn inject(cluster: &mut Cluster, step: &Step) -> anyhow::Result<Inject
             done.killed = vec![victim];
             done.description = format!("node {victim} data dir deleted");
         }
+        Fault::DiskFullFollower | Fault::DiskFullLeader => {
+            let victim = if step.fault == Fault::DiskFullLeader {
+                leader
+            } else {
+                pick_one(&followers, step.pick)?
+            };
+            done.filled = vec![victim];
+            let free = cluster.fill_disk(victim, 0)?;
+            done.description = format!("node {victim} disk full ({} KiB left)", free >> 10);
+        }
+        Fault::DiskLowMajority => {
+            let mut others = followers.clone();
+            others.shuffle(&mut rng);
+            done.filled = vec![leader];
+            done.filled.extend(others.into_iter().take(ids.len() / 2));
+            // Half the mark left: low, but the nodes can still write what is in flight.
+            let leave = (SMALL_DISK_MIN_FREE_MB << 20) / 2;
+            for &id in &done.filled {
+                cluster.fill_disk(id, leave)?;
+            }
+            done.description = format!(
+                "nodes {:?} below min_free_disk ({} MiB left of {SMALL_DISK_MIN_FREE_MB})",
+                done.filled,
+                leave >> 20
+            );
+        }
     }
     for &id in &done.killed {
         cluster.kill_node(id);
@@ -287,6 +345,9 @@ pub async fn heal(cluster: &mut Cluster, injected: &Injected, pick: u64) -> anyh
     }
     for &id in &injected.paused {
         cluster.pause_node(id, false)?;
+    }
+    for &id in &injected.filled {
+        cluster.unfill_disk(id)?;
     }
     let mut rng = StdRng::seed_from_u64(pick ^ 0x9e37_79b9);
     let mut order = injected.killed.clone();

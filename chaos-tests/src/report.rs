@@ -21,8 +21,11 @@ pub struct Op {
     pub body: String,
     pub start_ms: u64,
     pub end_ms: u64,
-    /// Acknowledged; otherwise the outcome is unknown (it may or may not have been stored).
+    /// Acknowledged; otherwise the outcome is unknown (it may or may not have been stored)
+    /// unless `refused`.
     pub ok: bool,
+    /// Refused for lack of disk room: certainly not stored.
+    pub refused: bool,
 }
 
 impl Serialize for Fault {
@@ -98,6 +101,8 @@ pub struct FaultRow {
     pub injections: usize,
     pub attempted: usize,
     pub acknowledged: usize,
+    /// Refused cleanly: the group had no disk room (TOO_MANY_REQUESTS).
+    pub refused: usize,
     pub unknown: usize,
     pub lost: usize,
     pub duplicated: usize,
@@ -177,6 +182,8 @@ impl RunReport {
             entry.attempted += 1;
             if op.ok {
                 entry.acknowledged += 1;
+            } else if op.refused {
+                entry.refused += 1;
             } else {
                 entry.unknown += 1;
             }
@@ -254,11 +261,12 @@ impl RunReport {
         );
         let _ = writeln!(
             out,
-            "{:<15} {:>4} {:>8} {:>8} {:>7} {:>5} {:>5} {:>7}  {:>29}  {:>16}  {:>14}",
+            "{:<18} {:>4} {:>8} {:>8} {:>7} {:>7} {:>5} {:>5} {:>7}  {:>29}  {:>16}  {:>14}",
             "fault",
             "runs",
             "sent",
             "acked",
+            "refused",
             "unknown",
             "lost",
             "dup",
@@ -285,11 +293,12 @@ impl RunReport {
             let (election, reroute) = (p50_max(e), p50_max(&r.reroute_ms));
             let _ = writeln!(
                 out,
-                "{:<15} {:>4} {:>8} {:>8} {:>7} {:>5} {:>5} {:>7}  {:>29}  {:>16}  {:>14}{}",
+                "{:<18} {:>4} {:>8} {:>8} {:>7} {:>7} {:>5} {:>5} {:>7}  {:>29}  {:>16}  {:>14}{}",
                 r.fault,
                 r.injections,
                 r.attempted,
                 r.acknowledged,
+                r.refused,
                 r.unknown,
                 r.lost,
                 r.duplicated,
@@ -319,10 +328,12 @@ impl RunReport {
         );
         let _ = writeln!(
             out,
-            "checked: {} acknowledged, {} unknown sends ({} of them stored), {} consumed\n\
+            "checked: {} acknowledged, {} refused for lack of disk room (none may be stored), \
+             {} unknown sends ({} of them stored), {} consumed\n\
              lost {}, duplicated {}, reordered {}, phantom {}, wrong offset {}, offset gaps {}, \
              dirty reads {}, offset regressions {}, replicas identical {}{}",
             c.acknowledged,
+            c.refused_sends,
             c.unknown_sends,
             c.unknown_present,
             c.consumed,
@@ -380,7 +391,7 @@ pub fn write(report: &RunReport, dir: &Path, history: &History) -> anyhow::Resul
                 "message_id": a.message_id, "offset": a.offset, "started": a.started, "acked": a.acked,
             }),
             None => {
-                json!({"body": op.body, "ok": false, "unknown": true, "start_ms": op.start_ms, "end_ms": op.end_ms})
+                json!({"body": op.body, "ok": false, "unknown": !op.refused, "refused": op.refused, "start_ms": op.start_ms, "end_ms": op.end_ms})
             }
         };
         writeln!(out, "{line}")?;
@@ -467,6 +478,7 @@ mod tests {
             start_ms,
             end_ms,
             ok,
+            refused: false,
         }
     }
 

@@ -105,6 +105,19 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<RunReport> {
             anyhow::bail!("harness: fault bridge needs --nodes 5");
         }
     }
+    // Disk faults fill each node's own small filesystem; the min_free_disk mark scales down
+    // with it. Runs without them keep the data dirs on the real disk.
+    let small_disks = options.faults.iter().any(|f| f.needs_small_disks());
+    let mut env = Vec::new();
+    if options.lose_unsynced {
+        env.push((UNSAFE_LOSE_UNSYNCED_ENV.to_string(), "1".to_string()));
+    }
+    if small_disks {
+        env.push((
+            "RAFTMQ_MIN_FREE_DISK_MB".to_string(),
+            nemesis::SMALL_DISK_MIN_FREE_MB.to_string(),
+        ));
+    }
     std::fs::create_dir_all(&options.out)
         .with_context(|| format!("harness: create {}", options.out.display()))?;
     let cluster_options = ClusterOptions {
@@ -112,11 +125,8 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<RunReport> {
         flush: options.flush,
         netns: options.netns,
         root: Some(options.out.join("nodes")),
-        env: if options.lose_unsynced {
-            vec![(UNSAFE_LOSE_UNSYNCED_ENV.to_string(), "1".to_string())]
-        } else {
-            Vec::new()
-        },
+        env,
+        data_dir_mb: small_disks.then_some(nemesis::SMALL_DISK_MB),
         ..Default::default()
     };
     let mut cluster = Cluster::start(cluster_options).await?;
@@ -325,6 +335,7 @@ async fn produce(
             start_ms,
             end_ms,
             ok: result.is_ok(),
+            refused: result.as_ref().is_err_and(history::is_refused_for_room),
         });
     }
 }
@@ -404,6 +415,8 @@ async fn consume(workload: Arc<Workload>, endpoints: Vec<String>, consumer: u32,
 #[derive(Debug, Default, serde::Serialize)]
 pub struct FinalCheck {
     pub acknowledged: usize,
+    /// Refused cleanly for lack of disk room; one stored would show up as a phantom.
+    pub refused_sends: usize,
     pub unknown_sends: usize,
     pub unknown_present: usize,
     /// Union over the nodes.
@@ -454,6 +467,7 @@ async fn final_check(cluster: &Cluster, workload: &Workload) -> anyhow::Result<F
     let unknown = workload.history.unknown();
     check.acknowledged = acks.len();
     check.unknown_sends = unknown.len();
+    check.refused_sends = workload.history.refused();
     let mut first: Option<Vec<Stored>> = None;
     for node in cluster.nodes.iter().filter(|n| n.is_running()) {
         let client = cluster.node_client(node.id);

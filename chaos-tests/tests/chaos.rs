@@ -47,10 +47,12 @@ fn assert_every_fault_ran(report: &chaos_tests::report::RunReport, faults: &[Fau
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_fault_on_three_nodes_loses_no_acknowledged_message() {
+    // Disk faults run on small tmpfs data dirs: they have their own test below, so that
+    // these faults keep the nodes on the real disk.
     let faults: Vec<Fault> = ALL
         .iter()
         .copied()
-        .filter(|f| *f != Fault::Bridge)
+        .filter(|f| *f != Fault::Bridge && !f.needs_small_disks())
         .collect();
     let options = options("three-nodes", 3, 20261201, faults.clone());
     let report = run_and_print(&options).await;
@@ -94,6 +96,60 @@ async fn partitions_of_five_nodes_lose_no_acknowledged_message() {
         "the checker found problems; replay: {}",
         options.replay_command()
     );
+}
+
+/// Disks that fill up: a follower's to the last byte (its writes wait; the others go on), the
+/// leader's (another node takes over), and a majority's below `min_free_disk` (new messages
+/// are refused cleanly, and none of them is stored). Space comes back at each heal and the
+/// group must recover by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn full_disks_refuse_cleanly_and_recover_by_themselves() {
+    let faults = vec![
+        Fault::DiskFullFollower,
+        Fault::DiskFullLeader,
+        Fault::DiskLowMajority,
+    ];
+    let mut options = options("disks", 3, 11, faults.clone());
+    options.rounds = 2;
+    let report = run_and_print(&options).await;
+    assert_every_fault_ran(&report, &faults);
+    assert!(
+        report.clean,
+        "the checker found problems; replay: {}",
+        options.replay_command()
+    );
+    let row = |fault: Fault| {
+        report
+            .faults
+            .iter()
+            .find(|r| r.fault == fault.name())
+            .unwrap_or_else(|| panic!("no row for {fault}"))
+    };
+    // A majority has room while one disk is full: sends go on being acknowledged.
+    assert!(
+        row(Fault::DiskFullFollower).acknowledged > 0,
+        "nothing was acknowledged while one follower's disk was full"
+    );
+    assert!(
+        row(Fault::DiskFullLeader).acknowledged > 0,
+        "nothing was acknowledged after the leader's disk filled up"
+    );
+    // Without a majority with room, sends are refused with TOO_MANY_REQUESTS (the report
+    // counts them apart from unknown outcomes), and the group takes them again once space
+    // is back (every window recovered).
+    assert!(
+        row(Fault::DiskLowMajority).refused > 0,
+        "no send was refused while a majority's disks were low"
+    );
+    assert!(report.check.refused_sends > 0);
+    for window in &report.windows {
+        assert!(
+            window.unavailable_ms.is_some(),
+            "no send was acknowledged after {} ({}) healed",
+            window.fault,
+            window.description
+        );
+    }
 }
 
 /// With nodes that lose what they have not written out (the test mode a debug build offers),

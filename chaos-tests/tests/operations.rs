@@ -558,3 +558,71 @@ async fn json_logs_and_a_log_filter_changed_at_runtime() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A group whose nodes are all below `min_free_disk` refuses new messages with
+/// TOO_MANY_REQUESTS and a message that says why, on every node, and stores none of them;
+/// consumer progress still goes through, and the CLI and metrics show the state. (Filling
+/// real disks, a node recovering, and a leader handing over are in the chaos suite.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_group_without_disk_room_refuses_sends_and_keeps_consumers_going() -> anyhow::Result<()> {
+    use raftmq::client::ClientError;
+    use raftmq_proto::rocketmq::v2::Code;
+    // A mark no disk reaches: every node is low from its first check.
+    let cluster = Cluster::start(ClusterOptions {
+        extra_args: vec!["--min-free-disk-mb".into(), "1000000000000".into()],
+        ..Default::default()
+    })
+    .await?;
+    cluster.create_topic("room", 2).await?;
+    for node in 1..=3 {
+        let client = cluster.node_client(node);
+        let refused = client
+            .send(vec![message(
+                "room",
+                format!("m{node}").into_bytes(),
+                None,
+                &[],
+            )])
+            .await;
+        match refused {
+            Err(ClientError::Rejected {
+                code: Code::TooManyRequests,
+                message,
+                ..
+            }) => assert!(
+                message.contains("disk full") && message.contains("min_free_disk"),
+                "unclear refusal: {message}"
+            ),
+            other => panic!("node {node}: expected TOO_MANY_REQUESTS, got {other:?}"),
+        }
+        // Consumer progress is not a new message: it still commits (offset 0: the queue is
+        // empty, and a group that never committed has no offset at all).
+        client
+            .update_offset("room-consumers", "room", 0, 0)
+            .await
+            .with_context(|| format!("update an offset through node {node}"))?;
+    }
+    let client = cluster.client();
+    assert_eq!(
+        Some(0),
+        client.get_offset("room-consumers", "room", 0).await?
+    );
+    for queue in 0..2 {
+        let (messages, _) = client
+            .pull("room-reader", "room", queue, 0, 16, Duration::ZERO)
+            .await?;
+        assert!(messages.is_empty(), "a refused message was stored");
+    }
+    let (ok, stdout, stderr) =
+        admin(&cluster.endpoints().join(","), &["cluster", "--json"]).await?;
+    anyhow::ensure!(ok, "admin cluster: {stderr}");
+    let status: serde_json::Value = serde_json::from_str(&stdout)?;
+    for node in status["nodes"].as_array().context("nodes")? {
+        assert_eq!(node["disk_low"], true, "{node}");
+        assert!(node["disk_free_bytes"].as_u64().unwrap_or(0) > 0, "{node}");
+    }
+    let http = reqwest::Client::new();
+    let (_, metrics) = get(&http, &cluster.node(1).http_addr, "/metrics").await?;
+    assert_eq!(Some(1.0), sample(&metrics, "raftmq_disk_low"));
+    Ok(())
+}

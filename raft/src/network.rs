@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use openraft::base::{BoxFuture, BoxStream};
@@ -30,10 +30,37 @@ const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// Largest Raft RPC message accepted or sent (a batch of entries can carry many messages).
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 256 << 20;
 
+/// A peer's disk report counts for this long after its last reply; an older one is unknown.
+const DISK_REPORT_FRESH_FOR: Duration = Duration::from_secs(3);
+
+/// What the peers said of their disks in their last replies to this node's appends and
+/// heartbeats (only a leader sends those, so only a leader's view is current).
+#[derive(Default)]
+pub struct DiskReports {
+    peers: Mutex<HashMap<NodeId, (bool, Instant)>>,
+}
+
+impl DiskReports {
+    fn record(&self, peer: NodeId, disk_low: bool) {
+        let mut peers = self.peers.lock().expect("disk reports lock poisoned");
+        peers.insert(peer, (disk_low, Instant::now()));
+    }
+
+    /// Whether `peer` reported a low disk lately; `None` if it has not replied lately.
+    pub fn is_low(&self, peer: NodeId) -> Option<bool> {
+        let peers = self.peers.lock().expect("disk reports lock poisoned");
+        peers
+            .get(&peer)
+            .filter(|(_, at)| at.elapsed() < DISK_REPORT_FRESH_FOR)
+            .map(|(low, _)| *low)
+    }
+}
+
 /// Creates clients to peers; channels are cached by address.
 #[derive(Clone, Default)]
 pub struct Network {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    disk_reports: Arc<DiskReports>,
     /// Source address of outgoing connections (see [`Network::from_own_address`]).
     local_address: Option<std::net::IpAddr>,
 }
@@ -72,6 +99,10 @@ impl Network {
         Ok(channel)
     }
 
+    pub fn disk_reports(&self) -> &DiskReports {
+        &self.disk_reports
+    }
+
     pub fn client(
         &self,
         addr: &str,
@@ -89,6 +120,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerClient {
             target,
             client: self.client(&node.raft_addr).map_err(|e| e.to_string()),
+            disk_reports: self.disk_reports.clone(),
             failed_streams: 0,
         }
     }
@@ -98,6 +130,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct PeerClient {
     target: NodeId,
     client: Result<RaftServiceClient<Channel>, String>,
+    disk_reports: Arc<DiskReports>,
     /// Replication streams to this peer that failed to open in a row.
     failed_streams: u32,
 }
@@ -161,6 +194,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             .await
             .map_err(status_to_rpc_error)?
             .into_inner();
+        self.disk_reports.record(self.target, reply.disk_low);
         convert::append_response_from_pb(&reply).map_err(bad_reply)
     }
 
@@ -192,8 +226,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                     return Err(status_to_rpc_error(status));
                 }
             };
-            let results = replies.map(|reply| {
+            let (target, disk_reports) = (self.target, self.disk_reports.clone());
+            let results = replies.map(move |reply| {
                 let reply = reply.map_err(status_to_rpc_error)?;
+                disk_reports.record(target, reply.disk_low);
                 convert::stream_result_from_pb(&reply).map_err(bad_reply)
             });
             Ok(Box::pin(results) as BoxStream<'s, _>)

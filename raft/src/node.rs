@@ -19,7 +19,7 @@ use openraft::errors::{ClientWriteError, LinearizableReadError};
 use openraft::raft::{VoteRequest, VoteResponse};
 use openraft::{Config, RaftMetrics, SnapshotPolicy};
 use raftmq_proto::raft::v1 as pb;
-use raftmq_storage::{BrokerState, Db, FlushMode, LogStore, StorageError};
+use raftmq_storage::{BrokerState, Db, DiskSpace, FlushMode, LogStore, StorageError};
 
 use crate::log_store::RaftLogStore;
 use crate::network::Network;
@@ -39,6 +39,9 @@ pub struct NodeConfig {
     pub heartbeat_interval: Duration,
     pub election_timeout_min: Duration,
     pub election_timeout_max: Duration,
+    /// Below this many free bytes on the data dir's filesystem the node counts as having no
+    /// room for new messages (0: never).
+    pub min_free_disk: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +80,9 @@ pub enum ProposeError {
     /// The node is shutting down or its Raft core failed.
     #[error("raft node failed: {0}")]
     Fatal(String),
+    /// Refused before it reached the log: too few nodes have disk space for new messages.
+    #[error("{0}")]
+    NoRoom(String),
 }
 
 /// Read the data dir's identity, or write it when there is none. Returns whether the node
@@ -154,6 +160,9 @@ pub struct RaftNode {
     pub raft: Raft,
     pub state: Arc<BrokerState>,
     pub flush: FlushMode,
+    /// Free space of this node's data dir; checked by the broker's disk watch.
+    pub disk: Arc<DiskSpace>,
+    db: Db,
     /// The voters the group was first started with (used to initialize it once).
     initial_members: BTreeMap<NodeId, pb::Node>,
     network: Network,
@@ -174,10 +183,14 @@ impl RaftNode {
                 config.data_dir.display()
             ))
         })?;
+        let disk = Arc::new(DiskSpace::new(&config.data_dir, config.min_free_disk));
+        if let Err(e) = disk.check() {
+            tracing::warn!(error = %e, "cannot read the data dir's free space");
+        }
         let db = Db::open(&config.data_dir.join("rocksdb"), config.flush)?;
         let log = LogStore::new(db.clone());
         let empty_disk = check_identity(&log, &config)?;
-        let state = Arc::new(BrokerState::open(db)?);
+        let state = Arc::new(BrokerState::open(db.clone())?);
         let raft_config = Config {
             cluster_name: "raftmq".into(),
             heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
@@ -215,6 +228,8 @@ impl RaftNode {
             raft,
             state,
             flush: config.flush,
+            disk,
+            db,
             initial_members: config.members,
             network,
             rejoining: AtomicBool::new(empty_disk),
@@ -570,6 +585,53 @@ impl RaftNode {
             .map(|r| r.into_inner().initialized)
     }
 
+    /// On the leader, refuse a command that stores new messages when the group has no room
+    /// for them: this node's disk is low, or fewer than a majority of voters have room (a
+    /// voter that has not replied lately counts as having room: Raft itself waits for it).
+    /// Everything else (offsets, acks, topics) still goes through, so consumers keep going.
+    pub fn check_room(&self, command: &pb::Command) -> Result<(), ProposeError> {
+        if !matches!(command.kind, Some(pb::command::Kind::Append(_))) {
+            return Ok(());
+        }
+        let voters: Vec<NodeId> = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow_watched();
+            if metrics.current_leader != Some(self.id) {
+                return Ok(());
+            }
+            metrics.membership_config.membership().voter_ids().collect()
+        };
+        const MIB: u64 = 1 << 20;
+        if self.disk.is_low() {
+            return Err(ProposeError::NoRoom(format!(
+                "disk full: the leader (node {}) has {} MiB free on its data dir, below \
+                 min_free_disk ({} MiB); new messages are refused until space is freed or a node \
+                 with room takes over",
+                self.id,
+                self.disk.free_bytes() / MIB,
+                self.disk.min_free_bytes() / MIB
+            )));
+        }
+        let low: Vec<NodeId> = voters
+            .iter()
+            .copied()
+            .filter(|id| *id != self.id && self.network.disk_reports().is_low(*id) == Some(true))
+            .collect();
+        if voters.len() - low.len() <= voters.len() / 2 {
+            return Err(ProposeError::NoRoom(format!(
+                "disk full: nodes {low:?} of the {} voters are below min_free_disk, so no \
+                 majority can store new messages; they are refused until space is freed",
+                voters.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether a write of this node is waiting for its full disk to have room.
+    pub fn disk_full(&self) -> bool {
+        self.db.waiting_for_space()
+    }
+
     /// Replicate a command through the group's leader and return what applying it produced.
     pub async fn propose(
         &self,
@@ -579,6 +641,7 @@ impl RaftNode {
         let give_up = Instant::now() + deadline;
         let mut forwarded_once = false;
         loop {
+            self.check_room(&command)?;
             let leader = match self.raft.client_write(Request(command.clone())).await {
                 Ok(response) => {
                     return response.data.0.ok_or_else(|| {
@@ -600,6 +663,7 @@ impl RaftNode {
             {
                 match self.forward(leader, &node, &command, give_up).await {
                     Forwarded::Done(result) => return Ok(result),
+                    Forwarded::NoRoom(reason) => return Err(ProposeError::NoRoom(reason)),
                     Forwarded::NotLeader => {}
                     Forwarded::Unknown(reason) => {
                         // The leader may have received it: say so rather than "failed".
@@ -713,6 +777,7 @@ impl RaftNode {
             Ok(reply) => match reply.into_inner().outcome {
                 Some(pb::propose_response::Outcome::Result(result)) => Forwarded::Done(result),
                 Some(pb::propose_response::Outcome::NotLeader(_)) => Forwarded::NotLeader,
+                Some(pb::propose_response::Outcome::NoRoom(reason)) => Forwarded::NoRoom(reason),
                 Some(pb::propose_response::Outcome::Error(e)) => Forwarded::Unknown(e),
                 None => Forwarded::Unknown("empty propose reply".into()),
             },
@@ -734,5 +799,7 @@ fn time_left(give_up: Instant) -> Duration {
 enum Forwarded {
     Done(pb::CommandResult),
     NotLeader,
+    /// The leader refused it for lack of disk space (nothing was written).
+    NoRoom(String),
     Unknown(String),
 }

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert;
 use crate::network::MAX_RAFT_MESSAGE_BYTES;
-use crate::node::RaftNode;
+use crate::node::{ProposeError, RaftNode};
 use crate::types::{Request as Command, Snapshot, SnapshotMeta};
 
 pub struct RaftGrpc {
@@ -83,7 +83,9 @@ impl RaftService for RaftGrpc {
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
         let req = convert::append_request_from_pb(request.into_inner())?;
         let resp = self.node.raft.append_entries(req).await.map_err(fatal)?;
-        Ok(Response::new(convert::append_response_to_pb(&resp)))
+        let mut reply = convert::append_response_to_pb(&resp);
+        reply.disk_low = self.node.disk.is_low();
+        Ok(Response::new(reply))
     }
 
     type StreamAppendStream = ResponseStream<pb::AppendEntriesResponse>;
@@ -106,12 +108,17 @@ impl RaftService for RaftGrpc {
                     None => None,
                 }
             });
+        let disk = self.node.disk.clone();
         let output = self
             .node
             .raft
             .stream_append(input)
-            .map(|result| match result {
-                Ok(result) => Ok(convert::stream_result_to_pb(&result)),
+            .map(move |result| match result {
+                Ok(result) => {
+                    let mut reply = convert::stream_result_to_pb(&result);
+                    reply.disk_low = disk.is_low();
+                    Ok(reply)
+                }
                 Err(e) => Err(fatal(e)),
             });
         Ok(Response::new(Box::pin(output)))
@@ -172,6 +179,11 @@ impl RaftService for RaftGrpc {
             .into_inner()
             .command
             .ok_or_else(|| Status::invalid_argument("propose without a command"))?;
+        if let Err(ProposeError::NoRoom(reason)) = self.node.check_room(&command) {
+            return Ok(Response::new(pb::ProposeResponse {
+                outcome: Some(pb::propose_response::Outcome::NoRoom(reason)),
+            }));
+        }
         let outcome = match self.node.raft.client_write(Command(command)).await {
             Ok(resp) => match resp.data.0 {
                 Some(result) => pb::propose_response::Outcome::Result(result),

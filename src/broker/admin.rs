@@ -126,6 +126,10 @@ impl AdminService for Admin {
             members,
             replication,
             flush: node.flush.to_string(),
+            disk_free_bytes: node.disk.free_bytes(),
+            min_free_disk_bytes: node.disk.min_free_bytes(),
+            disk_low: node.disk.is_low(),
+            disk_full: node.disk_full(),
         }))
     }
 

@@ -9,7 +9,6 @@
 //!   happen (`metrics::counter!` …); Raft and disk gauges are read when scraped.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -220,18 +219,12 @@ fn record_gauges(broker: &Broker) {
     for (cf, bytes) in node.state.db().column_family_bytes() {
         gauge!("raftmq_store_bytes", "cf" => cf).set(bytes as f64);
     }
-    if let Some((free, capacity)) = disk_space(&broker.config.data_dir) {
-        gauge!("raftmq_data_dir_free_bytes").set(free as f64);
-        gauge!("raftmq_data_dir_capacity_bytes").set(capacity as f64);
+    // Read by the disk watch (`super::disk`) a moment ago.
+    if node.disk.capacity_bytes() > 0 {
+        gauge!("raftmq_data_dir_free_bytes").set(node.disk.free_bytes() as f64);
+        gauge!("raftmq_data_dir_capacity_bytes").set(node.disk.capacity_bytes() as f64);
     }
-}
-
-/// Free and total bytes of the file system holding `dir`.
-fn disk_space(dir: &Path) -> Option<(u64, u64)> {
-    let stat = nix::sys::statvfs::statvfs(dir).ok()?;
-    let fragment = stat.fragment_size() as u64;
-    Some((
-        stat.blocks_available() as u64 * fragment,
-        stat.blocks() as u64 * fragment,
-    ))
+    let flag = |on: bool| if on { 1.0 } else { 0.0 };
+    gauge!("raftmq_disk_low").set(flag(node.disk.is_low()));
+    gauge!("raftmq_disk_full").set(flag(node.disk_full()));
 }

@@ -13,6 +13,7 @@ pub mod admin;
 pub mod batcher;
 pub mod clients;
 pub mod consumer;
+pub mod disk;
 pub mod filter;
 pub mod http;
 pub mod messages;
@@ -209,6 +210,7 @@ pub async fn run(
         heartbeat_interval: config.heartbeat_interval,
         election_timeout_min: config.election_timeout_min,
         election_timeout_max: config.election_timeout_max,
+        min_free_disk: config.min_free_disk,
     })
     .await
     .context("start the raft node")?;
@@ -265,6 +267,7 @@ pub async fn run(
     let transaction_task = tokio::spawn(transactions::run(broker.clone(), stop_rx.clone()));
     let renewal_task = tokio::spawn(renewals::run(broker.clone(), stop_rx.clone()));
     tokio::spawn(preferred::run(broker.clone(), stop_rx.clone()));
+    tokio::spawn(disk::run(broker.clone(), stop_rx.clone()));
     let raft_task = tokio::spawn(raft_server);
     let client_task = tokio::spawn(client_server);
     let http_task = http_listener.map(|listener| {

@@ -37,7 +37,9 @@ pub async fn run(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
             .as_ref()
             .and_then(|progress| progress.get(&preferred).cloned().flatten())
             .is_some_and(|matched| Some(matched.index) >= metrics.last_log_index);
-        if metrics.current_leader != Some(node.id) || !is_voter || !caught_up {
+        // A preferred node short of disk space would hand leadership straight back.
+        let has_room = node.network().disk_reports().is_low(preferred) == Some(false);
+        if metrics.current_leader != Some(node.id) || !is_voter || !caught_up || !has_room {
             continue;
         }
         tracing::info!(to = preferred, "handing leadership to the preferred leader");

@@ -38,6 +38,9 @@ impl From<ProposeError> for Rejection {
             // send with the same message id is deduplicated.
             ProposeError::Unknown(_) => Code::MasterPersistenceTimeout,
             ProposeError::Fatal(_) => Code::InternalServerError,
+            // RocketMQ answers storage pressure with "broker busy" (TOO_MANY_REQUESTS on the
+            // v2 wire): clients back off instead of retrying at once.
+            ProposeError::NoRoom(_) => Code::TooManyRequests,
         };
         Rejection::new(code, err.to_string())
     }

@@ -170,6 +170,23 @@ fn opt(value: Option<u64>) -> String {
     value.map_or_else(|| "-".into(), |v| v.to_string())
 }
 
+/// Free space of a node's data dir, marked when it is under the mark or full.
+fn disk_text(s: &admin::NodeStatus) -> String {
+    const MIB: u64 = 1 << 20;
+    let free = match s.disk_free_bytes {
+        u64::MAX => "?".to_string(),
+        b if b >= 10 * 1024 * MIB => format!("{}G", b / (1024 * MIB)),
+        b => format!("{}M", b / MIB),
+    };
+    if s.disk_full {
+        format!("{free} FULL")
+    } else if s.disk_low {
+        format!("{free} LOW")
+    } else {
+        free
+    }
+}
+
 fn node_json(
     endpoint: &str,
     status: &Result<admin::NodeStatus, String>,
@@ -190,6 +207,10 @@ fn node_json(
             "purged_index": s.purged_index,
             "replication_lag": lag,
             "flush": s.flush,
+            "disk_free_bytes": s.disk_free_bytes,
+            "min_free_disk_bytes": s.min_free_disk_bytes,
+            "disk_low": s.disk_low,
+            "disk_full": s.disk_full,
         }),
         Err(e) => json!({"endpoint": endpoint, "reachable": false, "error": e}),
     }
@@ -245,13 +266,21 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 return Ok(());
             }
             println!(
-                "{:<6} {:<10} {:>6} {:>7} {:>10} {:>10} {:>10} {:>6}  ENDPOINT",
-                "NODE", "ROLE", "TERM", "LEADER", "LAST_LOG", "COMMITTED", "APPLIED", "LAG"
+                "{:<6} {:<10} {:>6} {:>7} {:>10} {:>10} {:>10} {:>6} {:>10}  ENDPOINT",
+                "NODE",
+                "ROLE",
+                "TERM",
+                "LEADER",
+                "LAST_LOG",
+                "COMMITTED",
+                "APPLIED",
+                "LAG",
+                "DISK_FREE"
             );
             for (endpoint, status) in &statuses {
                 match status {
                     Ok(s) => println!(
-                        "{:<6} {:<10} {:>6} {:>7} {:>10} {:>10} {:>10} {:>6}  {endpoint}",
+                        "{:<6} {:<10} {:>6} {:>7} {:>10} {:>10} {:>10} {:>6} {:>10}  {endpoint}",
                         s.node_id,
                         s.role,
                         s.term,
@@ -260,10 +289,11 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                         opt(s.committed_index),
                         opt(s.applied_index),
                         opt(lag_of(s.node_id)),
+                        disk_text(s),
                     ),
                     Err(e) => println!(
-                        "{:<6} {:<10} {:>6} {:>7} {:>10} {:>10} {:>10} {:>6}  {endpoint} ({e})",
-                        "?", "unreachable", "-", "-", "-", "-", "-", "-"
+                        "{:<6} {:<10} {:>6} {:>7} {:>10} {:>10} {:>10} {:>6} {:>10}  {endpoint} ({e})",
+                        "?", "unreachable", "-", "-", "-", "-", "-", "-", "-"
                     ),
                 }
             }

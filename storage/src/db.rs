@@ -2,10 +2,15 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use rocksdb::{ColumnFamilyDescriptor, DBCompressionType, Options, WriteOptions};
 
-use crate::error::StorageError;
+use crate::error::{StorageError, is_no_space};
+
+/// How long a write that found the disk full waits before it tries again.
+const NO_SPACE_RETRY: Duration = Duration::from_millis(200);
 
 /// Raft log = commit log: raft index → entry.
 pub const CF_LOG: &str = "log";
@@ -79,6 +84,8 @@ pub const UNSAFE_LOSE_UNSYNCED_ENV: &str = "RAFTMQ_UNSAFE_TEST_LOSE_UNSYNCED_WRI
 pub struct Db {
     pub(crate) inner: Arc<rocksdb::DB>,
     pub(crate) flush: FlushMode,
+    /// Set while a write waits for the disk to have room again.
+    waiting_for_space: Arc<AtomicBool>,
 }
 
 /// The test mode's WAL reaches the OS every 3 s (like a periodic flush), so that a node keeps
@@ -135,7 +142,11 @@ impl Db {
         if lose_unsynced {
             write_wal_every_few_seconds(Arc::downgrade(&inner));
         }
-        Ok(Db { inner, flush })
+        Ok(Db {
+            inner,
+            flush,
+            waiting_for_space: Arc::new(AtomicBool::new(false)),
+        })
     }
 
     pub fn flush_mode(&self) -> FlushMode {
@@ -186,11 +197,7 @@ impl Db {
         cf: &'static str,
         batch: rocksdb::WriteBatch,
     ) -> Result<(), StorageError> {
-        let mut opts = WriteOptions::default();
-        opts.set_sync(true);
-        self.inner
-            .write_opt(batch, &opts)
-            .map_err(|source| StorageError::Write { cf, source })
+        self.write_copy(cf, true, batch)
     }
 
     /// Write a batch to the WAL and memtable without waiting for an fsync.
@@ -199,9 +206,74 @@ impl Db {
         cf: &'static str,
         batch: rocksdb::WriteBatch,
     ) -> Result<(), StorageError> {
-        self.inner
-            .write(batch)
-            .map_err(|source| StorageError::Write { cf, source })
+        self.write_copy(cf, false, batch)
+    }
+
+    /// RocksDB consumes a batch even when it refuses it: keep a copy for the retries (the
+    /// batches written this way are small; the log's large ones are rebuilt instead).
+    fn write_copy(
+        &self,
+        cf: &'static str,
+        sync: bool,
+        batch: rocksdb::WriteBatch,
+    ) -> Result<(), StorageError> {
+        let copy = batch.data().to_vec();
+        let mut first = Some(batch);
+        self.write_when_space(cf, sync, || {
+            first
+                .take()
+                .unwrap_or_else(|| rocksdb::WriteBatch::from_data(&copy))
+        })
+    }
+
+    /// Write the batch `build` makes. On a full disk nothing is lost or failed: the write
+    /// waits, retrying, until RocksDB takes it again. RocksDB stops all writes after an
+    /// ENOSPC and resumes by itself once enough space is free (its SstFileManager checks every
+    /// few seconds), first flushing its memtables so the WAL that saw the error is no longer
+    /// needed. Meanwhile this node stalls like a paused one and the rest of the group goes on.
+    pub(crate) fn write_when_space(
+        &self,
+        cf: &'static str,
+        sync: bool,
+        mut build: impl FnMut() -> rocksdb::WriteBatch,
+    ) -> Result<(), StorageError> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync);
+        let mut waiting_since: Option<Instant> = None;
+        loop {
+            match self.inner.write_opt(build(), &opts) {
+                Ok(()) => {
+                    if let Some(since) = waiting_since {
+                        self.waiting_for_space.store(false, Ordering::Relaxed);
+                        tracing::warn!(
+                            cf,
+                            waited_ms = since.elapsed().as_millis() as u64,
+                            "the disk has room again: writes go on"
+                        );
+                    }
+                    return Ok(());
+                }
+                Err(source) if is_no_space(&source) => {
+                    if waiting_since.is_none() {
+                        waiting_since = Some(Instant::now());
+                        self.waiting_for_space.store(true, Ordering::Relaxed);
+                        metrics::counter!("raftmq_disk_full_stalls_total").increment(1);
+                        tracing::error!(
+                            cf,
+                            error = %source,
+                            "the data dir's disk is full: this node's writes wait until space is freed"
+                        );
+                    }
+                    pause_for_space();
+                }
+                Err(source) => return Err(StorageError::Write { cf, source }),
+            }
+        }
+    }
+
+    /// Whether a write is waiting for the disk to have room (see [`Db::write_when_space`]).
+    pub fn waiting_for_space(&self) -> bool {
+        self.waiting_for_space.load(Ordering::Relaxed)
     }
 
     /// Fsync the WAL: everything written before this call is durable when it returns.
@@ -209,5 +281,18 @@ impl Db {
         self.inner
             .flush_wal(true)
             .map_err(|source| StorageError::Write { cf: CF_LOG, source })
+    }
+}
+
+/// Sleep between two attempts at a write on a full disk. Inside a multi-threaded Tokio runtime
+/// the runtime is told first, so the other tasks of this worker thread (health checks, the
+/// disk watch) keep running.
+fn pause_for_space() {
+    let pause = || std::thread::sleep(NO_SPACE_RETRY);
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(pause)
+        }
+        _ => pause(),
     }
 }

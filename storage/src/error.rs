@@ -34,6 +34,15 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// The filesystem is full (or RocksDB stopped writes after it was): a wait, not a failure.
+    /// Writes of a node in this state are retried until space returns (see [`crate::db`]).
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            StorageError::Write { source, .. } => is_no_space(source),
+            _ => false,
+        }
+    }
+
     pub(crate) fn corrupt(cf: &'static str, key: &[u8], reason: impl ToString) -> Self {
         StorageError::Corrupt {
             cf,
@@ -47,4 +56,11 @@ impl From<StorageError> for std::io::Error {
     fn from(err: StorageError) -> Self {
         std::io::Error::other(err)
     }
+}
+
+/// RocksDB reports ENOSPC, and every write refused until it has recovered from it, as an IO
+/// error whose text names the condition; `ErrorKind` has no finer variant.
+pub(crate) fn is_no_space(err: &rocksdb::Error) -> bool {
+    let text = err.as_ref();
+    text.contains("No space left on device") || text.contains("Space limit reached")
 }

@@ -3,6 +3,7 @@
 //! # Layout
 //! * [`keys`]: key encodings of every column family (big-endian, so byte order = numeric order).
 //! * [`db`]: opening the database, column-family names, write options for `flush = sync|async`.
+//! * [`disk`]: free space on the data dir's filesystem and the node's high-water mark.
 //! * [`log`]: the Raft log, which *is* the commit log: entries keyed by index, plus the vote,
 //!   the committed log id and the last purged log id.
 //! * [`state`]: the broker state derived from applied entries (topics, consume queues, consumer
@@ -16,6 +17,7 @@
 //! protobuf records stored here.
 
 pub mod db;
+pub mod disk;
 pub mod error;
 pub mod keys;
 pub mod log;
@@ -27,6 +29,7 @@ pub mod timer;
 pub mod txn;
 
 pub use db::{Db, FlushMode};
+pub use disk::{DiskChange, DiskSpace};
 pub use error::StorageError;
 pub use log::LogStore;
 pub use pop::{DEFAULT_MAX_DELIVERY_ATTEMPTS, PopHint, dead_letter_topic};

@@ -66,20 +66,22 @@ impl LogStore {
 
     /// Write entries in one batch; `on_durable` runs when they are on disk.
     pub fn append(&self, entries: &[pb::Entry], on_durable: OnDurable) -> Result<(), StorageError> {
-        let cf = self.db.cf(CF_LOG);
-        let mut batch = WriteBatch::default();
         let mut buf = Vec::new();
-        for entry in entries {
-            let index = entry.log_id.as_ref().map(|id| id.index).unwrap_or_default();
-            buf.clear();
-            entry
-                .encode(&mut buf)
-                .expect("encoding into a Vec cannot fail");
-            batch.put_cf(&cf, keys::log_key(index), &buf);
-        }
-        drop(cf);
+        let build = || {
+            let cf = self.db.cf(CF_LOG);
+            let mut batch = WriteBatch::default();
+            for entry in entries {
+                let index = entry.log_id.as_ref().map(|id| id.index).unwrap_or_default();
+                buf.clear();
+                entry
+                    .encode(&mut buf)
+                    .expect("encoding into a Vec cannot fail");
+                batch.put_cf(&cf, keys::log_key(index), &buf);
+            }
+            batch
+        };
         let started = std::time::Instant::now();
-        self.db.write(CF_LOG, batch)?;
+        self.db.write_when_space(CF_LOG, false, build)?;
         metrics::histogram!("raftmq_log_append_seconds").record(started.elapsed().as_secs_f64());
         metrics::counter!("raftmq_log_entries_appended_total").increment(entries.len() as u64);
         match self.db.flush {
@@ -237,7 +239,7 @@ fn run_flusher(db: Db, pending: mpsc::Receiver<OnDurable>) {
         let mut callbacks = vec![first];
         callbacks.extend(pending.try_iter());
         let started = std::time::Instant::now();
-        let result = db.sync_wal();
+        let result = sync_when_space(&db);
         metrics::histogram!("raftmq_wal_fsync_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("raftmq_wal_fsync_appends").record(callbacks.len() as f64);
         if let Err(err) = &result {
@@ -250,6 +252,27 @@ fn run_flusher(db: Db, pending: mpsc::Receiver<OnDurable>) {
                     reason: err.to_string(),
                 }),
             });
+        }
+    }
+}
+
+/// Fsync the WAL. After an ENOSPC, RocksDB fails every sync until it has resumed; by then it
+/// has flushed its memtables to synced files, so what was written before the error is durable
+/// and the next successful sync covers the rest: wait for that instead of failing the node.
+fn sync_when_space(db: &Db) -> Result<(), StorageError> {
+    loop {
+        match db.sync_wal() {
+            Ok(()) => return Ok(()),
+            Err(err) if err.is_no_space() || db.waiting_for_space() => {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err(err) => {
+                // The failed write that stopped RocksDB may not have flagged the wait yet.
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                if !db.waiting_for_space() {
+                    return Err(err);
+                }
+            }
         }
     }
 }

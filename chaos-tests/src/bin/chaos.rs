@@ -154,6 +154,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .copied()
             .filter(|f| *f != Fault::Bridge || args.nodes >= 5)
             .filter(|f| !args.no_netns || !f.needs_network())
+            // Small data dirs are tmpfs mounts: root, as the namespaces.
+            .filter(|f| !args.no_netns || !f.needs_small_disks())
             .collect()
     } else {
         args.faults

@@ -1,0 +1,212 @@
+//! The storage layer on a disk that fills to the last byte (root needed: the data dir is a small
+//! tmpfs, as in the chaos suite's disk faults).
+//!
+//! The chaos suite's disk faults seldom reach ENOSPC itself: RocksDB preallocates its WAL, so a
+//! node with a full filesystem keeps writing into that space for a while. Here the writes are
+//! large enough to need new space at once: each must wait while the disk is full, none may fail,
+//! and all must be there, durable, once space returns.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use chaos_tests::disk;
+use raftmq_proto::raft::v1 as pb;
+use raftmq_storage::{Db, FlushMode, LogStore};
+
+/// Unmounts the small disk even when the test fails.
+struct SmallDisk(PathBuf);
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        if let Err(e) = disk::unmount(&self.0, false) {
+            eprintln!("{e:#}");
+        }
+    }
+}
+
+const BODY_BYTES: usize = 1 << 20;
+const ENTRIES: u64 = 120;
+
+fn entry(index: u64) -> pb::Entry {
+    let message = pb::StoredMessage {
+        topic: "full".into(),
+        message_id: format!("m{index}"),
+        body: vec![(index % 251) as u8; BODY_BYTES].into(),
+        ..Default::default()
+    };
+    pb::Entry {
+        log_id: Some(pb::LogId {
+            leader_id: Some(pb::LeaderId {
+                term: 1,
+                node_id: 1,
+            }),
+            index,
+        }),
+        payload: Some(pb::entry::Payload::Command(pb::Command {
+            kind: Some(pb::command::Kind::Append(pb::AppendMessages {
+                messages: vec![message],
+            })),
+        })),
+    }
+}
+
+fn body_of(entry: &pb::Entry) -> Option<&[u8]> {
+    match &entry.payload {
+        Some(pb::entry::Payload::Command(pb::Command {
+            kind: Some(pb::command::Kind::Append(append)),
+        })) => append.messages.first().map(|m| &m.body[..]),
+        _ => None,
+    }
+}
+
+fn check_all_entries(log: &LogStore) {
+    let entries = log.read_range(1, ENTRIES + 1).expect("read the log back");
+    assert_eq!(ENTRIES as usize, entries.len(), "entries missing");
+    for (i, entry) in entries.iter().enumerate() {
+        let index = i as u64 + 1;
+        let body = body_of(entry).expect("a message entry");
+        assert!(
+            body.len() == BODY_BYTES && body.iter().all(|b| *b == (index % 251) as u8),
+            "entry {index} came back damaged"
+        );
+    }
+}
+
+fn open(dir: &Path) -> (Db, LogStore) {
+    let db = Db::open(&dir.join("rocksdb"), FlushMode::Sync).expect("open the database");
+    let log = LogStore::new(db.clone());
+    (db, log)
+}
+
+#[test]
+fn log_writes_on_a_full_disk_wait_and_all_land_once_space_returns() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("data");
+    disk::mount_small_disk(&dir, 256).expect("mount a small disk (root needed)");
+    let _mounted = SmallDisk(dir.clone());
+    let (db, log) = open(&dir);
+    disk::fill(&dir, 0).expect("fill the disk");
+
+    // Append from another thread, as openraft's core would; each append reports durability.
+    let (durable_tx, durable_rx) = mpsc::channel();
+    let writer = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for index in 1..=ENTRIES {
+                let tx = durable_tx.clone();
+                log.append(
+                    &[entry(index)],
+                    Box::new(move |result| {
+                        let _ = tx.send((index, result.map_err(|e| e.to_string())));
+                    }),
+                )
+                .map_err(|e| format!("append {index}: {e}"))?;
+            }
+            Ok::<(), String>(())
+        })
+    };
+
+    // The writes must come to wait on the full disk, not fail.
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while !db.waiting_for_space() {
+        assert!(
+            !writer.is_finished(),
+            "every write went through on a full disk"
+        );
+        assert!(Instant::now() < give_up, "no write ever waited for space");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !writer.is_finished(),
+        "a write stopped waiting while the disk was still full"
+    );
+
+    disk::unfill(&dir).expect("free the space");
+    // RocksDB resumes by itself (it checks the free space every 5 s).
+    let joined = Instant::now() + Duration::from_secs(60);
+    while !writer.is_finished() {
+        assert!(
+            Instant::now() < joined,
+            "writes did not resume after space came back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    writer.join().unwrap().expect("no append failed");
+    let mut durable = Vec::new();
+    while durable.len() < ENTRIES as usize {
+        let (index, result) = durable_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("every append reports durability");
+        result.unwrap_or_else(|e| panic!("append {index} was not made durable: {e}"));
+        durable.push(index);
+    }
+    assert!(!db.waiting_for_space());
+    check_all_entries(&log);
+
+    // And it survives a restart.
+    drop(log);
+    drop(db);
+    let (_db, log) = open(&dir);
+    check_all_entries(&log);
+}
+
+/// A whole group with the mark off (`min_free_disk_mb = 0`), so that a follower's disk really
+/// fills: large messages go on being acknowledged by the two other nodes while that follower
+/// waits on ENOSPC (the admin API shows it FULL), and once space returns it catches up by
+/// itself and holds every message, like the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_whose_disk_fills_stalls_and_catches_up_by_itself() -> anyhow::Result<()> {
+    use chaos_tests::cluster::{Cluster, ClusterOptions};
+    use chaos_tests::history::{History, check_every_node};
+
+    let cluster = Cluster::start(ClusterOptions {
+        data_dir_mb: Some(256),
+        extra_args: vec!["--min-free-disk-mb".into(), "0".into()],
+        ..Default::default()
+    })
+    .await?;
+    cluster.create_topic("big", 2).await?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let follower = cluster
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|id| *id != leader)
+        .expect("a follower");
+    cluster.fill_disk(follower, 0)?;
+
+    // 1 MiB bodies: more than RocksDB preallocated for its WAL, so the follower meets ENOSPC.
+    let history = History::default();
+    let client = cluster.node_client(leader);
+    let mut saw_full = false;
+    for seq in 0..150 {
+        let body = format!("{seq}:{}", "x".repeat(1 << 20));
+        history
+            .send_until_acked(&client, "big", body, Duration::from_secs(10))
+            .await
+            .map_err(|e| anyhow::anyhow!("send {seq} with one follower full: {e}"))?;
+        if seq % 10 == 9 && !saw_full {
+            saw_full = cluster
+                .statuses()
+                .await
+                .iter()
+                .any(|(id, s)| *id == follower && s.as_ref().is_some_and(|s| s.disk_full));
+        }
+    }
+    assert!(saw_full, "node {follower} never reported its disk full");
+    assert!(
+        cluster
+            .wait_caught_up(Duration::from_secs(2))
+            .await
+            .is_err(),
+        "node {follower} kept up on a full disk"
+    );
+
+    cluster.unfill_disk(follower)?;
+    cluster.wait_caught_up(Duration::from_secs(60)).await?;
+    let stored = check_every_node(&cluster, &history, "big", 2).await?;
+    assert_eq!(150, stored.len());
+    Ok(())
+}
