@@ -7,27 +7,13 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use raftmq_storage::DiskSpace;
 
-const FILLER: &str = "chaos-disk-filler";
+use crate::netns::run;
 
-fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("harness: run {program}"))?;
-    if !output.status.success() {
-        bail!(
-            "harness: {program} {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
-}
+const FILLER: &str = "chaos-disk-filler";
 
 /// Mount a tmpfs of `mb` MiB on `dir` (created if missing).
 pub fn mount_small_disk(dir: &Path, mb: u64) -> anyhow::Result<()> {
@@ -35,18 +21,9 @@ pub fn mount_small_disk(dir: &Path, mb: u64) -> anyhow::Result<()> {
     let dir_text = dir
         .to_str()
         .context("harness: data dir path is not UTF-8")?;
-    run(
-        "mount",
-        &[
-            "-t",
-            "tmpfs",
-            "-o",
-            &format!("size={mb}m"),
-            "tmpfs",
-            dir_text,
-        ],
-    )
-    .context("harness: small data dirs need root (mount tmpfs)")
+    let size = format!("size={mb}m");
+    run(&["mount", "-t", "tmpfs", "-o", &size, "tmpfs", dir_text])
+        .context("harness: small data dirs need root (mount tmpfs)")
 }
 
 /// Unmount `dir`. With `keep`, what it holds is copied out first and put back in its place
@@ -58,9 +35,9 @@ pub fn unmount(dir: &Path, keep: bool) -> anyhow::Result<()> {
     let copy = dir.with_extension("kept");
     if keep {
         let _ = std::fs::remove_file(dir.join(FILLER));
-        run("cp", &["-a", dir_text, copy.to_str().unwrap_or_default()])?;
+        run(&["cp", "-a", dir_text, copy.to_str().unwrap_or_default()])?;
     }
-    run("umount", &["-l", dir_text])?;
+    run(&["umount", "-l", dir_text])?;
     if keep {
         std::fs::remove_dir_all(dir).ok();
         std::fs::rename(&copy, dir)?;

@@ -27,7 +27,7 @@ pub struct Network {
 }
 
 /// Run one command; its failure is a harness error that names the command.
-fn run(args: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn run(args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new(args[0])
         .args(&args[1..])
         .output()

@@ -35,6 +35,14 @@ async fn run_and_print(options: &RunOptions) -> chaos_tests::report::RunReport {
     report
 }
 
+fn assert_clean(report: &chaos_tests::report::RunReport, options: &RunOptions) {
+    assert!(
+        report.clean,
+        "the checker found problems; replay: {}",
+        options.replay_command()
+    );
+}
+
 fn assert_every_fault_ran(report: &chaos_tests::report::RunReport, faults: &[Fault]) {
     for fault in faults {
         let row = report.faults.iter().find(|r| r.fault == fault.name());
@@ -63,11 +71,7 @@ async fn every_fault_on_three_nodes_loses_no_acknowledged_message() {
         report.check.acknowledged
     );
     assert!(report.check.consumed > 0, "the consumers received nothing");
-    assert!(
-        report.clean,
-        "the checker found problems; replay: {}",
-        options.replay_command()
-    );
+    assert_clean(&report, &options);
     // Every leader-taking fault ended with a leader of a newer term.
     for window in report.windows.iter().filter(|w| w.fault.targets_leader()) {
         assert!(
@@ -91,11 +95,7 @@ async fn partitions_of_five_nodes_lose_no_acknowledged_message() {
     let options = options("five-nodes", 5, 5, faults.clone());
     let report = run_and_print(&options).await;
     assert_every_fault_ran(&report, &faults);
-    assert!(
-        report.clean,
-        "the checker found problems; replay: {}",
-        options.replay_command()
-    );
+    assert_clean(&report, &options);
 }
 
 /// Disks that fill up: a follower's to the last byte (its writes wait; the others go on), the
@@ -113,11 +113,7 @@ async fn full_disks_refuse_cleanly_and_recover_by_themselves() {
     options.rounds = 2;
     let report = run_and_print(&options).await;
     assert_every_fault_ran(&report, &faults);
-    assert!(
-        report.clean,
-        "the checker found problems; replay: {}",
-        options.replay_command()
-    );
+    assert_clean(&report, &options);
     let row = |fault: Fault| {
         report
             .faults

@@ -122,7 +122,10 @@ async fn main() -> anyhow::Result<()> {
     }
     progress.abort();
     let elapsed = start.elapsed().as_secs_f64();
-    let (acked, failed) = (acked.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (acked, failed) = (
+        acked.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+    );
     let rate = acked as f64 / elapsed;
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     if args.json {
