@@ -162,7 +162,6 @@ pub struct RaftNode {
     pub flush: FlushMode,
     /// Free space of this node's data dir; checked by the broker's disk watch.
     pub disk: Arc<DiskSpace>,
-    db: Db,
     /// The voters the group was first started with (used to initialize it once).
     initial_members: BTreeMap<NodeId, pb::Node>,
     network: Network,
@@ -190,7 +189,7 @@ impl RaftNode {
         let db = Db::open(&config.data_dir.join("rocksdb"), config.flush)?;
         let log = LogStore::new(db.clone());
         let empty_disk = check_identity(&log, &config)?;
-        let state = Arc::new(BrokerState::open(db.clone())?);
+        let state = Arc::new(BrokerState::open(db)?);
         let raft_config = Config {
             cluster_name: "raftmq".into(),
             heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
@@ -229,7 +228,6 @@ impl RaftNode {
             state,
             flush: config.flush,
             disk,
-            db,
             initial_members: config.members,
             network,
             rejoining: AtomicBool::new(empty_disk),
@@ -629,7 +627,7 @@ impl RaftNode {
 
     /// Whether a write of this node is waiting for its full disk to have room.
     pub fn disk_full(&self) -> bool {
-        self.db.waiting_for_space()
+        self.state.db().waiting_for_space()
     }
 
     /// Replicate a command through the group's leader and return what applying it produced.

@@ -10,7 +10,7 @@ use rocksdb::{ColumnFamilyDescriptor, DBCompressionType, Options, WriteOptions};
 use crate::error::{StorageError, is_no_space};
 
 /// How long a write that found the disk full waits before it tries again.
-const NO_SPACE_RETRY: Duration = Duration::from_millis(200);
+pub(crate) const NO_SPACE_RETRY: Duration = Duration::from_millis(200);
 
 /// Raft log = commit log: raft index → entry.
 pub const CF_LOG: &str = "log";

@@ -13,7 +13,7 @@ use prost::Message;
 use raftmq_proto::raft::v1 as pb;
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 
-use crate::db::{CF_LOG, CF_RAFT, Db, FlushMode};
+use crate::db::{CF_LOG, CF_RAFT, Db, FlushMode, NO_SPACE_RETRY};
 use crate::error::StorageError;
 use crate::keys;
 
@@ -72,7 +72,10 @@ impl LogStore {
             let mut batch = WriteBatch::default();
             for entry in entries {
                 let index = entry.log_id.as_ref().map(|id| id.index).unwrap_or_default();
+                // Sized once: a batched entry carries up to megabytes of bodies, and growing
+                // the buffer by doubling would copy them several times over.
                 buf.clear();
+                buf.reserve(entry.encoded_len());
                 entry
                     .encode(&mut buf)
                     .expect("encoding into a Vec cannot fail");
@@ -263,13 +266,12 @@ fn sync_when_space(db: &Db) -> Result<(), StorageError> {
     loop {
         match db.sync_wal() {
             Ok(()) => return Ok(()),
-            Err(err) if err.is_no_space() || db.waiting_for_space() => {
-                std::thread::sleep(std::time::Duration::from_millis(200));
-            }
             Err(err) => {
-                // The failed write that stopped RocksDB may not have flagged the wait yet.
-                std::thread::sleep(std::time::Duration::from_millis(200));
-                if !db.waiting_for_space() {
+                // The failed write that stopped RocksDB may not have flagged the wait yet:
+                // look again after the pause.
+                let full = err.is_no_space() || db.waiting_for_space();
+                std::thread::sleep(NO_SPACE_RETRY);
+                if !full && !db.waiting_for_space() {
                     return Err(err);
                 }
             }
