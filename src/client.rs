@@ -168,6 +168,25 @@ impl Client {
         .await
     }
 
+    /// A Heartbeat call: the broker answers it without doing any work.
+    pub async fn heartbeat(&self) -> Result<(), ClientError> {
+        self.with_failover(|mut client| {
+            let request = self.request(v2::HeartbeatRequest {
+                group: None,
+                client_type: v2::ClientType::Producer as i32,
+            });
+            async move {
+                let reply = client
+                    .heartbeat(request)
+                    .await
+                    .map_err(|s| ClientError::Unavailable(s.message().to_string()))?
+                    .into_inner();
+                check(reply.status.as_ref())
+            }
+        })
+        .await
+    }
+
     pub async fn route(&self, topic: &str) -> Result<Vec<v2::MessageQueue>, ClientError> {
         self.with_failover(|mut client| {
             let request = self.request(v2::QueryRouteRequest {

@@ -50,9 +50,13 @@ fn init_tracing(default: &str) {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = match &cli.command {
+        // The load generator sizes its own runtime (see `raftmq bench produce --threads`).
+        Command::Bench(args) => cli::bench::runtime(args)?,
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+    };
     match cli.command {
         Command::Broker { args, pid_file } => {
             logging::init("info,openraft=warn", args.log_format);

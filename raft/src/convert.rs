@@ -4,6 +4,10 @@
 //! malformed request): those conversions are `TryFrom` with [`MissingField`].
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use prost::Message;
 
 use openraft::EntryPayload;
 use openraft::raft::{
@@ -147,12 +151,12 @@ pub fn stored_membership_from_pb(
     ))
 }
 
-/// Takes the entry by value: its command (all of a send's messages) moves into the record
-/// instead of being copied, on the append path and for every replication message.
 pub fn entry_to_pb(entry: Entry) -> pb::Entry {
     let payload = match entry.payload {
         EntryPayload::Blank => None,
-        EntryPayload::Normal(Request(command)) => Some(pb::entry::Payload::Command(command)),
+        EntryPayload::Normal(Request(command)) => {
+            Some(pb::entry::Payload::Command(Arc::unwrap_or_clone(command)))
+        }
         EntryPayload::Membership(membership) => Some(pb::entry::Payload::Membership(
             membership_to_pb(&membership),
         )),
@@ -161,6 +165,38 @@ pub fn entry_to_pb(entry: Entry) -> pb::Entry {
         log_id: Some(log_id_to_pb(&entry.log_id)),
         payload,
     }
+}
+
+/// Field numbers of `pb::Entry` (raft.proto), for [`encode_entry`].
+const ENTRY_LOG_ID_FIELD: u32 = 1;
+const ENTRY_COMMAND_FIELD: u32 = 2;
+
+/// The entry as an encoded `pb::Entry`, written straight from the shared command: the log
+/// record and every replication message are made this way, so a send's messages are never
+/// copied into an intermediate `pb::Entry`.
+pub fn encode_entry(entry: &Entry) -> Bytes {
+    let EntryPayload::Normal(Request(command)) = &entry.payload else {
+        // Blank and membership entries are rare and small.
+        return entry_to_pb(entry.clone()).encode_to_vec().into();
+    };
+    use prost::encoding::message;
+    let log_id = log_id_to_pb(&entry.log_id);
+    let len = message::encoded_len(ENTRY_LOG_ID_FIELD, &log_id)
+        + message::encoded_len(ENTRY_COMMAND_FIELD, command.as_ref());
+    let mut buf = Vec::with_capacity(len);
+    message::encode(ENTRY_LOG_ID_FIELD, &log_id, &mut buf);
+    message::encode(ENTRY_COMMAND_FIELD, command.as_ref(), &mut buf);
+    buf.into()
+}
+
+/// The inverse of [`encode_entry`] (and of `pb::Entry::encode`). Decoding from `Bytes` shares
+/// the buffer with the message bodies instead of copying them.
+pub fn decode_entry(record: Bytes) -> Result<Entry, MissingField> {
+    let entry = pb::Entry::decode(record).map_err(|e| MissingField {
+        record: "Entry",
+        reason: e.to_string(),
+    })?;
+    entry_from_pb(entry)
 }
 
 pub fn entry_from_pb(entry: pb::Entry) -> Result<Entry, MissingField> {
@@ -172,7 +208,9 @@ pub fn entry_from_pb(entry: pb::Entry) -> Result<Entry, MissingField> {
     )?;
     let payload = match entry.payload {
         None => EntryPayload::Blank,
-        Some(pb::entry::Payload::Command(command)) => EntryPayload::Normal(Request(command)),
+        Some(pb::entry::Payload::Command(command)) => {
+            EntryPayload::Normal(Request(Arc::new(command)))
+        }
         Some(pb::entry::Payload::Membership(membership)) => {
             EntryPayload::Membership(membership_from_pb(&membership)?)
         }
@@ -184,7 +222,7 @@ pub fn append_request_to_pb(req: AppendEntriesRequest<TypeConfig>) -> pb::Append
     pb::AppendEntriesRequest {
         vote: Some(vote_to_pb(&req.vote)),
         prev_log_id: req.prev_log_id.as_ref().map(log_id_to_pb),
-        entries: req.entries.into_iter().map(entry_to_pb).collect(),
+        entries: req.entries.iter().map(encode_entry).collect(),
         leader_commit: req.leader_commit.as_ref().map(log_id_to_pb),
     }
 }
@@ -204,7 +242,7 @@ pub fn append_request_from_pb(
         entries: req
             .entries
             .into_iter()
-            .map(entry_from_pb)
+            .map(decode_entry)
             .collect::<Result<_, _>>()?,
     })
 }
@@ -378,13 +416,21 @@ mod tests {
         };
         for payload in [
             EntryPayload::Blank,
-            EntryPayload::Normal(Request(command)),
+            EntryPayload::Normal(Request(Arc::new(command))),
             EntryPayload::Membership(membership),
         ] {
             let entry = Entry { log_id, payload };
             let back = entry_from_pb(entry_to_pb(entry.clone())).unwrap();
             assert_eq!(entry_to_pb(entry.clone()), entry_to_pb(back.clone()));
             assert_eq!(entry.log_id, back.log_id);
+            // The borrowed encoding is byte for byte what prost makes of the whole record
+            // (a membership's node map has no fixed order, so it is compared decoded only).
+            let encoded = encode_entry(&entry);
+            if !matches!(entry.payload, EntryPayload::Membership(_)) {
+                assert_eq!(encoded, entry_to_pb(entry.clone()).encode_to_vec());
+            }
+            let decoded = decode_entry(encoded).unwrap();
+            assert_eq!(entry_to_pb(decoded), entry_to_pb(entry.clone()));
         }
     }
 

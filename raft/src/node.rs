@@ -638,6 +638,8 @@ impl RaftNode {
     ) -> Result<pb::CommandResult, ProposeError> {
         let give_up = Instant::now() + deadline;
         let mut forwarded_once = false;
+        // Shared: a retry or a forward to another leader needs it again after openraft took it.
+        let command = Arc::new(command);
         loop {
             self.check_room(&command)?;
             let leader = match self.raft.client_write(Request(command.clone())).await {

@@ -184,7 +184,12 @@ impl RaftService for RaftGrpc {
                 outcome: Some(pb::propose_response::Outcome::NoRoom(reason)),
             }));
         }
-        let outcome = match self.node.raft.client_write(Command(command)).await {
+        let outcome = match self
+            .node
+            .raft
+            .client_write(Command(Arc::new(command)))
+            .await
+        {
             Ok(resp) => match resp.data.0 {
                 Some(result) => pb::propose_response::Outcome::Result(result),
                 None => pb::propose_response::Outcome::Error("applied without a result".into()),

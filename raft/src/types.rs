@@ -1,6 +1,7 @@
 //! The openraft type configuration.
 
 use std::fmt;
+use std::sync::Arc;
 
 use raftmq_proto::raft::v1 as pb;
 
@@ -8,8 +9,11 @@ use raftmq_proto::raft::v1 as pb;
 pub type NodeId = u64;
 
 /// Application data of a log entry: one broker command.
+///
+/// Shared, not copied: the same command (a send's messages) is held by the proposer, the log's
+/// recent-entries cache, every replication stream and the state machine.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Request(pub pb::Command);
+pub struct Request(pub Arc<pb::Command>);
 
 impl fmt::Display for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -10,7 +10,9 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 
 use super::EndpointArgs;
-use crate::client::{Client, message};
+use raftmq_proto::rocketmq::v2;
+
+use crate::client::{Client, message, new_message_id};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -22,8 +24,27 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// Send messages from many concurrent workers and measure acknowledgements.
     Produce(ProduceBench),
+    /// Heartbeat calls the broker answers without work: the cost of a gRPC call alone.
+    Rpc(RpcBench),
     /// Append small blocks to a file in a folder and fsync each one, as a WAL does.
     Fsync(FsyncBench),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RpcBench {
+    #[command(flatten)]
+    pub endpoints: EndpointArgs,
+    /// Calls in flight at once.
+    #[arg(long, default_value_t = 1024)]
+    pub concurrency: usize,
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Threads the load generator runs on (see `bench produce --threads`).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -62,6 +83,12 @@ pub struct ProduceBench {
     /// Target messages per second over all workers; 0 sends as fast as acks allow.
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
+    /// Threads the load generator runs on. One thread drives a thousand sends in flight with
+    /// the least CPU per message (no wake-ups across threads), which leaves the most CPU to
+    /// brokers that share the machine; more help only when the load generator has cores to
+    /// itself.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -83,9 +110,28 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// The runtime a benchmark runs on: `--threads 1` (the default) is a single-threaded one.
+pub fn runtime(args: &BenchArgs) -> anyhow::Result<tokio::runtime::Runtime> {
+    let threads = match &args.command {
+        BenchCommand::Produce(bench) => bench.threads,
+        BenchCommand::Rpc(bench) => bench.threads,
+        BenchCommand::Fsync(_) => 1,
+    };
+    anyhow::ensure!(threads > 0, "--threads must be at least 1");
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
+    };
+    Ok(builder.enable_all().build()?)
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Produce(bench) => produce(bench).await,
+        BenchCommand::Rpc(bench) => rpc(bench).await,
         BenchCommand::Fsync(bench) => tokio::task::spawn_blocking(move || fsync(bench)).await?,
     }
 }
@@ -129,72 +175,64 @@ struct Counters {
     failed: AtomicU64,
 }
 
-async fn produce(bench: ProduceBench) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        bench.concurrency > 0 && bench.batch > 0 && bench.size > 0,
-        "concurrency, batch and size must be > 0"
-    );
-    // Talk to the leader first: a follower would forward every send (an extra hop).
-    let mut endpoints = bench.endpoints.list();
-    let probe = Client::new(&endpoints)?;
-    if let Some(leader) = probe
-        .cluster_status()
-        .await
-        .into_iter()
-        .find(|(_, s)| s.as_ref().is_ok_and(|s| s.role == "leader"))
-        .map(|(e, _)| e)
-    {
-        endpoints.retain(|e| *e != leader);
-        endpoints.insert(0, leader);
-    }
-    let client = Arc::new(Client::new(&endpoints)?);
-    client.route(&bench.topic).await?;
+/// How a load is driven: `concurrency` workers, each starting its next call when the last one
+/// is answered (and, with a target rate, not before its turn).
+struct Load {
+    concurrency: usize,
+    duration: Duration,
+    /// Target calls per second over all workers; 0: as fast as answers come.
+    calls_per_sec: f64,
+    /// Messages one call carries (what the counters count).
+    messages_per_call: u64,
+}
 
+/// What a run of a load measured.
+struct Outcome {
+    acked: u64,
+    failed: u64,
+    elapsed: Duration,
+    histogram: Histogram<u64>,
+}
+
+/// Run `call` from `load.concurrency` workers until the duration is over, printing a progress
+/// line every second. `call(worker)` makes one call; its latency is recorded when it succeeds.
+async fn drive<F, Fut>(load: &Load, call: F) -> anyhow::Result<Outcome>
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
     let counters = Arc::new(Counters::default());
     let start = Instant::now();
-    let end = start + bench.duration;
-    let per_worker_interval = (bench.rate > 0).then(|| {
-        Duration::from_secs_f64(bench.concurrency as f64 * bench.batch as f64 / bench.rate as f64)
-    });
+    let end = start + load.duration;
+    let per_worker_interval = (load.calls_per_sec > 0.0)
+        .then(|| Duration::from_secs_f64(load.concurrency as f64 / load.calls_per_sec));
     let mut workers = Vec::new();
-    for worker in 0..bench.concurrency {
-        let client = client.clone();
-        let counters = counters.clone();
-        let bench = bench.clone();
+    for worker in 0..load.concurrency {
+        let (counters, call) = (counters.clone(), call.clone());
+        let (concurrency, messages) = (load.concurrency, load.messages_per_call);
         workers.push(tokio::spawn(async move {
             let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
                 .expect("valid histogram bounds");
-            let body = vec![b'x'; bench.size];
             // Spread the workers' schedules over one interval so that a target rate is an even
-            // stream of sends, not a burst of `concurrency` sends at every tick.
-            let mut next_send = Instant::now()
+            // stream of calls, not a burst of `concurrency` calls at every tick.
+            let mut next_call = Instant::now()
                 + per_worker_interval.map_or(Duration::ZERO, |i| {
-                    i.mul_f64(worker as f64 / bench.concurrency as f64)
+                    i.mul_f64(worker as f64 / concurrency as f64)
                 });
             while Instant::now() < end {
                 if let Some(interval) = per_worker_interval {
                     let now = Instant::now();
-                    if next_send > now {
-                        tokio::time::sleep(next_send - now).await;
+                    if next_call > now {
+                        tokio::time::sleep(next_call - now).await;
                     }
-                    next_send += interval;
+                    next_call += interval;
                 }
-                let messages = (0..bench.batch)
-                    .map(|_| message(&bench.topic, body.clone(), None, &[]))
-                    .collect();
-                let sent = Instant::now();
-                match client.send(messages).await {
-                    Ok(_) => {
-                        histogram.saturating_record(sent.elapsed().as_micros() as u64);
-                        counters
-                            .acked
-                            .fetch_add(bench.batch as u64, Ordering::Relaxed);
-                    }
-                    Err(_) => {
-                        counters
-                            .failed
-                            .fetch_add(bench.batch as u64, Ordering::Relaxed);
-                    }
+                let called = Instant::now();
+                if call(worker).await {
+                    histogram.saturating_record(called.elapsed().as_micros() as u64);
+                    counters.acked.fetch_add(messages, Ordering::Relaxed);
+                } else {
+                    counters.failed.fetch_add(messages, Ordering::Relaxed);
                 }
             }
             histogram
@@ -223,29 +261,153 @@ async fn produce(bench: ProduceBench) -> anyhow::Result<()> {
         histogram.add(worker.await?)?;
     }
     progress.abort();
-    let elapsed = start.elapsed().as_secs_f64();
-    let acked = counters.acked.load(Ordering::Relaxed);
-    let failed = counters.failed.load(Ordering::Relaxed);
-    let rate = acked as f64 / elapsed;
+    Ok(Outcome {
+        acked: counters.acked.load(Ordering::Relaxed),
+        failed: counters.failed.load(Ordering::Relaxed),
+        elapsed: start.elapsed(),
+        histogram,
+    })
+}
+
+impl Outcome {
+    fn per_sec(&self) -> f64 {
+        self.acked as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn ms(&self, quantile: f64) -> f64 {
+        self.histogram.value_at_quantile(quantile) as f64 / 1000.0
+    }
+
+    fn latency_json(&self) -> serde_json::Value {
+        json!({"p50": self.ms(0.5), "p99": self.ms(0.99), "p999": self.ms(0.999),
+               "max": self.histogram.max() as f64 / 1000.0})
+    }
+
+    fn latency_line(&self) -> String {
+        format!(
+            "p50 {:.2}  p99 {:.2}  p999 {:.2}  max {:.2}",
+            self.ms(0.5),
+            self.ms(0.99),
+            self.ms(0.999),
+            self.histogram.max() as f64 / 1000.0
+        )
+    }
+}
+
+/// A client whose first endpoint is the group's leader: a follower would forward every
+/// send (an extra hop).
+async fn leader_first_client(endpoints: &EndpointArgs) -> anyhow::Result<Arc<Client>> {
+    let mut endpoints = endpoints.list();
+    let probe = Client::new(&endpoints)?;
+    if let Some(leader) = probe
+        .cluster_status()
+        .await
+        .into_iter()
+        .find(|(_, s)| s.as_ref().is_ok_and(|s| s.role == "leader"))
+        .map(|(e, _)| e)
+    {
+        endpoints.retain(|e| *e != leader);
+        endpoints.insert(0, leader);
+    }
+    Ok(Arc::new(Client::new(&endpoints)?))
+}
+
+async fn produce(bench: ProduceBench) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        bench.concurrency > 0 && bench.batch > 0 && bench.size > 0,
+        "concurrency, batch and size must be > 0"
+    );
+    let client = leader_first_client(&bench.endpoints).await?;
+    client.route(&bench.topic).await?;
+    // Built once: each send only stamps a fresh message id and birth time on a copy, and
+    // every copy shares the one body buffer.
+    let template = Arc::new(message(&bench.topic, vec![b'x'; bench.size], None, &[]));
+    let batch = bench.batch;
+    let load = Load {
+        concurrency: bench.concurrency,
+        duration: bench.duration,
+        calls_per_sec: bench.rate as f64 / batch as f64,
+        messages_per_call: batch as u64,
+    };
+    let outcome = drive(&load, move |_| {
+        let (client, template) = (client.clone(), template.clone());
+        async move {
+            let messages = (0..batch).map(|_| restamped(&template)).collect();
+            client.send(messages).await.is_ok()
+        }
+    })
+    .await?;
+    let rate = outcome.per_sec();
     let mb = rate * bench.size as f64 / 1_000_000.0;
-    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     if bench.json {
         println!(
             "{}",
             json!({
-                "acked": acked, "failed": failed, "seconds": elapsed,
+                "acked": outcome.acked, "failed": outcome.failed,
+                "seconds": outcome.elapsed.as_secs_f64(),
                 "msgs_per_sec": rate, "mb_per_sec": mb,
-                "ack_latency_ms": {"p50": ms(0.5), "p99": ms(0.99), "p999": ms(0.999), "max": histogram.max() as f64 / 1000.0},
-                "concurrency": bench.concurrency, "size": bench.size, "batch": bench.batch, "target_rate": bench.rate,
+                "ack_latency_ms": outcome.latency_json(),
+                "concurrency": bench.concurrency, "size": bench.size, "batch": bench.batch,
+                "target_rate": bench.rate, "threads": bench.threads,
             })
         );
     } else {
         println!(
-            "acked {acked} messages in {elapsed:.1}s: {rate:.0} msgs/s, {mb:.1} MB/s; failed {failed}\nack latency ms: p50 {:.2}  p99 {:.2}  p999 {:.2}  max {:.2}",
-            ms(0.5),
-            ms(0.99),
-            ms(0.999),
-            histogram.max() as f64 / 1000.0
+            "acked {} messages in {:.1}s: {rate:.0} msgs/s, {mb:.1} MB/s; failed {}\nack latency ms: {}",
+            outcome.acked,
+            outcome.elapsed.as_secs_f64(),
+            outcome.failed,
+            outcome.latency_line()
+        );
+    }
+    Ok(())
+}
+
+/// A copy of `template` with its own message id and birth time.
+fn restamped(template: &v2::Message) -> v2::Message {
+    let mut message = template.clone();
+    if let Some(props) = message.system_properties.as_mut() {
+        props.message_id = new_message_id();
+        props.born_timestamp = Some(prost_types::Timestamp::from(std::time::SystemTime::now()));
+    }
+    message
+}
+
+/// Heartbeat round trips, which the broker answers without any work: what one gRPC call costs
+/// the client, the HTTP/2 stack and tonic on this machine, the floor under every send.
+async fn rpc(bench: RpcBench) -> anyhow::Result<()> {
+    anyhow::ensure!(bench.concurrency > 0, "concurrency must be > 0");
+    let client = leader_first_client(&bench.endpoints).await?;
+    let load = Load {
+        concurrency: bench.concurrency,
+        duration: bench.duration,
+        calls_per_sec: 0.0,
+        messages_per_call: 1,
+    };
+    let outcome = drive(&load, move |_| {
+        let client = client.clone();
+        async move { client.heartbeat().await.is_ok() }
+    })
+    .await?;
+    if bench.json {
+        println!(
+            "{}",
+            json!({
+                "calls": outcome.acked, "failed": outcome.failed,
+                "seconds": outcome.elapsed.as_secs_f64(),
+                "calls_per_sec": outcome.per_sec(),
+                "latency_ms": outcome.latency_json(),
+                "concurrency": bench.concurrency, "threads": bench.threads,
+            })
+        );
+    } else {
+        println!(
+            "{} heartbeat calls in {:.1}s: {:.0} calls/s; failed {}\nlatency ms: {}",
+            outcome.acked,
+            outcome.elapsed.as_secs_f64(),
+            outcome.per_sec(),
+            outcome.failed,
+            outcome.latency_line()
         );
     }
     Ok(())

@@ -31,6 +31,6 @@ pub mod txn;
 pub use db::{Db, FlushMode};
 pub use disk::{DiskChange, DiskSpace};
 pub use error::StorageError;
-pub use log::LogStore;
+pub use log::{LogRecord, LogStore};
 pub use pop::{DEFAULT_MAX_DELIVERY_ATTEMPTS, PopHint, dead_letter_topic};
 pub use state::{ApplyItem, BrokerState, StateExport, StoredRecord};

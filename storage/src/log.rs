@@ -17,6 +17,13 @@ use crate::db::{CF_LOG, CF_RAFT, Db, FlushMode, NO_SPACE_RETRY};
 use crate::error::StorageError;
 use crate::keys;
 
+/// One encoded `pb::Entry` and its Raft index.
+#[derive(Debug, Clone)]
+pub struct LogRecord {
+    pub index: u64,
+    pub bytes: bytes::Bytes,
+}
+
 /// Runs when appended entries are durable (or failed to become so).
 pub type OnDurable = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
 
@@ -66,27 +73,34 @@ impl LogStore {
 
     /// Write entries in one batch; `on_durable` runs when they are on disk.
     pub fn append(&self, entries: &[pb::Entry], on_durable: OnDurable) -> Result<(), StorageError> {
-        let mut buf = Vec::new();
+        let records: Vec<LogRecord> = entries
+            .iter()
+            .map(|entry| LogRecord {
+                index: entry.log_id.as_ref().map(|id| id.index).unwrap_or_default(),
+                bytes: entry.encode_to_vec().into(),
+            })
+            .collect();
+        self.append_records(&records, on_durable)
+    }
+
+    /// Write already encoded entries in one batch; `on_durable` runs when they are on disk.
+    pub fn append_records(
+        &self,
+        records: &[LogRecord],
+        on_durable: OnDurable,
+    ) -> Result<(), StorageError> {
         let build = || {
             let cf = self.db.cf(CF_LOG);
             let mut batch = WriteBatch::default();
-            for entry in entries {
-                let index = entry.log_id.as_ref().map(|id| id.index).unwrap_or_default();
-                // Sized once: a batched entry carries up to megabytes of bodies, and growing
-                // the buffer by doubling would copy them several times over.
-                buf.clear();
-                buf.reserve(entry.encoded_len());
-                entry
-                    .encode(&mut buf)
-                    .expect("encoding into a Vec cannot fail");
-                batch.put_cf(&cf, keys::log_key(index), &buf);
+            for record in records {
+                batch.put_cf(&cf, keys::log_key(record.index), &record.bytes);
             }
             batch
         };
         let started = std::time::Instant::now();
         self.db.write_when_space(CF_LOG, false, build)?;
         metrics::histogram!("raftmq_log_append_seconds").record(started.elapsed().as_secs_f64());
-        metrics::counter!("raftmq_log_entries_appended_total").increment(entries.len() as u64);
+        metrics::counter!("raftmq_log_entries_appended_total").increment(records.len() as u64);
         match self.db.flush {
             FlushMode::Async => on_durable(Ok(())),
             FlushMode::Sync => {

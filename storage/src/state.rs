@@ -30,7 +30,8 @@ pub const DEDUP_WINDOW_MS: i64 = 15 * 60 * 1000;
 pub enum ApplyItem {
     Blank,
     Membership(pb::Membership),
-    Command(pb::Command),
+    /// Shared with the log's cache and the replication streams; applied by reference.
+    Command(std::sync::Arc<pb::Command>),
 }
 
 /// A message read back from a queue.
@@ -207,7 +208,7 @@ impl BrokerState {
                         &mut pending,
                         &mut batch,
                         log_id.index,
-                        command,
+                        &command,
                     )?),
                 };
                 results.push(result);
@@ -265,11 +266,11 @@ impl BrokerState {
         pending: &mut PendingApply,
         batch: &mut WriteBatch,
         log_index: u64,
-        command: pb::Command,
+        command: &pb::Command,
     ) -> Result<pb::CommandResult, StorageError> {
         use pb::command::Kind;
         use pb::command_result::Kind as ResultKind;
-        let kind = match command.kind {
+        let kind = match &command.kind {
             Some(Kind::Append(append)) => {
                 ResultKind::Append(self.apply_append(cache, pending, batch, log_index, append)?)
             }
@@ -312,28 +313,30 @@ impl BrokerState {
                 ResultKind::Offset(pb::OffsetResult {})
             }
             Some(Kind::CreateGroup(create)) => {
-                ResultKind::Group(self.apply_create_group(cache, pending, batch, create))
+                ResultKind::Group(self.apply_create_group(cache, pending, batch, create.clone()))
             }
             Some(Kind::Pop(pop)) => {
-                ResultKind::Pop(self.apply_pop(cache, pending, batch, log_index, pop)?)
+                ResultKind::Pop(self.apply_pop(cache, pending, batch, log_index, pop.clone())?)
             }
-            Some(Kind::Ack(ack)) => ResultKind::Ack(self.apply_ack(cache, pending, ack)),
-            Some(Kind::Renew(renew)) => ResultKind::Ack(self.apply_renew(cache, pending, renew)),
-            Some(Kind::ChangeInvisible(change)) => {
-                ResultKind::Receipt(self.apply_change_invisible(cache, pending, log_index, change))
+            Some(Kind::Ack(ack)) => ResultKind::Ack(self.apply_ack(cache, pending, ack.clone())),
+            Some(Kind::Renew(renew)) => {
+                ResultKind::Ack(self.apply_renew(cache, pending, renew.clone()))
             }
+            Some(Kind::ChangeInvisible(change)) => ResultKind::Receipt(
+                self.apply_change_invisible(cache, pending, log_index, change.clone()),
+            ),
             Some(Kind::DeadLetter(dead)) => {
-                ResultKind::Receipt(self.apply_dead_letter(cache, pending, batch, dead)?)
+                ResultKind::Receipt(self.apply_dead_letter(cache, pending, batch, dead.clone())?)
             }
             Some(Kind::FireTimers(fire)) => {
-                ResultKind::Timers(self.apply_fire_timers(cache, pending, batch, fire)?)
+                ResultKind::Timers(self.apply_fire_timers(cache, pending, batch, *fire)?)
             }
-            Some(Kind::EndTransaction(end)) => {
-                ResultKind::Transaction(self.apply_end_transaction(cache, pending, batch, end)?)
-            }
-            Some(Kind::TransactionChecked(checked)) => {
-                ResultKind::Transaction(self.apply_transaction_checked(pending, batch, checked)?)
-            }
+            Some(Kind::EndTransaction(end)) => ResultKind::Transaction(
+                self.apply_end_transaction(cache, pending, batch, end.clone())?,
+            ),
+            Some(Kind::TransactionChecked(checked)) => ResultKind::Transaction(
+                self.apply_transaction_checked(pending, batch, checked.clone())?,
+            ),
             // An entry from a newer version this node does not understand: applying it as a
             // no-op would diverge from upgraded replicas, so refuse loudly.
             None => {
@@ -353,7 +356,7 @@ impl BrokerState {
         pending: &mut PendingApply,
         batch: &mut WriteBatch,
         log_index: u64,
-        append: pb::AppendMessages,
+        append: &pb::AppendMessages,
     ) -> Result<pb::AppendResult, StorageError> {
         let mut appended = Vec::with_capacity(append.messages.len());
         for (slot, message) in append.messages.iter().enumerate() {

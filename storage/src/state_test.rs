@@ -129,7 +129,7 @@ fn given_state_written_when_reopened_then_caches_and_applied_id_are_restored() {
         };
         log.append(&[entry], Box::new(|_| {})).unwrap();
         state
-            .apply(vec![(log_id(5), ApplyItem::Command(command))])
+            .apply(vec![(log_id(5), ApplyItem::Command(command.into()))])
             .unwrap();
         let commit = pb::Command {
             kind: Some(pb::command::Kind::CommitOffset(pb::CommitOffset {
@@ -140,7 +140,7 @@ fn given_state_written_when_reopened_then_caches_and_applied_id_are_restored() {
             })),
         };
         state
-            .apply(vec![(log_id(6), ApplyItem::Command(commit))])
+            .apply(vec![(log_id(6), ApplyItem::Command(commit.into()))])
             .unwrap();
     }
     let db = Db::open(dir.path(), FlushMode::Sync).unwrap();

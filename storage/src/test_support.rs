@@ -42,7 +42,7 @@ impl Fixture {
                 log_id: Some(log_id),
                 payload: Some(pb::entry::Payload::Command(command.clone())),
             });
-            items.push((log_id, ApplyItem::Command(command)));
+            items.push((log_id, ApplyItem::Command(command.into())));
         }
         let (tx, rx) = std::sync::mpsc::channel();
         self.log

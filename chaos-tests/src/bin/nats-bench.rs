@@ -35,14 +35,28 @@ struct Args {
     size: usize,
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Threads the load generator runs on; the same default as `raftmq bench produce`.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    anyhow::ensure!(args.threads > 0, "--threads must be at least 1");
+    let mut runtime = if args.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(args.threads);
+        builder
+    };
+    runtime.enable_all().build()?.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.concurrency > 0 && args.size > 0,
         "concurrency and size must be > 0"
@@ -136,6 +150,7 @@ async fn main() -> anyhow::Result<()> {
                 "msgs_per_sec": rate, "mb_per_sec": rate * args.size as f64 / 1_000_000.0,
                 "ack_latency_ms": {"p50": ms(0.5), "p99": ms(0.99), "p999": ms(0.999), "max": histogram.max() as f64 / 1000.0},
                 "concurrency": args.concurrency, "size": args.size, "replicas": args.replicas,
+                "threads": args.threads,
             })
         );
     } else {
