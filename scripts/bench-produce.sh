@@ -9,6 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
+. scripts/bench-common.sh
 
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-15s}
@@ -25,9 +26,6 @@ cargo build --release --bin raftmq
 bin=target/release/raftmq
 endpoints=127.0.0.1:18081,127.0.0.1:18082,127.0.0.1:18083
 
-median() { # median of the numbers on stdin
-  sort -n | awk '{v[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'
-}
 
 stop_cluster() {
   if [ -n "${cluster_pid:-}" ]; then

@@ -13,6 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
+. scripts/bench-common.sh
 
 RUNS=${RUNS:-3}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
@@ -40,9 +41,6 @@ fi
 nats_server=$venv/bin/nats-server
 "$nats_server" --version
 
-median() { # median of the numbers on stdin
-  sort -n | awk '{v[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'
-}
 
 pids=()
 stop_all() {

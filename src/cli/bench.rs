@@ -195,10 +195,11 @@ struct Outcome {
 }
 
 /// Run `call` from `load.concurrency` workers until the duration is over, printing a progress
-/// line every second. `call(worker)` makes one call; its latency is recorded when it succeeds.
+/// line every second. `call()` makes one call and says whether it succeeded; the latency of
+/// each successful call is recorded.
 async fn drive<F, Fut>(load: &Load, call: F) -> anyhow::Result<Outcome>
 where
-    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    F: Fn() -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = bool> + Send,
 {
     let counters = Arc::new(Counters::default());
@@ -228,7 +229,7 @@ where
                     next_call += interval;
                 }
                 let called = Instant::now();
-                if call(worker).await {
+                if call().await {
                     histogram.saturating_record(called.elapsed().as_micros() as u64);
                     counters.acked.fetch_add(messages, Ordering::Relaxed);
                 } else {
@@ -329,7 +330,7 @@ async fn produce(bench: ProduceBench) -> anyhow::Result<()> {
         calls_per_sec: bench.rate as f64 / batch as f64,
         messages_per_call: batch as u64,
     };
-    let outcome = drive(&load, move |_| {
+    let outcome = drive(&load, move || {
         let (client, template) = (client.clone(), template.clone());
         async move {
             let messages = (0..batch).map(|_| restamped(&template)).collect();
@@ -384,7 +385,7 @@ async fn rpc(bench: RpcBench) -> anyhow::Result<()> {
         calls_per_sec: 0.0,
         messages_per_call: 1,
     };
-    let outcome = drive(&load, move |_| {
+    let outcome = drive(&load, move || {
         let client = client.clone();
         async move { client.heartbeat().await.is_ok() }
     })
