@@ -173,6 +173,8 @@ fn fsync(bench: FsyncBench) -> anyhow::Result<()> {
 struct Counters {
     acked: AtomicU64,
     failed: AtomicU64,
+    /// Slowest answer since the last progress line, in microseconds.
+    slowest_us: AtomicU64,
 }
 
 /// How a load is driven: `concurrency` workers, each starting its next call when the last one
@@ -207,13 +209,16 @@ where
     let end = start + load.duration;
     let per_worker_interval = (load.calls_per_sec > 0.0)
         .then(|| Duration::from_secs_f64(load.concurrency as f64 / load.calls_per_sec));
+    // One histogram for all workers: one per worker (140 KB each at this precision) would cost
+    // a thousand workers 140 MB of freshly zeroed pages and a cache miss per recorded answer.
+    let histogram = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
     let mut workers = Vec::new();
     for worker in 0..load.concurrency {
-        let (counters, call) = (counters.clone(), call.clone());
+        let (counters, call, histogram) = (counters.clone(), call.clone(), histogram.clone());
         let (concurrency, messages) = (load.concurrency, load.messages_per_call);
         workers.push(tokio::spawn(async move {
-            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-                .expect("valid histogram bounds");
             // Spread the workers' schedules over one interval so that a target rate is an even
             // stream of calls, not a burst of `concurrency` calls at every tick.
             let mut next_call = Instant::now()
@@ -230,13 +235,17 @@ where
                 }
                 let called = Instant::now();
                 if call().await {
-                    histogram.saturating_record(called.elapsed().as_micros() as u64);
+                    let micros = called.elapsed().as_micros() as u64;
+                    histogram
+                        .lock()
+                        .expect("latency histogram lock poisoned")
+                        .saturating_record(micros);
+                    counters.slowest_us.fetch_max(micros, Ordering::Relaxed);
                     counters.acked.fetch_add(messages, Ordering::Relaxed);
                 } else {
                     counters.failed.fetch_add(messages, Ordering::Relaxed);
                 }
             }
-            histogram
         }));
     }
 
@@ -247,21 +256,26 @@ where
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let acked = counters.acked.load(Ordering::Relaxed);
+                let slowest_us = counters.slowest_us.swap(0, Ordering::Relaxed);
                 eprintln!(
-                    "[{:>4.0}s] acked {acked} ({}/s), failed {}",
+                    "[{:>4.0}s] acked {acked} ({}/s), failed {}, slowest {:.1} ms",
                     start.elapsed().as_secs_f64(),
                     acked - last,
-                    counters.failed.load(Ordering::Relaxed)
+                    counters.failed.load(Ordering::Relaxed),
+                    slowest_us as f64 / 1000.0
                 );
                 last = acked;
             }
         })
     };
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for worker in workers {
-        histogram.add(worker.await?)?;
+        worker.await?;
     }
     progress.abort();
+    let histogram = std::mem::replace(
+        &mut *histogram.lock().expect("latency histogram lock poisoned"),
+        Histogram::new(1)?,
+    );
     Ok(Outcome {
         acked: counters.acked.load(Ordering::Relaxed),
         failed: counters.failed.load(Ordering::Relaxed),
