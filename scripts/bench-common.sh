@@ -3,3 +3,29 @@
 median() { # median of the numbers on stdin
   sort -n | awk '{v[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'
 }
+
+# The local group the benchmarks run against: `raftmq local` on its own ports, so that a
+# group a user already runs on the default ports is left alone.
+BENCH_ENDPOINTS=127.0.0.1:18081,127.0.0.1:18082,127.0.0.1:18083
+local_group_pid=
+
+# start_local_group BIN DIR FLUSH LOG: start a group in the background, wait for its leader
+# and create the topic `bench` (8 queues).
+start_local_group() {
+  local bin=$1 dir=$2 flush=$3 log=$4
+  "$bin" local --dir "$dir" --flush "$flush" --client-port 18081 --raft-port 19091 >"$log" 2>&1 &
+  local_group_pid=$!
+  for _ in $(seq 100); do
+    "$bin" admin cluster --json --endpoints "$BENCH_ENDPOINTS" 2>/dev/null | grep '"leader"' >/dev/null && break
+    sleep 0.2
+  done
+  "$bin" admin topic create bench --queues 8 --endpoints "$BENCH_ENDPOINTS"
+}
+
+stop_local_group() {
+  if [ -n "$local_group_pid" ]; then
+    kill -TERM "$local_group_pid" 2>/dev/null || true
+    wait "$local_group_pid" 2>/dev/null || true
+    local_group_pid=
+  fi
+}

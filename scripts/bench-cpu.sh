@@ -32,25 +32,11 @@ if [ -z "${BIN:-}" ]; then
 fi
 
 
-cluster_pid=
-stop_cluster() {
-  if [ -n "$cluster_pid" ]; then
-    kill -TERM "$cluster_pid" 2>/dev/null || true
-    wait "$cluster_pid" 2>/dev/null || true
-    cluster_pid=
-  fi
-}
-trap stop_cluster EXIT
+trap stop_local_group EXIT
 
-endpoints=127.0.0.1:18081,127.0.0.1:18082,127.0.0.1:18083
+endpoints=$BENCH_ENDPOINTS
 echo "=== starting a local group in $WORK/cluster (flush = sync)"
-"$BIN" local --dir "$WORK/cluster" --flush sync --client-port 18081 --raft-port 19091 >"$WORK/local.log" 2>&1 &
-cluster_pid=$!
-for _ in $(seq 100); do
-  "$BIN" admin cluster --json --endpoints "$endpoints" 2>/dev/null | grep '"leader"' >/dev/null && break
-  sleep 0.2
-done
-"$BIN" admin topic create bench --queues 8 --endpoints "$endpoints"
+start_local_group "$BIN" "$WORK/cluster" sync "$WORK/local.log"
 # One short run first, so that connections, caches and the allocator are warm.
 "$BIN" bench produce --endpoints "$endpoints" --topic bench --concurrency "$CONCURRENCY" \
   --size "$SIZE" --duration 3s --json >/dev/null 2>&1

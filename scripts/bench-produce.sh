@@ -24,29 +24,14 @@ use_cached_rocksdb
 echo "=== building raftmq (release)"
 cargo build --release --bin raftmq
 bin=target/release/raftmq
-endpoints=127.0.0.1:18081,127.0.0.1:18082,127.0.0.1:18083
-
-
-stop_cluster() {
-  if [ -n "${cluster_pid:-}" ]; then
-    kill -TERM "$cluster_pid" 2>/dev/null || true
-    wait "$cluster_pid" 2>/dev/null || true
-    cluster_pid=
-  fi
-}
-trap stop_cluster EXIT
+endpoints=$BENCH_ENDPOINTS
+trap stop_local_group EXIT
 
 for mode in $MODES; do
   dir="$WORK/$mode"
   rm -rf "$dir"
   echo "=== flush=$mode: starting a local group in $dir"
-  "$bin" local --dir "$dir" --flush "$mode" --client-port 18081 --raft-port 19091 >"$WORK/local-$mode.log" 2>&1 &
-  cluster_pid=$!
-  for _ in $(seq 100); do
-    "$bin" admin cluster --json --endpoints "$endpoints" 2>/dev/null | grep '"leader"' >/dev/null && break
-    sleep 0.2
-  done
-  "$bin" admin topic create bench --queues 8 --endpoints "$endpoints"
+  start_local_group "$bin" "$dir" "$mode" "$WORK/local-$mode.log"
 
   : >"$WORK/$mode-max.jsonl"
   : >"$WORK/$mode-rate.jsonl"
@@ -61,7 +46,7 @@ for mode in $MODES; do
     "$bin" bench produce --endpoints "$endpoints" --topic bench --concurrency "$CONCURRENCY" \
       --size "$SIZE" --duration "$DURATION" --rate "$RATE" --json | tee -a "$WORK/$mode-rate.jsonl"
   done
-  stop_cluster
+  stop_local_group
 
   echo
   echo "=== flush=$mode: medians of $RUNS runs"

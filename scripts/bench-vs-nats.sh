@@ -75,14 +75,9 @@ done
 nats_servers=127.0.0.1:14221,127.0.0.1:14222,127.0.0.1:14223
 
 echo "=== starting a raftmq local group in $WORK/raftmq (flush = sync)"
-endpoints=127.0.0.1:18081,127.0.0.1:18082,127.0.0.1:18083
-"$raftmq" local --dir "$WORK/raftmq" --flush sync --client-port 18081 --raft-port 19091 >"$WORK/raftmq-local.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do
-  "$raftmq" admin cluster --json --endpoints "$endpoints" 2>/dev/null | grep '"leader"' >/dev/null && break
-  sleep 0.2
-done
-"$raftmq" admin topic create bench --queues 8 --endpoints "$endpoints"
+endpoints=$BENCH_ENDPOINTS
+start_local_group "$raftmq" "$WORK/raftmq" sync "$WORK/raftmq-local.log"
+pids+=("$local_group_pid")
 
 # The NATS stream is created by the first nats-bench once JetStream has elected its leader.
 echo "=== waiting for JetStream"
