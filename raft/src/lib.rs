@@ -10,6 +10,7 @@
 //! * [`service`]: the Raft RPC server, including `Propose`, through which followers hand writes
 //!   to the leader.
 //! * [`node`]: one Raft node: open storage, start openraft, bootstrap, propose.
+//! * [`timeline`]: per-entry timestamps on the leader, turned into per-stage latency metrics.
 
 pub mod convert;
 pub mod log_store;
@@ -17,6 +18,7 @@ pub mod network;
 pub mod node;
 pub mod service;
 pub mod state_machine;
+pub mod timeline;
 pub mod types;
 
 pub use node::{MembershipError, NodeConfig, ProposeError, RaftNode, TransferError};

@@ -22,6 +22,7 @@ use raftmq_storage::{LogRecord, LogStore};
 use crate::convert::{
     encode_entry, entry_from_pb, log_id_from_pb, log_id_to_pb, vote_from_pb, vote_to_pb,
 };
+use crate::timeline::Timeline;
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 /// Encoded bytes of recent entries kept in memory, at most. Replication and apply read an
@@ -111,13 +112,15 @@ impl RecentEntries {
 pub struct RaftLogStore {
     store: LogStore,
     recent: Arc<Mutex<RecentEntries>>,
+    timeline: Arc<Timeline>,
 }
 
 impl RaftLogStore {
-    pub fn new(store: LogStore) -> RaftLogStore {
+    pub fn new(store: LogStore, timeline: Arc<Timeline>) -> RaftLogStore {
         RaftLogStore {
             store,
             recent: Arc::default(),
+            timeline,
         }
     }
 
@@ -225,10 +228,22 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
                 bytes: encode_entry(entry),
             })
             .collect();
+        let indexes = match (records.first(), records.last()) {
+            (Some(first), Some(last)) => first.index..=last.index,
+            _ => return Ok(callback.io_completed(Ok(()))),
+        };
+        let timeline = self.timeline.clone();
+        let flushed = indexes.clone();
         self.store.append_records(
             &records,
-            Box::new(move |result| callback.io_completed(result.map_err(io::Error::from))),
+            Box::new(move |result| {
+                if result.is_ok() {
+                    timeline.flushed(flushed);
+                }
+                callback.io_completed(result.map_err(io::Error::from))
+            }),
         )?;
+        self.timeline.appended(indexes);
         // Readable from RocksDB now, so from the cache too (durable or not, like the log).
         let sizes = records.iter().map(|record| record.bytes.len());
         self.recent().push(entries.into_iter().zip(sizes));

@@ -23,6 +23,7 @@ use raftmq_proto::raft::v1::raft_service_client::RaftServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::convert;
+use crate::timeline::Timeline;
 use crate::types::{NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
 
 /// Snapshot data is sent in chunks of this size.
@@ -63,6 +64,8 @@ pub struct Network {
     disk_reports: Arc<DiskReports>,
     /// Source address of outgoing connections (see [`Network::from_own_address`]).
     local_address: Option<std::net::IpAddr>,
+    /// Followers' acks are stamped here (see [`Timeline`]).
+    timeline: Arc<Timeline>,
 }
 
 impl Network {
@@ -70,7 +73,7 @@ impl Network {
     /// is a loopback address: several nodes on one machine (`raftmq local`, each on its own
     /// 127.0.0.N) can then be told apart by address, so a drill can cut one node off with a
     /// packet filter. Elsewhere the system picks the source address as usual.
-    pub fn from_own_address(raft_addr: &str) -> Network {
+    pub fn from_own_address(raft_addr: &str, timeline: Arc<Timeline>) -> Network {
         let local_address = raft_addr
             .parse::<std::net::SocketAddr>()
             .ok()
@@ -78,6 +81,7 @@ impl Network {
             .filter(|ip| ip.is_loopback());
         Network {
             local_address,
+            timeline,
             ..Network::default()
         }
     }
@@ -121,6 +125,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             client: self.client(&node.raft_addr).map_err(|e| e.to_string()),
             disk_reports: self.disk_reports.clone(),
+            timeline: self.timeline.clone(),
             failed_streams: 0,
         }
     }
@@ -131,6 +136,7 @@ pub struct PeerClient {
     target: NodeId,
     client: Result<RaftServiceClient<Channel>, String>,
     disk_reports: Arc<DiskReports>,
+    timeline: Arc<Timeline>,
     /// Replication streams to this peer that failed to open in a row.
     failed_streams: u32,
 }
@@ -187,6 +193,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let rpc_last_index = rpc.entries.last().map(|entry| entry.log_id.index);
         let request = with_timeout(convert::append_request_to_pb(rpc), &option);
         let reply = self
             .client()?
@@ -195,7 +202,16 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             .map_err(status_to_rpc_error)?
             .into_inner();
         self.disk_reports.record(self.target, reply.disk_low);
-        convert::append_response_from_pb(&reply).map_err(bad_reply)
+        let response = convert::append_response_from_pb(&reply).map_err(bad_reply)?;
+        let stored = match &response {
+            AppendEntriesResponse::Success => rpc_last_index,
+            AppendEntriesResponse::PartialSuccess(last) => last.as_ref().map(|id| id.index),
+            _ => None,
+        };
+        if let Some(index) = stored {
+            self.timeline.follower_acked(index);
+        }
+        Ok(response)
     }
 
     fn stream_append<'s, S>(
@@ -214,7 +230,16 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     {
         Box::pin(async move {
             let mut client = self.client()?;
-            let requests = input.map(convert::append_request_to_pb);
+            // The follower answers the requests of a stream in order: pair them by position.
+            let sent_at = Arc::new(Mutex::new(std::collections::VecDeque::new()));
+            let sent = sent_at.clone();
+            let requests = input.map(move |request| {
+                let request = convert::append_request_to_pb(request);
+                sent.lock()
+                    .expect("sent-at lock poisoned")
+                    .push_back(Instant::now());
+                request
+            });
             let replies = match client.stream_append(requests).await {
                 Ok(replies) => {
                     self.failed_streams = 0;
@@ -227,10 +252,19 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 }
             };
             let (target, disk_reports) = (self.target, self.disk_reports.clone());
+            let timeline = self.timeline.clone();
             let results = replies.map(move |reply| {
                 let reply = reply.map_err(status_to_rpc_error)?;
+                if let Some(sent) = sent_at.lock().expect("sent-at lock poisoned").pop_front() {
+                    metrics::histogram!("raftmq_replication_round_trip_seconds")
+                        .record(sent.elapsed().as_secs_f64());
+                }
                 disk_reports.record(target, reply.disk_low);
-                convert::stream_result_from_pb(&reply).map_err(bad_reply)
+                let result = convert::stream_result_from_pb(&reply).map_err(bad_reply)?;
+                if let Ok(Some(stored)) = &result {
+                    timeline.follower_acked(stored.index);
+                }
+                Ok(result)
             });
             Ok(Box::pin(results) as BoxStream<'s, _>)
         })

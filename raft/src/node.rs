@@ -24,6 +24,7 @@ use raftmq_storage::{BrokerState, Db, DiskSpace, FlushMode, LogStore, StorageErr
 use crate::log_store::RaftLogStore;
 use crate::network::Network;
 use crate::state_machine::StateMachine;
+use crate::timeline::Timeline;
 use crate::types::{NodeId, Raft, Request, TypeConfig};
 
 /// What a node needs to start.
@@ -169,6 +170,7 @@ pub struct RaftNode {
     /// voted before its disk was lost, so it grants no vote to a candidate with a non-empty
     /// log (that is, outside a brand-new group's first election) until it follows a leader.
     rejoining: AtomicBool,
+    timeline: Arc<Timeline>,
 }
 
 impl RaftNode {
@@ -212,13 +214,14 @@ impl RaftNode {
             .get(&config.node_id)
             .map(|node| node.raft_addr.clone())
             .unwrap_or_default();
-        let network = Network::from_own_address(&own_raft_addr);
+        let timeline = Arc::new(Timeline::default());
+        let network = Network::from_own_address(&own_raft_addr, timeline.clone());
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
             network.clone(),
-            RaftLogStore::new(log),
-            StateMachine::new(state.clone()),
+            RaftLogStore::new(log, timeline.clone()),
+            StateMachine::new(state.clone(), timeline.clone()),
         )
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
@@ -230,6 +233,7 @@ impl RaftNode {
             disk,
             initial_members: config.members,
             network,
+            timeline,
             rejoining: AtomicBool::new(empty_disk),
         }))
     }
@@ -642,8 +646,10 @@ impl RaftNode {
         let command = Arc::new(command);
         loop {
             self.check_room(&command)?;
+            let proposed = Instant::now();
             let leader = match self.raft.client_write(Request(command.clone())).await {
                 Ok(response) => {
+                    self.timeline.record_result(response.log_id.index, proposed);
                     return response.data.0.ok_or_else(|| {
                         ProposeError::Fatal("a command was applied without a result".into())
                     });

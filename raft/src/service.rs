@@ -1,8 +1,10 @@
 //! Raft RPC server: hands peers' messages to openraft, and serves `Propose` (writes forwarded by
 //! followers) and `NodeStatus` (used by bootstrap).
 
+use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use futures::{Stream, StreamExt};
 use openraft::errors::{ClientWriteError, RaftError};
@@ -94,18 +96,30 @@ impl RaftService for RaftGrpc {
         &self,
         request: Request<Streaming<pb::AppendEntriesRequest>>,
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        // Answers come in the order of the requests: pair them by position to time each one.
+        let received_at = Arc::new(Mutex::new(VecDeque::new()));
+        let received = received_at.clone();
         // Requests that fail to decode end the input; the leader then reconnects.
         let input = request
             .into_inner()
             .take_while(|item| futures::future::ready(item.is_ok()))
-            .filter_map(|item| async move {
-                match item.ok().map(convert::append_request_from_pb) {
-                    Some(Ok(req)) => Some(req),
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "dropping malformed append request");
-                        None
+            .filter_map(move |item| {
+                let received = received.clone();
+                async move {
+                    match item.ok().map(convert::append_request_from_pb) {
+                        Some(Ok(req)) => {
+                            received
+                                .lock()
+                                .expect("received-at lock poisoned")
+                                .push_back(Instant::now());
+                            Some(req)
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "dropping malformed append request");
+                            None
+                        }
+                        None => None,
                     }
-                    None => None,
                 }
             });
         let disk = self.node.disk.clone();
@@ -115,6 +129,14 @@ impl RaftService for RaftGrpc {
             .stream_append(input)
             .map(move |result| match result {
                 Ok(result) => {
+                    let received = received_at
+                        .lock()
+                        .expect("received-at lock poisoned")
+                        .pop_front();
+                    if let Some(received) = received {
+                        metrics::histogram!("raftmq_follower_append_seconds")
+                            .record(received.elapsed().as_secs_f64());
+                    }
                     let mut reply = convert::stream_result_to_pb(&result);
                     reply.disk_low = disk.is_low();
                     Ok(reply)

@@ -16,6 +16,7 @@ use raftmq_storage::{ApplyItem, BrokerState, StateExport};
 use crate::convert::{
     log_id_to_pb, membership_to_pb, opt_log_id_from_pb, stored_membership_from_pb,
 };
+use crate::timeline::Timeline;
 use crate::types::{
     LogId, Request, Response, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
 };
@@ -26,11 +27,12 @@ const APPLY_CHUNK: usize = 512;
 #[derive(Clone)]
 pub struct StateMachine {
     state: Arc<BrokerState>,
+    timeline: Arc<Timeline>,
 }
 
 impl StateMachine {
-    pub fn new(state: Arc<BrokerState>) -> StateMachine {
-        StateMachine { state }
+    pub fn new(state: Arc<BrokerState>, timeline: Arc<Timeline>) -> StateMachine {
+        StateMachine { state, timeline }
     }
 
     fn snapshot_from_export(export: StateExport) -> io::Result<Snapshot> {
@@ -62,7 +64,10 @@ impl StateMachine {
             items.push((log_id_to_pb(&entry.log_id), item));
             responders.push(responder);
         }
+        let indexes: Vec<u64> = items.iter().map(|(log_id, _)| log_id.index).collect();
+        self.timeline.apply_started(indexes.iter().copied());
         let results = self.state.apply(items)?;
+        self.timeline.applied(indexes);
         for (responder, result) in responders.into_iter().zip(results) {
             if let Some(responder) = responder {
                 responder.send(Response(result));

@@ -18,9 +18,9 @@ impl StoreBuilder<TypeConfig, RaftLogStore, StateMachine, tempfile::TempDir> for
     ) -> Result<(tempfile::TempDir, RaftLogStore, StateMachine), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("temporary dir");
         let db = Db::open(&dir.path().join("rocksdb"), FlushMode::Sync).expect("open RocksDB");
-        let log = RaftLogStore::new(LogStore::new(db.clone()));
+        let log = RaftLogStore::new(LogStore::new(db.clone()), Default::default());
         let state = Arc::new(BrokerState::open(db).expect("open broker state"));
-        Ok((dir, log, StateMachine::new(state)))
+        Ok((dir, log, StateMachine::new(state, Default::default())))
     }
 }
 

@@ -9,6 +9,7 @@
 //! proposed at once, so batching adds no latency.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use raftmq_proto::raft::v1 as pb;
 use raftmq_raft::{ProposeError, RaftNode};
@@ -30,6 +31,7 @@ type Reply = oneshot::Sender<Result<Vec<pb::AppendedMessage>, ProposeError>>;
 struct PendingSend {
     messages: Vec<pb::StoredMessage>,
     reply: Reply,
+    queued: Instant,
 }
 
 #[derive(Clone)]
@@ -51,7 +53,11 @@ impl SendBatcher {
     ) -> Result<Vec<pb::AppendedMessage>, ProposeError> {
         let (reply, result) = oneshot::channel();
         self.queue
-            .send(PendingSend { messages, reply })
+            .send(PendingSend {
+                messages,
+                reply,
+                queued: Instant::now(),
+            })
             .map_err(|_| ProposeError::Fatal("the broker is shutting down".into()))?;
         result
             .await
@@ -104,7 +110,11 @@ async fn propose_batch(node: &RaftNode, batch: Vec<PendingSend>) {
     let mut sizes = Vec::with_capacity(batch.len());
     let mut replies = Vec::with_capacity(batch.len());
     let mut messages = Vec::new();
+    let proposed = Instant::now();
     for send in batch {
+        // How long sends wait for a free slot and the batch they ride in.
+        metrics::histogram!("raftmq_send_batch_wait_seconds")
+            .record(proposed.duration_since(send.queued).as_secs_f64());
         sizes.push(send.messages.len());
         messages.extend(send.messages);
         replies.push(send.reply);
