@@ -80,7 +80,9 @@ pub struct ProduceBench {
     /// How long to send, e.g. `30s`.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub duration: Duration,
-    /// Target messages per second over all workers; 0 sends as fast as acks allow.
+    /// Target messages per second over all workers; 0 sends as fast as acks allow. With a
+    /// rate, latency is also reported from when each send was due, which counts the sends a
+    /// stall kept from starting.
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
     /// Threads the load generator runs on. One thread drives a thousand sends in flight with
@@ -193,7 +195,17 @@ struct Outcome {
     acked: u64,
     failed: u64,
     elapsed: Duration,
+    /// Latency of each answered call from when it was sent.
     histogram: Histogram<u64>,
+    /// With a target rate: the same from when the call was due. A stall that holds a worker
+    /// past its next turn delays calls that were never sent; this counts them (wrk2-style).
+    from_schedule: Option<Histogram<u64>>,
+}
+
+/// Latencies in microseconds, shared by all workers.
+struct Latencies {
+    from_send: Histogram<u64>,
+    from_schedule: Histogram<u64>,
 }
 
 /// Run `call` from `load.concurrency` workers until the duration is over, printing a progress
@@ -211,12 +223,14 @@ where
         .then(|| Duration::from_secs_f64(load.concurrency as f64 / load.calls_per_sec));
     // One histogram for all workers: one per worker (140 KB each at this precision) would cost
     // a thousand workers 140 MB of freshly zeroed pages and a cache miss per recorded answer.
-    let histogram = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
-        1, 60_000_000, 3,
-    )?));
+    let histogram = || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3);
+    let latencies = Arc::new(std::sync::Mutex::new(Latencies {
+        from_send: histogram()?,
+        from_schedule: histogram()?,
+    }));
     let mut workers = Vec::new();
     for worker in 0..load.concurrency {
-        let (counters, call, histogram) = (counters.clone(), call.clone(), histogram.clone());
+        let (counters, call, latencies) = (counters.clone(), call.clone(), latencies.clone());
         let (concurrency, messages) = (load.concurrency, load.messages_per_call);
         workers.push(tokio::spawn(async move {
             // Spread the workers' schedules over one interval so that a target rate is an even
@@ -226,20 +240,24 @@ where
                     i.mul_f64(worker as f64 / concurrency as f64)
                 });
             while Instant::now() < end {
-                if let Some(interval) = per_worker_interval {
-                    let now = Instant::now();
-                    if next_call > now {
-                        tokio::time::sleep(next_call - now).await;
-                    }
+                let due = per_worker_interval.map(|interval| {
+                    let due = next_call;
                     next_call += interval;
+                    due
+                });
+                if let Some(due) = due.filter(|due| *due > Instant::now()) {
+                    tokio::time::sleep_until(due.into()).await;
                 }
                 let called = Instant::now();
                 if call().await {
                     let micros = called.elapsed().as_micros() as u64;
-                    histogram
-                        .lock()
-                        .expect("latency histogram lock poisoned")
-                        .saturating_record(micros);
+                    let mut latencies = latencies.lock().expect("latency histogram lock poisoned");
+                    latencies.from_send.saturating_record(micros);
+                    if let Some(due) = due {
+                        let late_micros = due.elapsed().as_micros() as u64;
+                        latencies.from_schedule.saturating_record(late_micros);
+                    }
+                    drop(latencies);
                     counters.slowest_us.fetch_max(micros, Ordering::Relaxed);
                     counters.acked.fetch_add(messages, Ordering::Relaxed);
                 } else {
@@ -272,15 +290,19 @@ where
         worker.await?;
     }
     progress.abort();
-    let histogram = std::mem::replace(
-        &mut *histogram.lock().expect("latency histogram lock poisoned"),
-        Histogram::new(1)?,
+    let latencies = std::mem::replace(
+        &mut *latencies.lock().expect("latency histogram lock poisoned"),
+        Latencies {
+            from_send: Histogram::new(1)?,
+            from_schedule: Histogram::new(1)?,
+        },
     );
     Ok(Outcome {
         acked: counters.acked.load(Ordering::Relaxed),
         failed: counters.failed.load(Ordering::Relaxed),
         elapsed: start.elapsed(),
-        histogram,
+        histogram: latencies.from_send,
+        from_schedule: per_worker_interval.map(|_| latencies.from_schedule),
     })
 }
 
@@ -289,24 +311,32 @@ impl Outcome {
         self.acked as f64 / self.elapsed.as_secs_f64()
     }
 
-    fn ms(&self, quantile: f64) -> f64 {
-        self.histogram.value_at_quantile(quantile) as f64 / 1000.0
-    }
-
     fn latency_json(&self) -> serde_json::Value {
-        json!({"p50": self.ms(0.5), "p99": self.ms(0.99), "p999": self.ms(0.999),
-               "max": self.histogram.max() as f64 / 1000.0})
+        latency_json(&self.histogram)
     }
 
     fn latency_line(&self) -> String {
-        format!(
-            "p50 {:.2}  p99 {:.2}  p999 {:.2}  max {:.2}",
-            self.ms(0.5),
-            self.ms(0.99),
-            self.ms(0.999),
-            self.histogram.max() as f64 / 1000.0
-        )
+        latency_line(&self.histogram)
     }
+}
+
+fn ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
+    histogram.value_at_quantile(quantile) as f64 / 1000.0
+}
+
+fn latency_json(histogram: &Histogram<u64>) -> serde_json::Value {
+    json!({"p50": ms(histogram, 0.5), "p99": ms(histogram, 0.99), "p999": ms(histogram, 0.999),
+           "max": histogram.max() as f64 / 1000.0})
+}
+
+fn latency_line(histogram: &Histogram<u64>) -> String {
+    format!(
+        "p50 {:.2}  p99 {:.2}  p999 {:.2}  max {:.2}",
+        ms(histogram, 0.5),
+        ms(histogram, 0.99),
+        ms(histogram, 0.999),
+        histogram.max() as f64 / 1000.0
+    )
 }
 
 /// A client whose first endpoint is the group's leader: a follower would forward every
@@ -355,17 +385,18 @@ async fn produce(bench: ProduceBench) -> anyhow::Result<()> {
     let rate = outcome.per_sec();
     let mb = rate * bench.size as f64 / 1_000_000.0;
     if bench.json {
-        println!(
-            "{}",
-            json!({
-                "acked": outcome.acked, "failed": outcome.failed,
-                "seconds": outcome.elapsed.as_secs_f64(),
-                "msgs_per_sec": rate, "mb_per_sec": mb,
-                "ack_latency_ms": outcome.latency_json(),
-                "concurrency": bench.concurrency, "size": bench.size, "batch": bench.batch,
-                "target_rate": bench.rate, "threads": bench.threads,
-            })
-        );
+        let mut result = json!({
+            "acked": outcome.acked, "failed": outcome.failed,
+            "seconds": outcome.elapsed.as_secs_f64(),
+            "msgs_per_sec": rate, "mb_per_sec": mb,
+            "ack_latency_ms": outcome.latency_json(),
+            "concurrency": bench.concurrency, "size": bench.size, "batch": bench.batch,
+            "target_rate": bench.rate, "threads": bench.threads,
+        });
+        if let Some(from_schedule) = &outcome.from_schedule {
+            result["ack_latency_from_schedule_ms"] = latency_json(from_schedule);
+        }
+        println!("{result}");
     } else {
         println!(
             "acked {} messages in {:.1}s: {rate:.0} msgs/s, {mb:.1} MB/s; failed {}\nack latency ms: {}",
@@ -374,6 +405,12 @@ async fn produce(bench: ProduceBench) -> anyhow::Result<()> {
             outcome.failed,
             outcome.latency_line()
         );
+        if let Some(from_schedule) = &outcome.from_schedule {
+            println!(
+                "from when each send was due: {}",
+                latency_line(from_schedule)
+            );
+        }
     }
     Ok(())
 }
