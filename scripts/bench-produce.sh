@@ -61,6 +61,10 @@ for mode in $MODES; do
     "$(jq .ack_latency_ms.p50 "$WORK/$mode-rate.jsonl" | median)" \
     "$(jq .ack_latency_ms.p99 "$WORK/$mode-rate.jsonl" | median)" \
     "$(jq .ack_latency_ms.p999 "$WORK/$mode-rate.jsonl" | median)"
+  printf '  %s/s, from when each send was due: ack p50 %s ms, p99 %s ms, p999 %s ms\n' "$RATE" \
+    "$(jq .ack_latency_from_schedule_ms.p50 "$WORK/$mode-rate.jsonl" | median)" \
+    "$(jq .ack_latency_from_schedule_ms.p99 "$WORK/$mode-rate.jsonl" | median)" \
+    "$(jq .ack_latency_from_schedule_ms.p999 "$WORK/$mode-rate.jsonl" | median)"
   printf '  disk fsync: p50 %s ms, p99 %s ms\n' \
     "$(jq .fsync_latency_ms.p50 "$WORK/$mode-fsync.jsonl" | median)" \
     "$(jq .fsync_latency_ms.p99 "$WORK/$mode-fsync.jsonl" | median)"
