@@ -103,24 +103,19 @@ impl RaftService for RaftGrpc {
         let input = request
             .into_inner()
             .take_while(|item| futures::future::ready(item.is_ok()))
-            .filter_map(move |item| {
-                let received = received.clone();
-                async move {
-                    match item.ok().map(convert::append_request_from_pb) {
-                        Some(Ok(req)) => {
-                            received
-                                .lock()
-                                .expect("received-at lock poisoned")
-                                .push_back(Instant::now());
-                            Some(req)
-                        }
-                        Some(Err(e)) => {
-                            tracing::warn!(error = %e, "dropping malformed append request");
-                            None
-                        }
-                        None => None,
+            .filter_map(|item| async move {
+                match item.ok().map(convert::append_request_from_pb) {
+                    Some(Ok(req)) => Some(req),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "dropping malformed append request");
+                        None
                     }
+                    None => None,
                 }
+            })
+            .inspect(move |_| {
+                let mut received = received.lock().expect("received-at lock poisoned");
+                received.push_back(Instant::now());
             });
         let disk = self.node.disk.clone();
         let output = self

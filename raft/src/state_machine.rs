@@ -64,10 +64,13 @@ impl StateMachine {
             items.push((log_id_to_pb(&entry.log_id), item));
             responders.push(responder);
         }
-        let indexes: Vec<u64> = items.iter().map(|(log_id, _)| log_id.index).collect();
-        self.timeline.apply_started(indexes.iter().copied());
+        // A chunk is a run of consecutive entries.
+        let indexes = items.first().zip(items.last());
+        let indexes = indexes.map(|((first, _), (last, _))| first.index..=last.index);
+        self.timeline
+            .apply_started(indexes.clone().into_iter().flatten());
         let results = self.state.apply(items)?;
-        self.timeline.applied(indexes);
+        self.timeline.applied(indexes.into_iter().flatten());
         for (responder, result) in responders.into_iter().zip(results) {
             if let Some(responder) = responder {
                 responder.send(Response(result));

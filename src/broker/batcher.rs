@@ -111,10 +111,10 @@ async fn propose_batch(node: &RaftNode, batch: Vec<PendingSend>) {
     let mut replies = Vec::with_capacity(batch.len());
     let mut messages = Vec::new();
     let proposed = Instant::now();
+    // How long sends wait for a free slot and the batch they ride in.
+    let batch_wait = metrics::histogram!("raftmq_send_batch_wait_seconds");
     for send in batch {
-        // How long sends wait for a free slot and the batch they ride in.
-        metrics::histogram!("raftmq_send_batch_wait_seconds")
-            .record(proposed.duration_since(send.queued).as_secs_f64());
+        batch_wait.record(proposed.duration_since(send.queued).as_secs_f64());
         sizes.push(send.messages.len());
         messages.extend(send.messages);
         replies.push(send.reply);
