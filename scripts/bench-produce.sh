@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Produce benchmark on a local three-node group (release build), as recorded in
 # docs/BENCHMARKS.md. For each flush mode it starts a fresh group, measures the disk's fsync
-# latency, runs `raftmq bench produce` flat out and at a fixed rate RUNS times each, and prints
-# the median of every figure.
+# latency, runs `raftmq bench produce` flat out, at a fixed rate, and flat out with BATCH
+# messages per SendMessage call (BATCH_CONCURRENCY calls in flight), RUNS times each, and
+# prints the median of every figure.
 #
 #   scripts/bench-produce.sh                 # defaults below
 #   RUNS=5 DURATION=20s CONCURRENCY=1024 scripts/bench-produce.sh
+#   BATCH=1 scripts/bench-produce.sh         # one message per call only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
@@ -16,6 +18,8 @@ DURATION=${DURATION:-15s}
 CONCURRENCY=${CONCURRENCY:-1024}
 SIZE=${SIZE:-1024}
 RATE=${RATE:-10000}
+BATCH=${BATCH:-16}
+BATCH_CONCURRENCY=${BATCH_CONCURRENCY:-256}
 MODES=${MODES:-"sync async"}
 WORK=${WORK:-$(mktemp -d /tmp/raftmq-bench.XXXXXX)}
 
@@ -36,6 +40,7 @@ for mode in $MODES; do
   : >"$WORK/$mode-max.jsonl"
   : >"$WORK/$mode-rate.jsonl"
   : >"$WORK/$mode-fsync.jsonl"
+  : >"$WORK/$mode-batch.jsonl"
   for run in $(seq "$RUNS"); do
     echo "--- flush=$mode run $run/$RUNS: disk fsync latency"
     "$bin" bench fsync --dir "$dir" --duration 3s --json | tee -a "$WORK/$mode-fsync.jsonl"
@@ -45,6 +50,11 @@ for mode in $MODES; do
     echo "--- flush=$mode run $run/$RUNS: fixed rate $RATE msgs/s"
     "$bin" bench produce --endpoints "$endpoints" --topic bench --concurrency "$CONCURRENCY" \
       --size "$SIZE" --duration "$DURATION" --rate "$RATE" --json | tee -a "$WORK/$mode-rate.jsonl"
+    if [ "$BATCH" -gt 1 ]; then
+      echo "--- flush=$mode run $run/$RUNS: flat out, $BATCH_CONCURRENCY calls of $BATCH messages in flight"
+      "$bin" bench produce --endpoints "$endpoints" --topic bench --concurrency "$BATCH_CONCURRENCY" \
+        --batch "$BATCH" --size "$SIZE" --duration "$DURATION" --json | tee -a "$WORK/$mode-batch.jsonl"
+    fi
   done
   stop_local_group
 
@@ -65,6 +75,12 @@ for mode in $MODES; do
     "$(jq .ack_latency_from_schedule_ms.p50 "$WORK/$mode-rate.jsonl" | median)" \
     "$(jq .ack_latency_from_schedule_ms.p99 "$WORK/$mode-rate.jsonl" | median)" \
     "$(jq .ack_latency_from_schedule_ms.p999 "$WORK/$mode-rate.jsonl" | median)"
+  if [ "$BATCH" -gt 1 ]; then
+    printf '  %s messages per call, flat out: %s msgs/s, ack p50 %s ms, p99 %s ms\n' "$BATCH" \
+      "$(jq .msgs_per_sec "$WORK/$mode-batch.jsonl" | median)" \
+      "$(jq .ack_latency_ms.p50 "$WORK/$mode-batch.jsonl" | median)" \
+      "$(jq .ack_latency_ms.p99 "$WORK/$mode-batch.jsonl" | median)"
+  fi
   printf '  disk fsync: p50 %s ms, p99 %s ms\n' \
     "$(jq .fsync_latency_ms.p50 "$WORK/$mode-fsync.jsonl" | median)" \
     "$(jq .fsync_latency_ms.p99 "$WORK/$mode-fsync.jsonl" | median)"
