@@ -506,7 +506,8 @@ impl Cluster {
             }
             if Instant::now() > give_up {
                 bail!(
-                    "nodes still behind commit index {committed:?} after {timeout:?}: {behind:?}"
+                    "nodes still behind commit index {committed:?} after {timeout:?}: {behind:?}\n{}",
+                    self.log_tails(20)
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
