@@ -20,12 +20,16 @@ ensure_build_deps() {
 }
 
 # The chaos suite puts each node in its own network namespace (ip), cuts links with iptables
-# and slows them with tc.
+# and slows them with tc; its disk failures make ext4 images (mkfs.ext4, e2fsck) and find their
+# loop devices (findmnt).
 ensure_chaos_deps() {
   local missing=()
   command -v ip >/dev/null || missing+=(iproute2)
   command -v tc >/dev/null || missing+=(iproute2)
   command -v iptables >/dev/null || missing+=(iptables)
+  command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
+  command -v e2fsck >/dev/null || missing+=(e2fsprogs)
+  command -v findmnt >/dev/null || missing+=(util-linux)
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing ${missing[*]} (the chaos suite's network faults)..."

@@ -36,6 +36,8 @@ pub struct ClusterOptions {
     /// Each node's data dir on its own tmpfs of this many MiB (root needed), so that it can
     /// be filled up (see [`crate::disk`]).
     pub data_dir_mb: Option<u64>,
+    /// What those small data dirs are: tmpfs (default) or ext4 images that can fail.
+    pub data_dir_fs: crate::disk::SmallDisk,
 }
 
 impl Default for ClusterOptions {
@@ -49,6 +51,7 @@ impl Default for ClusterOptions {
             root: None,
             env: Vec::new(),
             data_dir_mb: None,
+            data_dir_fs: crate::disk::SmallDisk::Tmpfs,
         }
     }
 }
@@ -239,7 +242,7 @@ impl Cluster {
         };
         if let Some(mb) = cluster.options.data_dir_mb {
             for node in &cluster.nodes {
-                crate::disk::mount_small_disk(&node.data_dir(), mb)?;
+                crate::disk::mount(&node.data_dir(), cluster.options.data_dir_fs, mb)?;
                 cluster.small_disks.push(node.data_dir());
             }
         }
@@ -423,11 +426,51 @@ impl Cluster {
     /// Fill node `id`'s data dir until at most `leave` bytes are free (0: full). Returns the
     /// free bytes left. Needs `data_dir_mb`: filling the machine's own disk is not a test.
     pub fn fill_disk(&self, id: u64, leave: u64) -> anyhow::Result<u64> {
+        crate::disk::fill(&self.small_disk(id)?, leave)
+    }
+
+    /// Make node `id`'s data dir fail: it turns read-only under the running node. Needs
+    /// ext4 data dirs ([`ClusterOptions::data_dir_fs`]).
+    pub fn fail_disk(&self, id: u64) -> anyhow::Result<()> {
+        crate::disk::fail_disk(&self.small_disk(id)?)
+    }
+
+    /// Check and remount node `id`'s failed data dir (see [`Cluster::fail_disk`]); the node
+    /// must have stopped.
+    pub fn repair_disk(&self, id: u64) -> anyhow::Result<()> {
+        crate::disk::repair_disk(&self.small_disk(id)?)
+    }
+
+    fn small_disk(&self, id: u64) -> anyhow::Result<PathBuf> {
         let data = self.node(id).data_dir();
         if !self.small_disks.contains(&data) {
             bail!("harness: disk faults need small data dirs (ClusterOptions::data_dir_mb)");
         }
-        crate::disk::fill(&data, leave)
+        Ok(data)
+    }
+
+    /// Wait (bounded) for node `id`'s process to exit by itself and reap it.
+    pub async fn wait_exited(
+        &mut self,
+        id: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let give_up = Instant::now() + timeout;
+        loop {
+            let node = self.node_mut(id);
+            let child = node
+                .child
+                .as_mut()
+                .with_context(|| format!("node {id} is not running"))?;
+            if let Some(status) = child.try_wait()? {
+                node.child = None;
+                return Ok(status);
+            }
+            if Instant::now() > give_up {
+                bail!("node {id} still runs after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Give node `id`'s data dir its space back.

@@ -4,11 +4,16 @@
 //! namespaces). A fault fills it with a filler file, either to the last byte (the node's
 //! writes then meet ENOSPC) or to a chosen amount of free space (below the node's
 //! `min_free_disk` mark); healing deletes the filler.
+//!
+//! A data dir can instead be an ext4 filesystem in an image file on a loop device, mounted with
+//! `errors=remount-ro`: [`fail_disk`] then raises a filesystem error in the kernel, which turns
+//! the filesystem read-only under the running node, as a failing disk does. [`repair_disk`]
+//! checks it and mounts it writable again, with what it held.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use raftmq_storage::DiskSpace;
 
 use crate::netns::run;
@@ -18,26 +23,109 @@ const FILLER: &str = "chaos-disk-filler";
 /// Mount a tmpfs of `mb` MiB on `dir` (created if missing).
 pub fn mount_small_disk(dir: &Path, mb: u64) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let dir_text = dir
-        .to_str()
-        .context("harness: data dir path is not UTF-8")?;
+    let dir_text = path_text(dir)?;
     let size = format!("size={mb}m");
     run(&["mount", "-t", "tmpfs", "-o", &size, "tmpfs", dir_text])
         .context("harness: small data dirs need root (mount tmpfs)")
 }
 
+/// The kind of filesystem a small data dir is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SmallDisk {
+    /// In memory: fills and frees instantly (the disk-full faults).
+    #[default]
+    Tmpfs,
+    /// ext4 on a loop device: can fail and be repaired ([`fail_disk`], [`repair_disk`]).
+    Ext4,
+}
+
+/// Mount a small filesystem of `kind` and `mb` MiB on `dir` (created if missing).
+pub fn mount(dir: &Path, kind: SmallDisk, mb: u64) -> anyhow::Result<()> {
+    match kind {
+        SmallDisk::Tmpfs => mount_small_disk(dir, mb),
+        SmallDisk::Ext4 => mount_ext4_disk(dir, mb),
+    }
+}
+
+fn image_of(dir: &Path) -> PathBuf {
+    dir.with_extension("ext4")
+}
+
+fn path_text(path: &Path) -> anyhow::Result<&str> {
+    path.to_str().context("harness: data dir path is not UTF-8")
+}
+
+/// Make an ext4 image of `mb` MiB beside `dir` (no reserved blocks) and mount it on `dir`.
+pub fn mount_ext4_disk(dir: &Path, mb: u64) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let image = image_of(dir);
+    std::fs::File::create(&image)
+        .and_then(|file| file.set_len(mb << 20))
+        .with_context(|| format!("harness: create {}", image.display()))?;
+    run(&["mkfs.ext4", "-q", "-F", "-m", "0", path_text(&image)?])?;
+    mount_image(dir)
+}
+
+fn mount_image(dir: &Path) -> anyhow::Result<()> {
+    run(&[
+        "mount",
+        "-o",
+        "loop,errors=remount-ro",
+        path_text(&image_of(dir))?,
+        path_text(dir)?,
+    ])
+    .context("harness: ext4 data dirs need root and loop devices")
+}
+
+/// Raise an error in the ext4 filesystem on `dir` (the kernel's own test hook): it turns
+/// read-only at once, open files included, and every write on it fails with EROFS.
+pub fn fail_disk(dir: &Path) -> anyhow::Result<()> {
+    let out = std::process::Command::new("findmnt")
+        .args(["-n", "-o", "SOURCE", "--mountpoint", path_text(dir)?])
+        .output()
+        .context("harness: run findmnt")?;
+    let source = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let device = source
+        .strip_prefix("/dev/")
+        .filter(|name| name.starts_with("loop"))
+        .with_context(|| format!("harness: {} is not an ext4 loop mount", dir.display()))?;
+    let hook = format!("/sys/fs/ext4/{device}/trigger_fs_error");
+    std::fs::write(&hook, "raftmq chaos test: disk failure\n")
+        .with_context(|| format!("harness: write {hook}"))
+}
+
+/// Unmount the failed filesystem on `dir`, check and fix it (`e2fsck -fy`), and mount it
+/// writable again. Its node must have stopped.
+pub fn repair_disk(dir: &Path) -> anyhow::Result<()> {
+    run(&["umount", path_text(dir)?])?;
+    let image = image_of(dir);
+    let checked = std::process::Command::new("e2fsck")
+        .args(["-f", "-y", path_text(&image)?])
+        .output()
+        .context("harness: run e2fsck")?;
+    // 0: clean; 1: errors fixed. Anything else means the filesystem is not usable.
+    if !matches!(checked.status.code(), Some(0 | 1)) {
+        bail!(
+            "harness: e2fsck {} failed: {}",
+            image.display(),
+            String::from_utf8_lossy(&checked.stdout).trim()
+        );
+    }
+    mount_image(dir)
+}
+
 /// Unmount `dir`. With `keep`, what it holds is copied out first and put back in its place
 /// (on the disk under it), so the run's data dirs stay readable afterwards.
 pub fn unmount(dir: &Path, keep: bool) -> anyhow::Result<()> {
-    let dir_text = dir
-        .to_str()
-        .context("harness: data dir path is not UTF-8")?;
+    let dir_text = path_text(dir)?;
     let copy = dir.with_extension("kept");
     if keep {
         let _ = std::fs::remove_file(dir.join(FILLER));
         run(&["cp", "-a", dir_text, copy.to_str().unwrap_or_default()])?;
     }
     run(&["umount", "-l", dir_text])?;
+    // An ext4 disk's image (the loop device lets go of it once the lazy unmount completes).
+    std::fs::remove_file(image_of(dir)).ok();
     if keep {
         std::fs::remove_dir_all(dir).ok();
         std::fs::rename(&copy, dir)?;

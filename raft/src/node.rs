@@ -318,6 +318,21 @@ impl RaftNode {
         self.raft.metrics().borrow_watched().clone()
     }
 
+    /// Wait until the Raft core stops by itself (a storage error it cannot go on from), and
+    /// say why. Such a node would otherwise keep serving with frozen state: its caller exits,
+    /// so a supervisor restarts it from what is durable.
+    pub async fn core_stopped(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_watched().running_state {
+                return fatal.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "the raft core ended".to_string();
+            }
+        }
+    }
+
     /// Hand leadership to `to`, or to the voter whose log is furthest along, and wait until
     /// another node leads. Writes that arrive meanwhile are forwarded to the new leader by
     /// [`RaftNode::propose`], so a planned move fails no send.

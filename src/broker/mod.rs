@@ -280,12 +280,21 @@ pub async fn run(
     tokio::spawn(node.clone().bootstrap());
     tokio::spawn(node.clone().watch_rejoin());
 
-    shutdown.await;
+    // A stopped Raft core does not come back: the process exits non-zero so that its
+    // supervisor (systemd, the StatefulSet) restarts it from what is durable, instead of
+    // leaving a node that answers with frozen state.
+    let core_stopped = tokio::select! {
+        () = shutdown => None,
+        reason = node.core_stopped() => Some(reason),
+    };
+    if let Some(reason) = &core_stopped {
+        tracing::error!(%reason, "the raft core stopped: this node exits so it can be restarted");
+    }
     let started = std::time::Instant::now();
     broker.draining.store(true, Ordering::Relaxed);
     // A leader hands over before it stops, so the group does not wait an election timeout
     // and sends in flight are forwarded to the new leader rather than failed.
-    if node.metrics().current_leader == Some(node.id) {
+    if core_stopped.is_none() && node.metrics().current_leader == Some(node.id) {
         tracing::info!(stage = "transfer leadership", "shutting down");
         match node
             .transfer_leadership(None, LEADERSHIP_DRAIN_DEADLINE)
@@ -317,6 +326,9 @@ pub async fn run(
         tracing::warn!(error = %e, "raft shutdown");
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), raft_task).await;
+    if let Some(reason) = core_stopped {
+        anyhow::bail!("the raft core stopped: {reason}");
+    }
     node.state
         .db()
         .sync_wal()

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rocksdb::{
@@ -88,6 +88,9 @@ pub struct Db {
     pub(crate) flush: FlushMode,
     /// Set while a write waits for the disk to have room again.
     waiting_for_space: Arc<AtomicBool>,
+    /// How many times a write has started waiting for space: a WAL sync that fails after a
+    /// stall began (RocksDB then answers "Writer has previous error") is retried, not failed.
+    space_stalls: Arc<AtomicU64>,
 }
 
 /// The test mode's WAL reaches the OS every 3 s (like a periodic flush), so that a node keeps
@@ -165,6 +168,7 @@ impl Db {
             inner,
             flush,
             waiting_for_space: Arc::new(AtomicBool::new(false)),
+            space_stalls: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -276,6 +280,7 @@ impl Db {
                     if waiting_since.is_none() {
                         waiting_since = Some(Instant::now());
                         self.waiting_for_space.store(true, Ordering::Relaxed);
+                        self.space_stalls.fetch_add(1, Ordering::Relaxed);
                         metrics::counter!("raftmq_disk_full_stalls_total").increment(1);
                         tracing::error!(
                             cf,
@@ -293,6 +298,11 @@ impl Db {
     /// Whether a write is waiting for the disk to have room (see [`Db::write_when_space`]).
     pub fn waiting_for_space(&self) -> bool {
         self.waiting_for_space.load(Ordering::Relaxed)
+    }
+
+    /// How many writes have had to wait for space since the database was opened.
+    pub(crate) fn space_stalls(&self) -> u64 {
+        self.space_stalls.load(Ordering::Relaxed)
     }
 
     /// Fsync the WAL: everything written before this call is durable when it returns.

@@ -252,11 +252,12 @@ impl LogStore {
 /// Group commit: wait for the first pending append, take every other one queued behind it,
 /// fsync once, then complete them all in order.
 fn run_flusher(db: Db, pending: mpsc::Receiver<OnDurable>) {
+    let mut synced_stalls = db.space_stalls();
     while let Ok(first) = pending.recv() {
         let mut callbacks = vec![first];
         callbacks.extend(pending.try_iter());
         let started = std::time::Instant::now();
-        let result = sync_when_space(&db);
+        let result = sync_when_space(&db, &mut synced_stalls);
         metrics::histogram!("raftmq_wal_fsync_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("raftmq_wal_fsync_appends").record(callbacks.len() as f64);
         if let Err(err) = &result {
@@ -276,17 +277,37 @@ fn run_flusher(db: Db, pending: mpsc::Receiver<OnDurable>) {
 /// Fsync the WAL. After an ENOSPC, RocksDB fails every sync until it has resumed; by then it
 /// has flushed its memtables to synced files, so what was written before the error is durable
 /// and the next successful sync covers the rest: wait for that instead of failing the node.
-fn sync_when_space(db: &Db) -> Result<(), StorageError> {
+/// The error need not name the full disk ("Writer has previous error"), and may come after the
+/// stalled write went on: any failure since a stall began after the last good sync (counted in
+/// `synced_stalls`) is retried.
+fn sync_when_space(db: &Db, synced_stalls: &mut u64) -> Result<(), StorageError> {
+    let mut retrying = false;
     loop {
+        let stalls = db.space_stalls();
         match db.sync_wal() {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                *synced_stalls = stalls;
+                if retrying {
+                    tracing::warn!("the WAL syncs again after the disk-full stall");
+                }
+                return Ok(());
+            }
             Err(err) => {
-                // The failed write that stopped RocksDB may not have flagged the wait yet:
+                // The failed write that stopped RocksDB may not have counted its stall yet:
                 // look again after the pause.
-                let full = err.is_no_space() || db.waiting_for_space();
                 std::thread::sleep(NO_SPACE_RETRY);
-                if !full && !db.waiting_for_space() {
+                let after_stall = err.is_no_space()
+                    || db.waiting_for_space()
+                    || db.space_stalls() != *synced_stalls;
+                if !after_stall {
                     return Err(err);
+                }
+                if !retrying {
+                    retrying = true;
+                    tracing::warn!(
+                        error = %err,
+                        "the WAL sync fails after the disk filled: retrying until RocksDB has resumed"
+                    );
                 }
             }
         }
