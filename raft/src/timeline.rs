@@ -151,8 +151,7 @@ fn stage_durations(
     proposed: Instant,
     returned: Instant,
 ) -> Vec<(&'static str, Duration)> {
-    let between =
-        |from: Option<Instant>, to: Option<Instant>| Some(to?.checked_duration_since(from?)?);
+    let between = |from: Option<Instant>, to: Option<Instant>| to?.checked_duration_since(from?);
     let committable = slot.flushed.zip(slot.follower_acked).map(|(a, b)| a.max(b));
     [
         ("submit", between(Some(proposed), slot.appended)),
