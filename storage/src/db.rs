@@ -264,6 +264,7 @@ impl Db {
         opts.set_sync(sync);
         let mut waiting_since: Option<Instant> = None;
         loop {
+            let stalls_before = self.space_stalls();
             match self.inner.write_opt(build(), &opts) {
                 Ok(()) => {
                     if let Some(since) = waiting_since {
@@ -290,7 +291,16 @@ impl Db {
                     }
                     pause_for_space();
                 }
-                Err(source) => return Err(StorageError::Write { cf, source }),
+                Err(source) => {
+                    // A write beside one that met ENOSPC fails with "Writer has previous
+                    // error", which does not name the disk: it is the same stall. That write
+                    // may not have counted its stall yet, so look again after the pause.
+                    pause_for_space();
+                    if self.waiting_for_space() || self.space_stalls() != stalls_before {
+                        continue;
+                    }
+                    return Err(StorageError::Write { cf, source });
+                }
             }
         }
     }
