@@ -263,8 +263,8 @@ impl Db {
         let mut opts = WriteOptions::default();
         opts.set_sync(sync);
         let mut waiting_since: Option<Instant> = None;
+        let stalls_before = self.space_stalls();
         loop {
-            let stalls_before = self.space_stalls();
             match self.inner.write_opt(build(), &opts) {
                 Ok(()) => {
                     if let Some(since) = waiting_since {
@@ -296,7 +296,7 @@ impl Db {
                     // error", which does not name the disk: it is the same stall. That write
                     // may not have counted its stall yet, so look again after the pause.
                     pause_for_space();
-                    if self.waiting_for_space() || self.space_stalls() != stalls_before {
+                    if self.stalled_since(stalls_before) {
                         continue;
                     }
                     return Err(StorageError::Write { cf, source });
@@ -313,6 +313,12 @@ impl Db {
     /// How many writes have had to wait for space since the database was opened.
     pub(crate) fn space_stalls(&self) -> u64 {
         self.space_stalls.load(Ordering::Relaxed)
+    }
+
+    /// Whether a write waits for space now, or one began waiting since `space_stalls` read
+    /// `stalls`: an error that does not name the disk is then part of that stall.
+    pub(crate) fn stalled_since(&self, stalls: u64) -> bool {
+        self.waiting_for_space() || self.space_stalls() != stalls
     }
 
     /// Fsync the WAL: everything written before this call is durable when it returns.

@@ -296,10 +296,7 @@ fn sync_when_space(db: &Db, synced_stalls: &mut u64) -> Result<(), StorageError>
                 // The failed write that stopped RocksDB may not have counted its stall yet:
                 // look again after the pause.
                 std::thread::sleep(NO_SPACE_RETRY);
-                let after_stall = err.is_no_space()
-                    || db.waiting_for_space()
-                    || db.space_stalls() != *synced_stalls;
-                if !after_stall {
+                if !err.is_no_space() && !db.stalled_since(*synced_stalls) {
                     return Err(err);
                 }
                 if !retrying {
