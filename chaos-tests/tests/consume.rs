@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use chaos_tests::cluster::{Cluster, ClusterOptions, raftmq_binary};
 use raftmq::client::message;
+use raftmq_proto::raft::v1 as pb;
+use raftmq_proto::raft::v1::raft_service_client::RaftServiceClient;
 use raftmq_proto::rocketmq::v2::QueryOffsetPolicy;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -75,6 +77,86 @@ async fn offsets_are_queried_and_committed() -> anyhow::Result<()> {
     }
     // Committing past the end of the queue is refused.
     assert!(client.update_offset("g", "offsets", 0, 6).await.is_err());
+    Ok(())
+}
+
+/// Propose one offset commit straight to the leader's Raft port, as a follower forwarding a
+/// client's call would, and return what applying it produced.
+async fn propose_commit(
+    cluster: &Cluster,
+    offset: u64,
+    unless_changed_after: u64,
+) -> anyhow::Result<pb::OffsetResult> {
+    use pb::propose_response::Outcome;
+    for _ in 0..50 {
+        let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+        let mut raft = RaftServiceClient::connect(format!(
+            "http://{}",
+            cluster.node(leader).raft_addr
+        ))
+        .await?;
+        let request = pb::ProposeRequest {
+            command: Some(pb::Command {
+                kind: Some(pb::command::Kind::CommitOffset(pb::CommitOffset {
+                    group: "g".into(),
+                    topic: "late".into(),
+                    queue_id: 0,
+                    offset,
+                    unless_changed_after: Some(unless_changed_after),
+                })),
+            }),
+        };
+        match raft.propose(request).await?.into_inner().outcome {
+            Some(Outcome::Result(pb::CommandResult {
+                kind: Some(pb::command_result::Kind::Offset(result)),
+            })) => return Ok(result),
+            Some(Outcome::NotLeader(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
+            other => anyhow::bail!("unexpected propose outcome {other:?}"),
+        }
+    }
+    anyhow::bail!("no leader took the commit")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_commit_applied_after_a_newer_one_leaves_the_offset_alone() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    cluster.create_topic("late", 1).await?;
+    let client = cluster.client();
+    for i in 0..10 {
+        client
+            .send(vec![message("late", format!("m{i}").into_bytes(), None, &[])])
+            .await?;
+    }
+    // What a node saw when it took a client's commit: the log up to here.
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let seen = cluster
+        .node_client(leader)
+        .cluster_status()
+        .await
+        .pop()
+        .and_then(|(_, status)| status.ok())
+        .and_then(|status| status.applied_index)
+        .expect("the leader reports its applied index");
+
+    // The client gave up on that commit and committed a newer offset; then the old commit
+    // reaches the leader. It must not move the offset back.
+    client.update_offset("g", "late", 0, 8).await?;
+    let late = propose_commit(&cluster, 3, seen).await?;
+    let changed_at = late.changed_at.expect("the late commit is dropped");
+    assert!(changed_at > seen, "changed at {changed_at}, seen {seen}");
+    cluster.wait_caught_up(Duration::from_secs(20)).await?;
+    for node in 1..=3 {
+        assert_eq!(
+            cluster.node_client(node).get_offset("g", "late", 0).await?,
+            Some(8),
+            "node {node}"
+        );
+    }
+
+    // A commit that saw the newer one applies, even one that moves the offset back (a reset).
+    let reset = propose_commit(&cluster, 5, changed_at).await?;
+    assert_eq!(reset.changed_at, None);
+    assert_eq!(client.get_offset("g", "late", 0).await?, Some(5));
     Ok(())
 }
 

@@ -26,6 +26,17 @@ use super::messages::{now_ms, to_delivered, to_stored};
 use super::status::{ClientKind, Rejection, ok};
 use super::{Broker, MAX_CLIENT_MESSAGE_BYTES, PROPOSE_DEADLINE, validate};
 
+/// How long a call may take to write: until the client gives up (its `grpc-timeout`), and
+/// never longer than `PROPOSE_DEADLINE`.
+fn call_deadline<T>(request: &Request<T>) -> Duration {
+    request
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(grpc_timeout)
+        .map_or(PROPOSE_DEADLINE, |timeout| timeout.min(PROPOSE_DEADLINE))
+}
+
 /// Longest long poll the broker grants, whatever the client asks.
 const LONG_POLL_MAX: Duration = Duration::from_secs(30);
 /// Most messages one PullMessage returns.
@@ -388,7 +399,18 @@ impl Messaging {
             })
     }
 
-    async fn update_offset(&self, request: &v2::UpdateOffsetRequest) -> Result<(), Rejection> {
+    /// Commit a consumer offset. The commit is conditional: it applies only if the offset has
+    /// not changed since the view this node had while the caller was still waiting. So a
+    /// commit held up on the way (a slow link, a leader change) and applied after its caller
+    /// timed out and committed a newer offset is dropped, and cannot move the offset back.
+    /// A newer commit from elsewhere seen on the way is taken in and the commit retried, so
+    /// concurrent committers still get the last one's offset, as in RocketMQ.
+    async fn update_offset(
+        &self,
+        request: &v2::UpdateOffsetRequest,
+        deadline: Duration,
+    ) -> Result<(), Rejection> {
+        let give_up = std::time::Instant::now() + deadline;
         let group = resource_name(request.group.as_ref());
         validate::group_name(group)?;
         let queue = self.message_queue(request.message_queue.as_ref())?;
@@ -410,16 +432,44 @@ impl Messaging {
                 format!("offset {offset} is past the end of the queue ({next})"),
             ));
         }
-        let command = pb::Command {
-            kind: Some(pb::command::Kind::CommitOffset(pb::CommitOffset {
-                group: group.to_string(),
-                topic: topic.name.clone(),
-                queue_id,
-                offset,
-            })),
-        };
-        self.broker.node.propose(command, PROPOSE_DEADLINE).await?;
-        Ok(())
+        // Any index seen before the deadline is safe to name: a commit the caller makes after
+        // giving up on this one lands later in the log, so it is never taken in.
+        let mut seen = *self.broker.node.state.subscribe_applied().borrow();
+        loop {
+            let left = give_up.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(Rejection::new(
+                    Code::ProxyTimeout,
+                    format!(
+                        "the offset of group `{group}` on {}:{queue_id} kept changing while this \
+                         commit waited, and the call's deadline passed; nothing was written",
+                        topic.name
+                    ),
+                ));
+            }
+            let command = pb::Command {
+                kind: Some(pb::command::Kind::CommitOffset(pb::CommitOffset {
+                    group: group.to_string(),
+                    topic: topic.name.clone(),
+                    queue_id,
+                    offset,
+                    unless_changed_after: Some(seen),
+                })),
+            };
+            match self.broker.node.propose(command, left).await?.kind {
+                Some(pb::command_result::Kind::Offset(pb::OffsetResult { changed_at: None })) => {
+                    return Ok(());
+                }
+                Some(pb::command_result::Kind::Offset(pb::OffsetResult {
+                    changed_at: Some(changed_at),
+                })) => seen = seen.max(changed_at),
+                other => {
+                    return Err(Rejection::internal(format!(
+                        "an offset commit was applied with an unexpected result: {other:?}"
+                    )));
+                }
+            }
+        }
     }
 
     /// The settings a client gets back on Telemetry: its own, completed with the broker's.
@@ -747,7 +797,8 @@ impl MessagingService for Messaging {
         request: Request<v2::UpdateOffsetRequest>,
     ) -> Result<Response<v2::UpdateOffsetResponse>, Status> {
         let client = ClientKind::of(&request);
-        let status = match self.update_offset(request.get_ref()).await {
+        let deadline = call_deadline(&request);
+        let status = match self.update_offset(request.get_ref(), deadline).await {
             Ok(()) => ok(),
             Err(rejection) => rejected("UpdateOffset", client, &rejection),
         };

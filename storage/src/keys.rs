@@ -46,6 +46,27 @@ pub fn offset_key(group: &str, topic: &str, queue_id: u32) -> Vec<u8> {
     key
 }
 
+/// A consumer offset record (`offsets` CF value): the offset, and the log index of the entry
+/// that last set it.
+pub fn encode_offset_record(offset: u64, changed_at: u64) -> [u8; 16] {
+    let mut value = [0; 16];
+    value[..8].copy_from_slice(&offset.to_be_bytes());
+    value[8..].copy_from_slice(&changed_at.to_be_bytes());
+    value
+}
+
+/// (offset, changed-at log index) of an `offsets` value. Records written before the index was
+/// kept hold the offset alone; they read as changed at index 0.
+pub fn decode_offset_record(value: &[u8]) -> Option<(u64, u64)> {
+    let offset = u64::from_be_bytes(value.get(..8)?.try_into().ok()?);
+    let changed_at = match value.len() {
+        8 => 0,
+        16 => u64::from_be_bytes(value[8..].try_into().ok()?),
+        _ => return None,
+    };
+    Some((offset, changed_at))
+}
+
 /// POP progress (`pop` CF): group, topic, queue id.
 pub fn pop_key(group: &str, topic: &str, queue_id: u32) -> Vec<u8> {
     offset_key(group, topic, queue_id)
@@ -169,6 +190,16 @@ mod tests {
             let (ka, kb) = (timer_key(a, ia, 0), timer_key(b, ib, 0));
             prop_assert_eq!((a, ia).cmp(&(b, ib)), ka.cmp(&kb));
             prop_assert_eq!(Some(a), decode_timer_time(&ka));
+        }
+
+        #[test]
+        fn offset_records_round_trip_and_old_ones_read_as_changed_at_zero(offset: u64, changed_at: u64) {
+            prop_assert_eq!(
+                Some((offset, changed_at)),
+                decode_offset_record(&encode_offset_record(offset, changed_at))
+            );
+            prop_assert_eq!(Some((offset, 0)), decode_offset_record(&offset.to_be_bytes()));
+            prop_assert_eq!(None, decode_offset_record(&encode_offset_record(offset, changed_at)[..12]));
         }
 
         #[test]

@@ -240,7 +240,7 @@ impl BrokerState {
             batch.put_cf(
                 &self.db.cf(CF_OFFSETS),
                 keys::offset_key(group, topic, *queue),
-                committed.to_be_bytes(),
+                keys::encode_offset_record(committed, last_log_id.index),
             );
         }
         batch.put_cf(
@@ -305,12 +305,7 @@ impl BrokerState {
                 }
             }
             Some(Kind::CommitOffset(commit)) => {
-                batch.put_cf(
-                    &self.db.cf(CF_OFFSETS),
-                    keys::offset_key(&commit.group, &commit.topic, commit.queue_id),
-                    commit.offset.to_be_bytes(),
-                );
-                ResultKind::Offset(pb::OffsetResult {})
+                ResultKind::Offset(self.apply_commit_offset(pending, batch, log_index, commit)?)
             }
             Some(Kind::CreateGroup(create)) => {
                 ResultKind::Group(self.apply_create_group(cache, pending, batch, create.clone()))
@@ -631,12 +626,47 @@ impl BrokerState {
         queue_id: u32,
     ) -> Result<Option<u64>, StorageError> {
         let key = keys::offset_key(group, topic, queue_id);
-        match self.db.get(CF_OFFSETS, &key)? {
+        Ok(self.offset_record(&key)?.map(|(offset, _)| offset))
+    }
+
+    /// (offset, log index that last changed it) of one `offsets` key, as last applied.
+    fn offset_record(&self, key: &[u8]) -> Result<Option<(u64, u64)>, StorageError> {
+        match self.db.get(CF_OFFSETS, key)? {
             None => Ok(None),
-            Some(bytes) => <[u8; 8]>::try_from(&*bytes)
-                .map(|b| Some(u64::from_be_bytes(b)))
-                .map_err(|_| StorageError::corrupt(CF_OFFSETS, &key, "offset is not 8 bytes")),
+            Some(bytes) => keys::decode_offset_record(&bytes)
+                .map(Some)
+                .ok_or_else(|| StorageError::corrupt(CF_OFFSETS, key, "malformed offset record")),
         }
+    }
+
+    /// Set a consumer offset, unless the commit is conditional and the offset changed after
+    /// the index it names: then it is a late commit that its caller already superseded.
+    fn apply_commit_offset(
+        &self,
+        pending: &mut PendingApply,
+        batch: &mut WriteBatch,
+        log_index: u64,
+        commit: &pb::CommitOffset,
+    ) -> Result<pb::OffsetResult, StorageError> {
+        let key = keys::offset_key(&commit.group, &commit.topic, commit.queue_id);
+        if let Some(seen) = commit.unless_changed_after {
+            let changed_at = match pending.offsets_changed_at.get(&key) {
+                Some(index) => Some(*index),
+                None => self.offset_record(&key)?.map(|(_, index)| index),
+            };
+            if let Some(changed_at) = changed_at.filter(|index| *index > seen) {
+                return Ok(pb::OffsetResult {
+                    changed_at: Some(changed_at),
+                });
+            }
+        }
+        batch.put_cf(
+            &self.db.cf(CF_OFFSETS),
+            &key,
+            keys::encode_offset_record(commit.offset, log_index),
+        );
+        pending.offsets_changed_at.insert(key, log_index);
+        Ok(pb::OffsetResult { changed_at: None })
     }
 
     /// Serialize every derived column family (a snapshot's data), read from one consistent
@@ -731,6 +761,8 @@ pub(crate) struct PendingApply {
     pub(crate) fired_timers: std::collections::HashSet<[u8; 20]>,
     /// Transaction records written by this call, by `txn` key.
     pub(crate) txns: HashMap<Vec<u8>, pb::TransactionRecord>,
+    /// Consumer offsets committed by this call: `offsets` key → log index of the commit.
+    pub(crate) offsets_changed_at: HashMap<Vec<u8>, u64>,
 }
 
 #[cfg(test)]

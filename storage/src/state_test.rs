@@ -137,6 +137,7 @@ fn given_state_written_when_reopened_then_caches_and_applied_id_are_restored() {
                 topic: "T".into(),
                 queue_id: 2,
                 offset: 1,
+                unless_changed_after: None,
             })),
         };
         state
@@ -213,4 +214,78 @@ fn given_messages_stored_over_time_then_offset_lookup_by_time_finds_the_first_at
     assert_eq!(3, at(201));
     assert_eq!(4, at(301), "after the last message: the next offset");
     assert_eq!(0, fx.state.queue_offset_at_time("empty", 0, 5).unwrap());
+}
+
+fn commit_offset(offset: u64, unless_changed_after: Option<u64>) -> ApplyItem {
+    ApplyItem::Command(
+        pb::Command {
+            kind: Some(pb::command::Kind::CommitOffset(pb::CommitOffset {
+                group: "G".into(),
+                topic: "T".into(),
+                queue_id: 0,
+                offset,
+                unless_changed_after,
+            })),
+        }
+        .into(),
+    )
+}
+
+fn offset_result(result: &Option<pb::CommandResult>) -> pb::OffsetResult {
+    match result.as_ref().and_then(|r| r.kind.clone()) {
+        Some(pb::command_result::Kind::Offset(offset)) => offset,
+        other => panic!("expected an offset result, got {other:?}"),
+    }
+}
+
+#[test]
+fn given_a_newer_commit_when_a_late_conditional_commit_is_applied_then_the_offset_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = BrokerState::open(Db::open(dir.path(), FlushMode::Sync).unwrap()).unwrap();
+    // The late commit (offset 5) was proposed seeing index 3; the newer one (offset 9) landed
+    // at index 4, before it. In one apply call and in separate ones.
+    let results = state
+        .apply(vec![
+            (log_id(3), commit_offset(2, None)),
+            (log_id(4), commit_offset(9, Some(3))),
+            (log_id(5), commit_offset(5, Some(3))),
+        ])
+        .unwrap();
+    assert_eq!(None, offset_result(&results[1]).changed_at);
+    assert_eq!(Some(4), offset_result(&results[2]).changed_at);
+    assert_eq!(Some(9), state.consumer_offset("G", "T", 0).unwrap());
+    let results = state
+        .apply(vec![(log_id(6), commit_offset(1, Some(3)))])
+        .unwrap();
+    assert_eq!(Some(4), offset_result(&results[0]).changed_at);
+    assert_eq!(Some(9), state.consumer_offset("G", "T", 0).unwrap());
+
+    // A commit that saw the latest change applies, also when it moves the offset back (a
+    // reset); so does an unconditional one.
+    let results = state
+        .apply(vec![(log_id(7), commit_offset(3, Some(4)))])
+        .unwrap();
+    assert_eq!(None, offset_result(&results[0]).changed_at);
+    assert_eq!(Some(3), state.consumer_offset("G", "T", 0).unwrap());
+    state
+        .apply(vec![(log_id(8), commit_offset(7, None))])
+        .unwrap();
+    assert_eq!(Some(7), state.consumer_offset("G", "T", 0).unwrap());
+}
+
+#[test]
+fn given_an_offset_written_before_change_indexes_were_kept_then_it_reads_and_any_commit_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), FlushMode::Sync).unwrap();
+    let key = crate::keys::offset_key("G", "T", 0);
+    let mut batch = rocksdb::WriteBatch::default();
+    batch.put_cf(&db.cf(crate::db::CF_OFFSETS), &key, 4u64.to_be_bytes());
+    db.write(crate::db::CF_OFFSETS, batch).unwrap();
+    let state = BrokerState::open(db).unwrap();
+    assert_eq!(Some(4), state.consumer_offset("G", "T", 0).unwrap());
+    let results = state
+        .apply(vec![(log_id(2), commit_offset(6, Some(1)))])
+        .unwrap();
+    assert_eq!(None, offset_result(&results[0]).changed_at);
+    assert_eq!(Some(6), state.consumer_offset("G", "T", 0).unwrap());
 }
