@@ -89,13 +89,13 @@ pub struct BrokerArgs {
     /// to it (for example the node nearest the clients). Default: none.
     #[arg(long, env = "RAFTMQ_PREFERRED_LEADER")]
     pub preferred_leader: Option<u64>,
-    /// Raft heartbeat interval in ms (default 80).
+    /// Raft heartbeat interval in ms (default 50).
     #[arg(long, env = "RAFTMQ_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
-    /// Lower bound of the randomized election timeout in ms (default 250).
+    /// Lower bound of the randomized election timeout in ms (default 150).
     #[arg(long, env = "RAFTMQ_ELECTION_TIMEOUT_MIN_MS")]
     pub election_timeout_min_ms: Option<u64>,
-    /// Upper bound of the randomized election timeout in ms (default 500).
+    /// Upper bound of the randomized election timeout in ms (default 300).
     #[arg(long, env = "RAFTMQ_ELECTION_TIMEOUT_MAX_MS")]
     pub election_timeout_max_ms: Option<u64>,
     /// High-water mark of disk use, as the free MiB the data dir's filesystem must keep
@@ -289,17 +289,17 @@ impl BrokerArgs {
                 .unwrap_or(DEFAULT_HTTP_PORT),
             preferred_leader: self.preferred_leader.or(file.preferred_leader),
             heartbeat_interval: Duration::from_millis(
-                self.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(80),
+                self.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(50),
             ),
             election_timeout_min: Duration::from_millis(
                 self.election_timeout_min_ms
                     .or(file.election_timeout_min_ms)
-                    .unwrap_or(250),
+                    .unwrap_or(150),
             ),
             election_timeout_max: Duration::from_millis(
                 self.election_timeout_max_ms
                     .or(file.election_timeout_max_ms)
-                    .unwrap_or(500),
+                    .unwrap_or(300),
             ),
             min_free_disk: self
                 .min_free_disk_mb
