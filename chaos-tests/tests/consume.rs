@@ -90,11 +90,9 @@ async fn propose_commit(
     use pb::propose_response::Outcome;
     for _ in 0..50 {
         let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
-        let mut raft = RaftServiceClient::connect(format!(
-            "http://{}",
-            cluster.node(leader).raft_addr
-        ))
-        .await?;
+        let mut raft =
+            RaftServiceClient::connect(format!("http://{}", cluster.node(leader).raft_addr))
+                .await?;
         let request = pb::ProposeRequest {
             command: Some(pb::Command {
                 kind: Some(pb::command::Kind::CommitOffset(pb::CommitOffset {
@@ -124,7 +122,12 @@ async fn a_commit_applied_after_a_newer_one_leaves_the_offset_alone() -> anyhow:
     let client = cluster.client();
     for i in 0..10 {
         client
-            .send(vec![message("late", format!("m{i}").into_bytes(), None, &[])])
+            .send(vec![message(
+                "late",
+                format!("m{i}").into_bytes(),
+                None,
+                &[],
+            )])
             .await?;
     }
     // What a node saw when it took a client's commit: the log up to here.

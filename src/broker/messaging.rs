@@ -26,15 +26,19 @@ use super::messages::{now_ms, to_delivered, to_stored};
 use super::status::{ClientKind, Rejection, ok};
 use super::{Broker, MAX_CLIENT_MESSAGE_BYTES, PROPOSE_DEADLINE, validate};
 
-/// How long a call may take to write: until the client gives up (its `grpc-timeout`), and
-/// never longer than `PROPOSE_DEADLINE`.
-fn call_deadline<T>(request: &Request<T>) -> Duration {
+/// When the client gives up on a call: its `grpc-timeout`, if it sent one.
+fn client_timeout<T>(request: &Request<T>) -> Option<Duration> {
     request
         .metadata()
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
         .and_then(grpc_timeout)
-        .map_or(PROPOSE_DEADLINE, |timeout| timeout.min(PROPOSE_DEADLINE))
+}
+
+/// How long a call may take to write: until the client gives up, and never longer than
+/// `PROPOSE_DEADLINE`.
+fn call_deadline<T>(request: &Request<T>) -> Duration {
+    client_timeout(request).map_or(PROPOSE_DEADLINE, |timeout| timeout.min(PROPOSE_DEADLINE))
 }
 
 /// Longest long poll the broker grants, whatever the client asks.
@@ -651,11 +655,7 @@ impl MessagingService for Messaging {
         use v2::receive_message_response::Content;
         let client = ClientKind::of(&request);
         let client_id = client_id_of(&request);
-        let deadline = request
-            .metadata()
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .and_then(grpc_timeout);
+        let deadline = client_timeout(&request);
         let request = request.into_inner();
         // Status first, then the messages, then (always last) the delivery timestamp.
         let mut frames = match self.broker.receive(&request, deadline, &client_id).await {
