@@ -438,7 +438,7 @@ impl Messaging {
         }
         // Any index seen before the deadline is safe to name: a commit the caller makes after
         // giving up on this one lands later in the log, so it is never taken in.
-        let mut seen = *self.broker.node.state.subscribe_applied().borrow();
+        let mut seen = self.broker.node.state.applied_index();
         loop {
             let left = give_up.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {

@@ -169,6 +169,11 @@ impl BrokerState {
         }
     }
 
+    /// The index of the last entry applied.
+    pub fn applied_index(&self) -> u64 {
+        *self.applied_tx.borrow()
+    }
+
     /// Watch the applied index: long polls wake when it moves.
     pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
         self.applied_tx.subscribe()
