@@ -137,6 +137,11 @@ pub enum TransferError {
         matched: Option<u64>,
         last: Option<u64>,
     },
+    #[error(
+        "node {0} has not answered since the hand-over was asked for: it is down or stopping; \
+         leadership stays"
+    )]
+    TargetNotAnswering(NodeId),
     #[error("raft node failed: {0}")]
     Fatal(String),
 }
@@ -395,9 +400,16 @@ impl RaftNode {
                 break;
             }
             if Instant::now() >= catch_up_until {
+                let matched = matched(&now, target);
+                // A log that is complete but silent is a node that went away (a whole group
+                // stopping at once, say): saying it is behind would send the operator
+                // looking for a lag that is not there.
+                if matched >= now.last_log_index {
+                    return Err(TransferError::TargetNotAnswering(target));
+                }
                 return Err(TransferError::TargetBehind {
                     target,
-                    matched: matched(&now, target),
+                    matched,
                     last: now.last_log_index,
                 });
             }

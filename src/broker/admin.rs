@@ -250,7 +250,8 @@ impl AdminService for Admin {
             Err(
                 e @ (TransferError::NoFollower
                 | TransferError::TimedOut(_)
-                | TransferError::TargetBehind { .. }),
+                | TransferError::TargetBehind { .. }
+                | TransferError::TargetNotAnswering(_)),
             ) => Err(Status::failed_precondition(e.to_string())),
             Err(e @ TransferError::Fatal(_)) => Err(Status::internal(e.to_string())),
         }
