@@ -39,6 +39,9 @@ pub struct RpcBench {
     pub concurrency: usize,
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
+    /// Load before the measured duration, left out of every figure (see `bench produce`).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub warmup: Duration,
     /// Threads the load generator runs on (see `bench produce --threads`).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
@@ -80,6 +83,10 @@ pub struct ProduceBench {
     /// How long to send, e.g. `30s`.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub duration: Duration,
+    /// Load before the measured duration, left out of every figure: the first calls on new
+    /// connections, and a fresh group's first memtables, are slower than the steady state.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub warmup: Duration,
     /// Target messages per second over all workers; 0 sends as fast as acks allow. With a
     /// rate, latency is also reported from when each send was due, which counts the sends a
     /// stall kept from starting.
@@ -183,6 +190,8 @@ struct Counters {
 /// is answered (and, with a target rate, not before its turn).
 struct Load {
     concurrency: usize,
+    /// Unmeasured load before `duration`.
+    warmup: Duration,
     duration: Duration,
     /// Target calls per second over all workers; 0: as fast as answers come.
     calls_per_sec: f64,
@@ -217,7 +226,8 @@ where
     Fut: std::future::Future<Output = bool> + Send,
 {
     let counters = Arc::new(Counters::default());
-    let start = Instant::now();
+    let warmup_start = Instant::now();
+    let start = warmup_start + load.warmup;
     let end = start + load.duration;
     let per_worker_interval = (load.calls_per_sec > 0.0)
         .then(|| Duration::from_secs_f64(load.concurrency as f64 / load.calls_per_sec));
@@ -249,7 +259,11 @@ where
                     tokio::time::sleep_until(due.into()).await;
                 }
                 let called = Instant::now();
-                if call().await {
+                let ok = call().await;
+                if called < start {
+                    continue;
+                }
+                if ok {
                     let micros = called.elapsed().as_micros() as u64;
                     let mut latencies = latencies.lock().expect("latency histogram lock poisoned");
                     latencies.from_send.saturating_record(micros);
@@ -269,7 +283,12 @@ where
 
     let progress = {
         let counters = counters.clone();
+        let warmup = load.warmup;
         tokio::spawn(async move {
+            if !warmup.is_zero() {
+                eprintln!("warming up for {:.1}s (not measured)", warmup.as_secs_f64());
+                tokio::time::sleep_until(start.into()).await;
+            }
             let mut last = 0;
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -370,6 +389,7 @@ async fn produce(bench: ProduceBench) -> anyhow::Result<()> {
     let batch = bench.batch;
     let load = Load {
         concurrency: bench.concurrency,
+        warmup: bench.warmup,
         duration: bench.duration,
         calls_per_sec: bench.rate as f64 / batch as f64,
         messages_per_call: batch as u64,
@@ -392,6 +412,7 @@ async fn produce(bench: ProduceBench) -> anyhow::Result<()> {
             "ack_latency_ms": outcome.latency_json(),
             "concurrency": bench.concurrency, "size": bench.size, "batch": bench.batch,
             "target_rate": bench.rate, "threads": bench.threads,
+            "warmup_seconds": bench.warmup.as_secs_f64(),
         });
         if let Some(from_schedule) = &outcome.from_schedule {
             result["ack_latency_from_schedule_ms"] = latency_json(from_schedule);
@@ -432,6 +453,7 @@ async fn rpc(bench: RpcBench) -> anyhow::Result<()> {
     let client = leader_first_client(&bench.endpoints).await?;
     let load = Load {
         concurrency: bench.concurrency,
+        warmup: bench.warmup,
         duration: bench.duration,
         calls_per_sec: 0.0,
         messages_per_call: 1,
@@ -450,6 +472,7 @@ async fn rpc(bench: RpcBench) -> anyhow::Result<()> {
                 "calls_per_sec": outcome.per_sec(),
                 "latency_ms": outcome.latency_json(),
                 "concurrency": bench.concurrency, "threads": bench.threads,
+                "warmup_seconds": bench.warmup.as_secs_f64(),
             })
         );
     } else {
