@@ -15,6 +15,8 @@ cd "$(dirname "$0")/.."
 
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-15s}
+# Load before each measured run that no figure counts (new connections, first memtables).
+WARMUP=${WARMUP:-2s}
 CONCURRENCY=${CONCURRENCY:-1024}
 SIZE=${SIZE:-1024}
 RATE=${RATE:-10000}
@@ -46,14 +48,14 @@ for mode in $MODES; do
     "$bin" bench fsync --dir "$dir" --duration 3s --json | tee -a "$WORK/$mode-fsync.jsonl"
     echo "--- flush=$mode run $run/$RUNS: flat out, $CONCURRENCY in flight, $SIZE-byte bodies, $DURATION"
     "$bin" bench produce --endpoints "$endpoints" --topic bench --concurrency "$CONCURRENCY" \
-      --size "$SIZE" --duration "$DURATION" --json | tee -a "$WORK/$mode-max.jsonl"
+      --size "$SIZE" --duration "$DURATION" --warmup "$WARMUP" --json | tee -a "$WORK/$mode-max.jsonl"
     echo "--- flush=$mode run $run/$RUNS: fixed rate $RATE msgs/s"
     "$bin" bench produce --endpoints "$endpoints" --topic bench --concurrency "$CONCURRENCY" \
-      --size "$SIZE" --duration "$DURATION" --rate "$RATE" --json | tee -a "$WORK/$mode-rate.jsonl"
+      --size "$SIZE" --duration "$DURATION" --warmup "$WARMUP" --rate "$RATE" --json | tee -a "$WORK/$mode-rate.jsonl"
     if [ "$BATCH" -gt 1 ]; then
       echo "--- flush=$mode run $run/$RUNS: flat out, $BATCH_CONCURRENCY calls of $BATCH messages in flight"
       "$bin" bench produce --endpoints "$endpoints" --topic bench --concurrency "$BATCH_CONCURRENCY" \
-        --batch "$BATCH" --size "$SIZE" --duration "$DURATION" --json | tee -a "$WORK/$mode-batch.jsonl"
+        --batch "$BATCH" --size "$SIZE" --duration "$DURATION" --warmup "$WARMUP" --json | tee -a "$WORK/$mode-batch.jsonl"
     fi
   done
   stop_local_group
