@@ -226,8 +226,7 @@ where
     Fut: std::future::Future<Output = bool> + Send,
 {
     let counters = Arc::new(Counters::default());
-    let warmup_start = Instant::now();
-    let start = warmup_start + load.warmup;
+    let start = Instant::now() + load.warmup;
     let end = start + load.duration;
     let per_worker_interval = (load.calls_per_sec > 0.0)
         .then(|| Duration::from_secs_f64(load.concurrency as f64 / load.calls_per_sec));
