@@ -385,6 +385,13 @@ impl RaftNode {
         // everything this leader has. A target still behind after that (down, or far
         // behind) is not asked: the group would wait for an election instead.
         let catch_up_until = Instant::now() + deadline / 4;
+        // A follower that is up answers every heartbeat interval; one with the whole log that
+        // stays silent for an election timeout is stopping too (a whole group stopping at
+        // once), and waiting out the catch-up time for it only delays this node's stop.
+        let silent_after = Instant::now()
+            + Duration::from_millis(self.raft.config().election_timeout_max).max(
+                Duration::from_millis(3 * self.raft.config().heartbeat_interval),
+            );
         let asked_at = <openraft::TokioInstant as openraft::Instant>::now();
         loop {
             let now = self.metrics();
@@ -396,17 +403,17 @@ impl RaftNode {
                 .as_ref()
                 .and_then(|acks| acks.get(&target).cloned().flatten())
                 .is_some_and(|at| at.into_inner() > asked_at);
-            if answering && matched(&now, target) >= now.last_log_index {
+            let matched = matched(&now, target);
+            let complete = matched >= now.last_log_index;
+            if answering && complete {
                 break;
             }
+            // A log that is complete but silent is a node that went away: saying it is
+            // behind would send the operator looking for a lag that is not there.
+            if complete && Instant::now() >= silent_after {
+                return Err(TransferError::TargetNotAnswering(target));
+            }
             if Instant::now() >= catch_up_until {
-                let matched = matched(&now, target);
-                // A log that is complete but silent is a node that went away (a whole group
-                // stopping at once, say): saying it is behind would send the operator
-                // looking for a lag that is not there.
-                if matched >= now.last_log_index {
-                    return Err(TransferError::TargetNotAnswering(target));
-                }
                 return Err(TransferError::TargetBehind {
                     target,
                     matched,

@@ -268,7 +268,7 @@ pub async fn run(
     let renewal_task = tokio::spawn(renewals::run(broker.clone(), stop_rx.clone()));
     tokio::spawn(preferred::run(broker.clone(), stop_rx.clone()));
     tokio::spawn(disk::run(broker.clone(), stop_rx.clone()));
-    let raft_task = tokio::spawn(raft_server);
+    let mut raft_task = tokio::spawn(raft_server);
     let client_task = tokio::spawn(client_server);
     let http_task = http_listener.map(|listener| {
         tokio::spawn(http::serve(
@@ -325,7 +325,15 @@ pub async fn run(
     if let Err(e) = node.raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), raft_task).await;
+    // With the core stopped, what the Raft server still holds open are the peers' append
+    // streams, which never end on their own: waiting for them to drain only delays the stop
+    // (by the whole timeout, on every node of a group stopping together).
+    if tokio::time::timeout(Duration::from_millis(200), &mut raft_task)
+        .await
+        .is_err()
+    {
+        raft_task.abort();
+    }
     if let Some(reason) = core_stopped {
         anyhow::bail!("the raft core stopped: {reason}");
     }
