@@ -15,6 +15,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// A broker's filter unless `RUST_LOG` says otherwise. openraft logs every failed heartbeat
+/// and replication attempt to a lost follower (several lines a second); those modules are
+/// kept to errors, and the broker logs a follower going silent and coming back once each
+/// instead. openraft's warnings about snapshots and the log store's answers stay in.
+pub const BROKER_DEFAULT_FILTER: &str = "info,openraft=warn,\
+    openraft::core::heartbeat=error,openraft::replication=error,\
+    openraft::engine::handler::replication_handler=error,\
+    openraft::replication::stream_state=warn,openraft::replication::snapshot_transmitter=warn";
+
 /// Install the process's subscriber: `RUST_LOG` if set, else `default_filter`.
 pub fn init(default_filter: &str, format: LogFormat) {
     let filter =

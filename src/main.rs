@@ -59,7 +59,7 @@ fn main() -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Broker { args, pid_file } => {
-            logging::init("info,openraft=warn", args.log_format);
+            logging::init(logging::BROKER_DEFAULT_FILTER, args.log_format);
             let config = args.resolve()?;
             if let Some(path) = pid_file {
                 std::fs::write(&path, format!("{}\n", std::process::id()))?;

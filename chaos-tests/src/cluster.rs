@@ -328,10 +328,9 @@ impl Cluster {
             ])
             .args(&extra)
             .envs(env)
-            .env(
-                "RUST_LOG",
-                std::env::var("RAFTMQ_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
-            )
+            // The broker's own default filter unless a test run asks for another.
+            .env_remove("RUST_LOG")
+            .envs(std::env::var("RAFTMQ_TEST_LOG").map(|filter| ("RUST_LOG", filter)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

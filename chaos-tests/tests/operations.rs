@@ -514,11 +514,19 @@ async fn json_logs_and_a_log_filter_changed_at_runtime() -> anyhow::Result<()> {
     let node = cluster.node(1);
     let http = reqwest::Client::new();
     let (status, filter) = get(&http, &node.http_addr, "/loglevel").await?;
-    // The harness starts brokers with RUST_LOG=info,openraft=warn (EnvFilter may reorder it).
+    // The harness leaves brokers their default filter (EnvFilter may reorder it).
     assert_eq!(status, 200);
-    let mut directives: Vec<&str> = filter.trim().split(',').collect();
-    directives.sort_unstable();
-    assert_eq!(directives, ["info", "openraft=warn"]);
+    let sorted = |filter: &str| {
+        let mut directives: Vec<String> = filter.split(',').map(|d| d.trim().to_string()).collect();
+        directives.sort_unstable();
+        directives
+    };
+    if std::env::var_os("RAFTMQ_TEST_LOG").is_none() {
+        assert_eq!(
+            sorted(filter.trim()),
+            sorted(raftmq::logging::BROKER_DEFAULT_FILTER)
+        );
+    }
 
     let put = |body: &'static str| {
         http.put(format!("http://{}/loglevel", node.http_addr))
@@ -624,5 +632,53 @@ async fn a_group_without_disk_room_refuses_sends_and_keeps_consumers_going() -> 
     let http = reqwest::Client::new();
     let (_, metrics) = get(&http, &cluster.node(1).http_addr, "/metrics").await?;
     assert_eq!(Some(1.0), sample(&metrics, "raftmq_disk_low"));
+    Ok(())
+}
+
+/// A follower that dies is reported by its leader once, with the reason, and once more when it
+/// is back; openraft's line per failed heartbeat (several a second) stays out of the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_follower_is_logged_once_when_it_goes_and_once_when_it_is_back() -> anyhow::Result<()>
+{
+    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let follower = if leader == 1 { 2 } else { 1 };
+    let leader_log = cluster.node(leader).log_file();
+    let lines_with = |text: &str| -> anyhow::Result<usize> {
+        let log = std::fs::read_to_string(&leader_log)?;
+        Ok(log
+            .lines()
+            .filter(|line| line.contains(text) && line.contains(&format!("follower={follower}")))
+            .count())
+    };
+    let wait_for_line = |text: &'static str| async move {
+        let give_up = Instant::now() + Duration::from_secs(10);
+        while lines_with(text)? == 0 {
+            anyhow::ensure!(Instant::now() < give_up, "the leader never logged `{text}`");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::Ok(())
+    };
+
+    cluster.kill_node(follower);
+    wait_for_line("a follower is not answering").await?;
+    // Dozens of heartbeats fail meanwhile; none of them adds a line.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = std::fs::read_to_string(&leader_log)?;
+    assert_eq!(lines_with("a follower is not answering")?, 1, "{log}");
+    assert!(
+        log.lines()
+            .any(|line| line.contains("a follower is not answering")
+                && line.contains("last_error=\"tcp connect error\"")),
+        "the line names why the follower is unreachable:\n{log}"
+    );
+    assert!(
+        !log.contains("failed to send a heartbeat"),
+        "openraft's per-heartbeat warnings are filtered out:\n{log}"
+    );
+
+    cluster.start_node(follower)?;
+    wait_for_line("a follower answers again").await?;
+    cluster.wait_caught_up(Duration::from_secs(30)).await?;
     Ok(())
 }

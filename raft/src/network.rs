@@ -57,11 +57,34 @@ impl DiskReports {
     }
 }
 
+/// The last error each peer's calls failed with: what the leader's follower watch reports
+/// when a follower goes silent (see `RaftNode::watch_followers`).
+#[derive(Default)]
+pub struct PeerErrors {
+    last: Mutex<HashMap<NodeId, (String, Instant)>>,
+}
+
+impl PeerErrors {
+    fn record(&self, peer: NodeId, error: &tonic::Status) {
+        let mut last = self.last.lock().expect("peer errors lock poisoned");
+        last.insert(peer, (error.message().to_string(), Instant::now()));
+    }
+
+    /// The last error of `peer`'s calls if it came after `since`.
+    pub fn last_since(&self, peer: NodeId, since: Instant) -> Option<String> {
+        let last = self.last.lock().expect("peer errors lock poisoned");
+        last.get(&peer)
+            .filter(|(_, at)| *at >= since)
+            .map(|(error, _)| error.clone())
+    }
+}
+
 /// Creates clients to peers; channels are cached by address.
 #[derive(Clone, Default)]
 pub struct Network {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     disk_reports: Arc<DiskReports>,
+    peer_errors: Arc<PeerErrors>,
     /// Source address of outgoing connections (see [`Network::from_own_address`]).
     local_address: Option<std::net::IpAddr>,
     /// Followers' acks are stamped here (see [`Timeline`]).
@@ -107,6 +130,10 @@ impl Network {
         &self.disk_reports
     }
 
+    pub fn peer_errors(&self) -> &PeerErrors {
+        &self.peer_errors
+    }
+
     pub fn client(
         &self,
         addr: &str,
@@ -125,6 +152,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             client: self.client(&node.raft_addr).map_err(|e| e.to_string()),
             disk_reports: self.disk_reports.clone(),
+            peer_errors: self.peer_errors.clone(),
             timeline: self.timeline.clone(),
             failed_streams: 0,
         }
@@ -136,6 +164,7 @@ pub struct PeerClient {
     target: NodeId,
     client: Result<RaftServiceClient<Channel>, String>,
     disk_reports: Arc<DiskReports>,
+    peer_errors: Arc<PeerErrors>,
     timeline: Arc<Timeline>,
     /// Replication streams to this peer that failed to open in a row.
     failed_streams: u32,
@@ -175,6 +204,12 @@ struct BadAddress {
 }
 
 impl PeerClient {
+    /// Keep a failed call's error for the follower watch, then turn it into openraft's.
+    fn failed(&self, status: tonic::Status) -> RPCError<TypeConfig> {
+        self.peer_errors.record(self.target, &status);
+        status_to_rpc_error(status)
+    }
+
     fn client(&self) -> Result<RaftServiceClient<Channel>, RPCError<TypeConfig>> {
         self.client.clone().map_err(|reason| {
             RPCError::Unreachable(Unreachable::new(&BadAddress {
@@ -199,7 +234,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             .client()?
             .append_entries(request)
             .await
-            .map_err(status_to_rpc_error)?
+            .map_err(|status| self.failed(status))?
             .into_inner();
         self.disk_reports.record(self.target, reply.disk_low);
         let response = convert::append_response_from_pb(&reply).map_err(bad_reply)?;
@@ -248,13 +283,16 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 Err(status) => {
                     tokio::time::sleep(reconnect_pause(self.failed_streams)).await;
                     self.failed_streams = self.failed_streams.saturating_add(1);
-                    return Err(status_to_rpc_error(status));
+                    return Err(self.failed(status));
                 }
             };
             let (target, disk_reports) = (self.target, self.disk_reports.clone());
-            let timeline = self.timeline.clone();
+            let (timeline, peer_errors) = (self.timeline.clone(), self.peer_errors.clone());
             let results = replies.map(move |reply| {
-                let reply = reply.map_err(status_to_rpc_error)?;
+                let reply = reply.map_err(|status| {
+                    peer_errors.record(target, &status);
+                    status_to_rpc_error(status)
+                })?;
                 if let Some(sent) = sent_at.lock().expect("sent-at lock poisoned").pop_front() {
                     metrics::histogram!("raftmq_replication_round_trip_seconds")
                         .record(sent.elapsed().as_secs_f64());
@@ -280,7 +318,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             .client()?
             .vote(request)
             .await
-            .map_err(status_to_rpc_error)?
+            .map_err(|status| self.failed(status))?
             .into_inner();
         convert::vote_response_from_pb(&reply).map_err(bad_reply)
     }
@@ -295,7 +333,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             .client()?
             .pre_vote(request)
             .await
-            .map_err(status_to_rpc_error)?
+            .map_err(|status| self.failed(status))?
             .into_inner();
         convert::vote_response_from_pb(&reply).map_err(bad_reply)
     }
@@ -310,7 +348,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             .client()?
             .transfer_leader(request)
             .await
-            .map_err(status_to_rpc_error)?
+            .map_err(|status| self.failed(status))?
             .into_inner();
         if reply.refused.is_empty() {
             Ok(Ok(()))

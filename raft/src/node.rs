@@ -68,6 +68,9 @@ pub enum StartError {
     },
 }
 
+/// How long a follower may go without answering its leader before the leader logs it.
+pub const FOLLOWER_SILENT_AFTER: Duration = Duration::from_secs(1);
+
 /// Why a proposal did not produce a result.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum ProposeError {
@@ -260,6 +263,71 @@ impl RaftNode {
                 term = metrics.current_term,
                 "following the group's leader; this node votes again"
             );
+        }
+    }
+
+    /// While this node leads, log once when a follower stops answering (for longer than
+    /// [`FOLLOWER_SILENT_AFTER`]) and once when it answers again. openraft itself reports
+    /// every failed heartbeat and replication attempt, several lines a second per lost
+    /// follower; the default log filter leaves those out in favour of these two lines.
+    pub async fn watch_followers(self: Arc<Self>) {
+        // Followers reported silent, with when they went quiet.
+        let mut silent: BTreeMap<NodeId, Instant> = BTreeMap::new();
+        let mut leading_since: Option<Instant> = None;
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            let metrics = self.metrics();
+            if metrics.running_state.is_err() {
+                return;
+            }
+            let acks = match &metrics.heartbeat {
+                Some(acks) if metrics.current_leader == Some(self.id) => acks,
+                _ => {
+                    leading_since = None;
+                    silent.clear();
+                    continue;
+                }
+            };
+            let leading_since = *leading_since.get_or_insert_with(Instant::now);
+            let now = Instant::now();
+            for (&peer, ack) in acks {
+                if peer == self.id {
+                    continue;
+                }
+                // Acks are stamped with tokio's clock; this loop runs on tokio's too.
+                let last_heard = ack
+                    .as_ref()
+                    .and_then(|at| now.checked_sub(openraft::Instant::elapsed(&at.into_inner())))
+                    .map_or(leading_since, |at| at.max(leading_since));
+                let quiet = now.saturating_duration_since(last_heard);
+                match (quiet >= FOLLOWER_SILENT_AFTER, silent.get(&peer)) {
+                    (true, None) => {
+                        tracing::warn!(
+                            follower = peer,
+                            quiet_ms = quiet.as_millis() as u64,
+                            last_error = self
+                                .network
+                                .peer_errors()
+                                .last_since(peer, last_heard)
+                                .as_deref()
+                                .unwrap_or("none (no answer in time)"),
+                            "a follower is not answering; it gets no new entries until it does"
+                        );
+                        silent.insert(peer, last_heard);
+                    }
+                    (false, Some(since)) => {
+                        tracing::info!(
+                            follower = peer,
+                            silent_ms = now.saturating_duration_since(*since).as_millis() as u64,
+                            "a follower answers again"
+                        );
+                        silent.remove(&peer);
+                    }
+                    _ => {}
+                }
+            }
+            silent.retain(|peer, _| acks.contains_key(peer));
         }
     }
 
