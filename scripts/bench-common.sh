@@ -4,6 +4,16 @@ median() { # median of the numbers on stdin
   sort -n | awk '{v[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'
 }
 
+# build_release: build the release raftmq binary (the benchmarks' broker and load generator)
+# and print its path.
+build_release() {
+  ensure_build_deps
+  use_cached_rocksdb >&2
+  echo "=== building raftmq (release)" >&2
+  cargo build --release --bin raftmq -p raftmq >&2
+  echo target/release/raftmq
+}
+
 # The local group the benchmarks run against: `raftmq local` on its own ports, so that a
 # group a user already runs on the default ports is left alone.
 BENCH_ENDPOINTS=127.0.0.1:18081,127.0.0.1:18082,127.0.0.1:18083

@@ -23,13 +23,7 @@ WORK=${WORK:-$(mktemp -d /tmp/raftmq-bench-cpu.XXXXXX)}
 
 command -v jq >/dev/null || { echo "jq is missing (Debian: apt-get install jq)" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "/usr/bin/time is missing (Debian: apt-get install time)" >&2; exit 1; }
-if [ -z "${BIN:-}" ]; then
-  ensure_build_deps
-  use_cached_rocksdb
-  echo "=== building raftmq (release)"
-  cargo build --release --bin raftmq -p raftmq
-  BIN=target/release/raftmq
-fi
+[ -n "${BIN:-}" ] || BIN=$(build_release)
 
 
 trap stop_local_group EXIT

@@ -25,11 +25,7 @@ BATCH_CONCURRENCY=${BATCH_CONCURRENCY:-256}
 MODES=${MODES:-"sync async"}
 WORK=${WORK:-$(mktemp -d /tmp/raftmq-bench.XXXXXX)}
 
-ensure_build_deps
-use_cached_rocksdb
-echo "=== building raftmq (release)"
-cargo build --release --bin raftmq
-bin=target/release/raftmq
+bin=$(build_release)
 endpoints=$BENCH_ENDPOINTS
 trap stop_local_group EXIT
 

@@ -25,11 +25,7 @@ SLOW_MS=${SLOW_MS:-50}
 POLICIES=${POLICIES:-normal}
 WORK=${WORK:-$(mktemp -d /tmp/raftmq-seconds.XXXXXX)}
 
-ensure_build_deps
-use_cached_rocksdb
-echo "=== building raftmq (release)"
-cargo build --release --bin raftmq
-bin=target/release/raftmq
+bin=$(build_release)
 trap stop_local_group EXIT
 
 # set_thread_policy DIR POLICY: apply POLICY to the RocksDB threads of every broker in DIR.
