@@ -33,9 +33,9 @@ use std::time::Duration;
 use anyhow::Context;
 use raftmq_proto::raft::v1 as pb;
 use raftmq_proto::rocketmq::v2::Code;
-use raftmq_raft::RaftNode;
 use raftmq_raft::node::NodeConfig;
 use raftmq_raft::service::RaftGrpc;
+use raftmq_raft::{RaftNode, TransferError};
 use tonic::transport::server::TcpIncoming;
 
 use crate::config::BrokerConfig;
@@ -306,6 +306,10 @@ pub async fn run(
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "leadership handed over"
             ),
+            // Usual when the whole group stops together: not worth a warning.
+            Err(e @ TransferError::TargetNotAnswering(_)) => {
+                tracing::info!(reason = %e, "leadership not handed over; stopping anyway")
+            }
             Err(e) => tracing::warn!(error = %e, "leadership not handed over; stopping anyway"),
         }
     }
