@@ -1,13 +1,13 @@
 # Sourced by the scripts/drill-*.sh: the compose cluster (deploy/compose.yaml) and the tools
 # the drills use. Node N runs in container raftmq-N; from the host its client port is
-# 127.0.0.1:1808(N+1) and its HTTP port 127.0.0.1:1818(N+1).
+# 127.0.0.1:2808(N+1) and its HTTP port 127.0.0.1:2818(N+1).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 . scripts/drill-common.sh
 RAFTMQ=${RAFTMQ:-target/debug/raftmq}
 CHAOS=${CHAOS:-target/debug/chaos}
-ENDPOINTS=127.0.0.1:18081,127.0.0.1:18082,127.0.0.1:18083
+ENDPOINTS=127.0.0.1:28081,127.0.0.1:28082,127.0.0.1:28083
 NETWORK=raftmq_raftmq
 OUT=${DRILL_OUT:-target/drills}
 mkdir -p "$OUT"
@@ -19,7 +19,7 @@ else
 fi
 
 wait_ready() {
-  wait_http_ready "127.0.0.1:1818$(($1 + 1))" "node $1 (see: docker logs raftmq-$1)" "${2:-60}"
+  wait_http_ready "127.0.0.1:2818$(($1 + 1))" "node $1 (see: docker logs raftmq-$1)" "${2:-60}"
 }
 
 cluster_up() {
