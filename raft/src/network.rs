@@ -65,9 +65,11 @@ pub struct PeerErrors {
 }
 
 impl PeerErrors {
-    fn record(&self, peer: NodeId, error: &tonic::Status) {
+    /// Keep a failed call's error for the follower watch, then turn it into openraft's.
+    fn failed(&self, peer: NodeId, status: tonic::Status) -> RPCError<TypeConfig> {
         let mut last = self.last.lock().expect("peer errors lock poisoned");
-        last.insert(peer, (error.message().to_string(), Instant::now()));
+        last.insert(peer, (status.message().to_string(), Instant::now()));
+        status_to_rpc_error(status)
     }
 
     /// The last error of `peer`'s calls if it came after `since`.
@@ -204,12 +206,6 @@ struct BadAddress {
 }
 
 impl PeerClient {
-    /// Keep a failed call's error for the follower watch, then turn it into openraft's.
-    fn failed(&self, status: tonic::Status) -> RPCError<TypeConfig> {
-        self.peer_errors.record(self.target, &status);
-        status_to_rpc_error(status)
-    }
-
     fn client(&self) -> Result<RaftServiceClient<Channel>, RPCError<TypeConfig>> {
         self.client.clone().map_err(|reason| {
             RPCError::Unreachable(Unreachable::new(&BadAddress {
@@ -234,7 +230,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             .client()?
             .append_entries(request)
             .await
-            .map_err(|status| self.failed(status))?
+            .map_err(|status| self.peer_errors.failed(self.target, status))?
             .into_inner();
         self.disk_reports.record(self.target, reply.disk_low);
         let response = convert::append_response_from_pb(&reply).map_err(bad_reply)?;
@@ -283,16 +279,13 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 Err(status) => {
                     tokio::time::sleep(reconnect_pause(self.failed_streams)).await;
                     self.failed_streams = self.failed_streams.saturating_add(1);
-                    return Err(self.failed(status));
+                    return Err(self.peer_errors.failed(self.target, status));
                 }
             };
             let (target, disk_reports) = (self.target, self.disk_reports.clone());
             let (timeline, peer_errors) = (self.timeline.clone(), self.peer_errors.clone());
             let results = replies.map(move |reply| {
-                let reply = reply.map_err(|status| {
-                    peer_errors.record(target, &status);
-                    status_to_rpc_error(status)
-                })?;
+                let reply = reply.map_err(|status| peer_errors.failed(target, status))?;
                 if let Some(sent) = sent_at.lock().expect("sent-at lock poisoned").pop_front() {
                     metrics::histogram!("raftmq_replication_round_trip_seconds")
                         .record(sent.elapsed().as_secs_f64());
@@ -318,7 +311,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             .client()?
             .vote(request)
             .await
-            .map_err(|status| self.failed(status))?
+            .map_err(|status| self.peer_errors.failed(self.target, status))?
             .into_inner();
         convert::vote_response_from_pb(&reply).map_err(bad_reply)
     }
@@ -333,7 +326,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             .client()?
             .pre_vote(request)
             .await
-            .map_err(|status| self.failed(status))?
+            .map_err(|status| self.peer_errors.failed(self.target, status))?
             .into_inner();
         convert::vote_response_from_pb(&reply).map_err(bad_reply)
     }
@@ -348,7 +341,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             .client()?
             .transfer_leader(request)
             .await
-            .map_err(|status| self.failed(status))?
+            .map_err(|status| self.peer_errors.failed(self.target, status))?
             .into_inner();
         if reply.refused.is_empty() {
             Ok(Ok(()))

@@ -289,7 +289,7 @@ impl RaftNode {
                     continue;
                 }
             };
-            let leading_since = *leading_since.get_or_insert_with(Instant::now);
+            let leading_from = *leading_since.get_or_insert_with(Instant::now);
             let now = Instant::now();
             for (&peer, ack) in acks {
                 if peer == self.id {
@@ -299,7 +299,7 @@ impl RaftNode {
                 let last_heard = ack
                     .as_ref()
                     .and_then(|at| now.checked_sub(openraft::Instant::elapsed(&at.into_inner())))
-                    .map_or(leading_since, |at| at.max(leading_since));
+                    .map_or(leading_from, |at| at.max(leading_from));
                 let quiet = now.saturating_duration_since(last_heard);
                 match (quiet >= FOLLOWER_SILENT_AFTER, silent.get(&peer)) {
                     (true, None) => {
