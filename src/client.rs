@@ -12,7 +12,7 @@ use raftmq_proto::rocketmq::v2::messaging_service_client::MessagingServiceClient
 use raftmq_proto::rocketmq::v2::{self as v2, Code};
 use tonic::transport::{Channel, Endpoint};
 
-const MAX_MESSAGE_BYTES: usize = 130 * 1024 * 1024;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 130 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use chaos_tests::cluster::{Cluster, ClusterOptions};
 use raftmq::client::{Client, ClientError, message};
+use raftmq_proto::raft::v1::NodeStatusRequest;
+use raftmq_proto::raft::v1::raft_service_client::RaftServiceClient;
 use raftmq_proto::rocketmq::v2::{Code, Message};
 
 fn code_of<T: std::fmt::Debug>(result: Result<T, ClientError>) -> Code {
@@ -110,6 +112,18 @@ async fn each_bad_input_gets_its_code() -> anyhow::Result<()> {
             ),
             Code::TopicNotFound
         );
+        // The client port serves only the RocketMQ and admin services: a call meant for the
+        // Raft port gets UNIMPLEMENTED, not an answer and not a dropped connection.
+        let mut raft_on_client_port = RaftServiceClient::connect(format!(
+            "http://{}",
+            cluster.node(node).client_addr
+        ))
+        .await?;
+        let status = raft_on_client_port
+            .node_status(NodeStatusRequest::default())
+            .await
+            .expect_err("the client port must not serve the Raft service");
+        assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
     }
 
     // Nothing was stored, nothing was created, and good requests still work everywhere.

@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod batcher;
+pub mod client_port;
 pub mod clients;
 pub mod consumer;
 pub mod disk;
@@ -255,14 +256,18 @@ pub async fn run(
     // Nagle's algorithm must be off on accepted sockets: a small reply (an append ack) would
     // otherwise wait for the peer's delayed ACK, about 40 ms on Linux. Server::tcp_nodelay does
     // not apply to a listener we bound ourselves, so it is set on the incoming stream.
-    let incoming = |listener| TcpIncoming::from(listener).with_nodelay(Some(true));
+    let raft_incoming = TcpIncoming::from(raft_listener).with_nodelay(Some(true));
     let raft_server = tonic::transport::Server::builder()
         .add_service(RaftGrpc::server(node.clone()))
-        .serve_with_incoming_shutdown(incoming(raft_listener), stopped(stop_rx.clone()));
-    let client_server = tonic::transport::Server::builder()
-        .add_service(messaging::service(broker.clone()))
-        .add_service(admin::service(broker.clone()))
-        .serve_with_incoming_shutdown(incoming(client_listener), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(raft_incoming, stopped(stop_rx.clone()));
+    let client_server = client_port::serve(
+        client_listener,
+        client_port::ClientApi {
+            messaging: messaging::service(broker.clone()),
+            admin: admin::service(broker.clone()),
+        },
+        stopped(stop_rx.clone()),
+    );
     let timer_task = tokio::spawn(timers::run(broker.clone(), stop_rx.clone()));
     let transaction_task = tokio::spawn(transactions::run(broker.clone(), stop_rx.clone()));
     let renewal_task = tokio::spawn(renewals::run(broker.clone(), stop_rx.clone()));

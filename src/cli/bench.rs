@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde_json::json;
 
-use super::EndpointArgs;
-use raftmq_proto::rocketmq::v2;
+use raftmq_proto::rocketmq::v2::{self, Code, messaging_service_client::MessagingServiceClient};
 
+use super::EndpointArgs;
+use super::bench_connection::BenchConnection;
 use crate::client::{Client, message, new_message_id};
 
 #[derive(Debug, clap::Args)]
@@ -45,9 +46,20 @@ pub struct RpcBench {
     /// Threads the load generator runs on (see `bench produce --threads`).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// How the load generator reaches the leader: `direct`, one HTTP/2 connection whose calls
+    /// go straight to hyper; `channel`, the CLI's tonic channel (a queue and a worker task per
+    /// call, and failover to the other nodes).
+    #[arg(long, value_enum, default_value_t = Connection::Direct)]
+    pub connection: Connection,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Connection {
+    Direct,
+    Channel,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -98,6 +110,11 @@ pub struct ProduceBench {
     /// itself.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// How the load generator reaches the leader: `direct`, one HTTP/2 connection whose calls
+    /// go straight to hyper; `channel`, the CLI's tonic channel (a queue and a worker task per
+    /// call, and failover to the other nodes).
+    #[arg(long, value_enum, default_value_t = Connection::Direct)]
+    pub connection: Connection,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -375,6 +392,61 @@ async fn leader_first_client(endpoints: &EndpointArgs) -> anyhow::Result<Arc<Cli
     Ok(Arc::new(Client::new(&endpoints)?))
 }
 
+/// What the workers call through: the CLI's client, or a direct connection to the leader.
+#[derive(Clone)]
+enum Caller {
+    Channel(Arc<Client>),
+    Direct(MessagingServiceClient<BenchConnection>),
+}
+
+/// Each call's `grpc-timeout`, as the CLI's client sends it.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn timed<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(CALL_TIMEOUT);
+    request
+}
+
+fn is_ok(status: Option<&v2::Status>) -> bool {
+    status.is_some_and(|s| s.code == Code::Ok as i32 || s.code == Code::MultipleResults as i32)
+}
+
+impl Caller {
+    async fn new(client: Arc<Client>, connection: Connection) -> anyhow::Result<Caller> {
+        Ok(match connection {
+            Connection::Channel => Caller::Channel(client),
+            // The leader is the client's first endpoint.
+            Connection::Direct => {
+                Caller::Direct(BenchConnection::messaging(&client.endpoints()[0]).await?)
+            }
+        })
+    }
+
+    async fn send(self, messages: Vec<v2::Message>) -> bool {
+        match self {
+            Caller::Channel(client) => client.send(messages).await.is_ok(),
+            Caller::Direct(mut client) => client
+                .send_message(timed(v2::SendMessageRequest { messages }))
+                .await
+                .is_ok_and(|reply| is_ok(reply.get_ref().status.as_ref())),
+        }
+    }
+
+    async fn heartbeat(self) -> bool {
+        match self {
+            Caller::Channel(client) => client.heartbeat().await.is_ok(),
+            Caller::Direct(mut client) => client
+                .heartbeat(timed(v2::HeartbeatRequest {
+                    group: None,
+                    client_type: v2::ClientType::Producer as i32,
+                }))
+                .await
+                .is_ok_and(|reply| is_ok(reply.get_ref().status.as_ref())),
+        }
+    }
+}
+
 async fn produce(bench: ProduceBench) -> anyhow::Result<()> {
     anyhow::ensure!(
         bench.concurrency > 0 && bench.batch > 0 && bench.size > 0,
@@ -382,6 +454,7 @@ async fn produce(bench: ProduceBench) -> anyhow::Result<()> {
     );
     let client = leader_first_client(&bench.endpoints).await?;
     client.route(&bench.topic).await?;
+    let caller = Caller::new(client, bench.connection).await?;
     // Built once: each send only stamps a fresh message id and birth time on a copy, and
     // every copy shares the one body buffer.
     let template = Arc::new(message(&bench.topic, vec![b'x'; bench.size], None, &[]));
@@ -394,10 +467,10 @@ async fn produce(bench: ProduceBench) -> anyhow::Result<()> {
         messages_per_call: batch as u64,
     };
     let outcome = drive(&load, move || {
-        let (client, template) = (client.clone(), template.clone());
+        let (caller, template) = (caller.clone(), template.clone());
         async move {
             let messages = (0..batch).map(|_| restamped(&template)).collect();
-            client.send(messages).await.is_ok()
+            caller.send(messages).await
         }
     })
     .await?;
@@ -411,6 +484,7 @@ async fn produce(bench: ProduceBench) -> anyhow::Result<()> {
             "ack_latency_ms": outcome.latency_json(),
             "concurrency": bench.concurrency, "size": bench.size, "batch": bench.batch,
             "target_rate": bench.rate, "threads": bench.threads,
+            "connection": format!("{:?}", bench.connection).to_lowercase(),
             "warmup_seconds": bench.warmup.as_secs_f64(),
         });
         if let Some(from_schedule) = &outcome.from_schedule {
@@ -450,6 +524,7 @@ fn restamped(template: &v2::Message) -> v2::Message {
 async fn rpc(bench: RpcBench) -> anyhow::Result<()> {
     anyhow::ensure!(bench.concurrency > 0, "concurrency must be > 0");
     let client = leader_first_client(&bench.endpoints).await?;
+    let caller = Caller::new(client, bench.connection).await?;
     let load = Load {
         concurrency: bench.concurrency,
         warmup: bench.warmup,
@@ -457,11 +532,7 @@ async fn rpc(bench: RpcBench) -> anyhow::Result<()> {
         calls_per_sec: 0.0,
         messages_per_call: 1,
     };
-    let outcome = drive(&load, move || {
-        let client = client.clone();
-        async move { client.heartbeat().await.is_ok() }
-    })
-    .await?;
+    let outcome = drive(&load, move || caller.clone().heartbeat()).await?;
     if bench.json {
         println!(
             "{}",

@@ -1,0 +1,98 @@
+//! The client port: the RocketMQ MessagingService and raftmq's AdminService over HTTP/2.
+//!
+//! Each accepted connection is served by hyper with the two generated tonic services behind a
+//! match on the path's service name. tonic's `Server` wraps every call in a per-connection
+//! stack (a boxed clone of the stack per call, a connect-info extension, an axum router);
+//! here a call costs one path comparison before the generated service decodes it.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use raftmq_proto::admin::v1::admin_service_server::AdminServiceServer;
+use raftmq_proto::rocketmq::v2::messaging_service_server::MessagingServiceServer;
+use tower_service::Service;
+
+use super::admin::Admin;
+use super::messaging::Messaging;
+
+/// The services of the client port, routed by the service name in the call's path.
+#[derive(Clone)]
+pub struct ClientApi {
+    pub messaging: MessagingServiceServer<Messaging>,
+    pub admin: AdminServiceServer<Admin>,
+}
+
+const ADMIN_PATH: &str = "/raftmq.admin.v1.AdminService/";
+
+type ResponseFuture =
+    Pin<Box<dyn Future<Output = Result<http::Response<tonic::body::Body>, Infallible>> + Send>>;
+
+impl Service<http::Request<Incoming>> for ClientApi {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Incoming>) -> ResponseFuture {
+        // Anything that is not an admin call goes to MessagingService, which answers an
+        // unknown method with UNIMPLEMENTED.
+        if request.uri().path().starts_with(ADMIN_PATH) {
+            self.admin.call(request)
+        } else {
+            self.messaging.call(request)
+        }
+    }
+}
+
+/// Serve `api` on `listener` until `shutdown` resolves, then let open calls finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    api: ClientApi,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    // As tonic's server: no cap on calls in flight per connection (hyper's default is 200,
+    // and one client connection carries every call of a busy producer).
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(None);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Out of file descriptors and the like: wait a moment rather than spin.
+                    tracing::warn!(error = %err, "accepting a client connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Nagle's algorithm would hold small replies back until the client's delayed ACK.
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(error = %err, "could not set TCP_NODELAY on a client connection");
+        }
+        let connection =
+            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(api.clone()));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "client connection ended with an error");
+            }
+        });
+    }
+    graceful.shutdown().await;
+}
