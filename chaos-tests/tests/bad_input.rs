@@ -114,11 +114,9 @@ async fn each_bad_input_gets_its_code() -> anyhow::Result<()> {
         );
         // The client port serves only the RocketMQ and admin services: a call meant for the
         // Raft port gets UNIMPLEMENTED, not an answer and not a dropped connection.
-        let mut raft_on_client_port = RaftServiceClient::connect(format!(
-            "http://{}",
-            cluster.node(node).client_addr
-        ))
-        .await?;
+        let mut raft_on_client_port =
+            RaftServiceClient::connect(format!("http://{}", cluster.node(node).client_addr))
+                .await?;
         let status = raft_on_client_port
             .node_status(NodeStatusRequest::default())
             .await

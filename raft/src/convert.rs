@@ -154,9 +154,9 @@ pub fn stored_membership_from_pb(
 pub fn entry_to_pb(entry: Entry) -> pb::Entry {
     let payload = match entry.payload {
         EntryPayload::Blank => None,
-        EntryPayload::Normal(Request(command)) => {
-            Some(pb::entry::Payload::Command(Arc::unwrap_or_clone(command)))
-        }
+        EntryPayload::Normal(request) => Some(pb::entry::Payload::Command(Arc::unwrap_or_clone(
+            request.command,
+        ))),
         EntryPayload::Membership(membership) => Some(pb::entry::Payload::Membership(
             membership_to_pb(&membership),
         )),
@@ -173,30 +173,43 @@ const ENTRY_COMMAND_FIELD: u32 = 2;
 
 /// The entry as an encoded `pb::Entry`, written straight from the shared command: the log
 /// record and every replication message are made this way, so a send's messages are never
-/// copied into an intermediate `pb::Entry`.
+/// copied into an intermediate `pb::Entry`. A command entry is encoded once: the bytes are
+/// kept with the command and shared by the log record and the append requests to every
+/// follower.
 pub fn encode_entry(entry: &Entry) -> Bytes {
-    let EntryPayload::Normal(Request(command)) = &entry.payload else {
+    let EntryPayload::Normal(request) = &entry.payload else {
         // Blank and membership entries are rare and small.
         return entry_to_pb(entry.clone()).encode_to_vec().into();
     };
+    if let Some(bytes) = request.encoded(&entry.log_id) {
+        return bytes;
+    }
     use prost::encoding::message;
     let log_id = log_id_to_pb(&entry.log_id);
+    let command = request.command.as_ref();
     let len = message::encoded_len(ENTRY_LOG_ID_FIELD, &log_id)
-        + message::encoded_len(ENTRY_COMMAND_FIELD, command.as_ref());
+        + message::encoded_len(ENTRY_COMMAND_FIELD, command);
     let mut buf = Vec::with_capacity(len);
     message::encode(ENTRY_LOG_ID_FIELD, &log_id, &mut buf);
-    message::encode(ENTRY_COMMAND_FIELD, command.as_ref(), &mut buf);
-    buf.into()
+    message::encode(ENTRY_COMMAND_FIELD, command, &mut buf);
+    let bytes = Bytes::from(buf);
+    request.keep_encoded(&entry.log_id, bytes.clone());
+    bytes
 }
 
 /// The inverse of [`encode_entry`] (and of `pb::Entry::encode`). Decoding from `Bytes` shares
-/// the buffer with the message bodies instead of copying them.
+/// the buffer with the message bodies instead of copying them, and a command entry keeps
+/// `record` as its encoding, so that a follower writes the bytes it received.
 pub fn decode_entry(record: Bytes) -> Result<Entry, MissingField> {
-    let entry = pb::Entry::decode(record).map_err(|e| MissingField {
+    let entry = pb::Entry::decode(record.clone()).map_err(|e| MissingField {
         record: "Entry",
         reason: e.to_string(),
     })?;
-    entry_from_pb(entry)
+    let entry = entry_from_pb(entry)?;
+    if let EntryPayload::Normal(request) = &entry.payload {
+        request.keep_encoded(&entry.log_id, record);
+    }
+    Ok(entry)
 }
 
 pub fn entry_from_pb(entry: pb::Entry) -> Result<Entry, MissingField> {
@@ -209,7 +222,7 @@ pub fn entry_from_pb(entry: pb::Entry) -> Result<Entry, MissingField> {
     let payload = match entry.payload {
         None => EntryPayload::Blank,
         Some(pb::entry::Payload::Command(command)) => {
-            EntryPayload::Normal(Request(Arc::new(command)))
+            EntryPayload::Normal(Request::new(Arc::new(command)))
         }
         Some(pb::entry::Payload::Membership(membership)) => {
             EntryPayload::Membership(membership_from_pb(&membership)?)
@@ -416,7 +429,7 @@ mod tests {
         };
         for payload in [
             EntryPayload::Blank,
-            EntryPayload::Normal(Request(Arc::new(command))),
+            EntryPayload::Normal(Request::new(Arc::new(command))),
             EntryPayload::Membership(membership),
         ] {
             let entry = Entry { log_id, payload };
@@ -432,6 +445,51 @@ mod tests {
             let decoded = decode_entry(encoded).unwrap();
             assert_eq!(entry_to_pb(decoded), entry_to_pb(entry.clone()));
         }
+    }
+
+    #[test]
+    fn a_command_entry_is_encoded_once_and_a_received_record_is_kept() {
+        let log_id = |index| {
+            LogId::new(
+                LeaderId {
+                    term: 2,
+                    node_id: 1,
+                },
+                index,
+            )
+        };
+        let command = Arc::new(pb::Command {
+            kind: Some(pb::command::Kind::CreateTopic(pb::CreateTopic {
+                name: "orders".into(),
+                queues: 4,
+                created_ms: 7,
+                message_type: 0,
+            })),
+        });
+        let request = Request::new(command.clone());
+        let entry = Entry {
+            log_id: log_id(5),
+            payload: EntryPayload::Normal(request.clone()),
+        };
+        // The log record and every append request share one buffer.
+        let first = encode_entry(&entry);
+        let again = encode_entry(&entry);
+        assert_eq!(first.as_ptr(), again.as_ptr(), "encoded twice");
+        assert_eq!(first, entry_to_pb(entry.clone()).encode_to_vec());
+
+        // The same command proposed again lands in another entry: encoded with that log id.
+        let other = Entry {
+            log_id: log_id(9),
+            payload: EntryPayload::Normal(request),
+        };
+        let other_bytes = encode_entry(&other);
+        assert_ne!(first, other_bytes);
+        assert_eq!(other_bytes, entry_to_pb(other.clone()).encode_to_vec());
+
+        // A follower writes the very bytes it received.
+        let received = first.clone();
+        let decoded = decode_entry(received.clone()).unwrap();
+        assert_eq!(received.as_ptr(), encode_entry(&decoded).as_ptr());
     }
 
     #[test]

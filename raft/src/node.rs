@@ -749,7 +749,7 @@ impl RaftNode {
         loop {
             self.check_room(&command)?;
             let proposed = Instant::now();
-            let leader = match self.raft.client_write(Request(command.clone())).await {
+            let leader = match self.raft.client_write(Request::new(command.clone())).await {
                 Ok(response) => {
                     self.timeline.record_result(response.log_id.index, proposed);
                     return response.data.0.ok_or_else(|| {

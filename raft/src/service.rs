@@ -204,7 +204,7 @@ impl RaftService for RaftGrpc {
         let outcome = match self
             .node
             .raft
-            .client_write(Command(Arc::new(command)))
+            .client_write(Command::new(Arc::new(command)))
             .await
         {
             Ok(resp) => match resp.data.0 {

@@ -18,7 +18,7 @@ use crate::convert::{
 };
 use crate::timeline::Timeline;
 use crate::types::{
-    LogId, Request, Response, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
+    LogId, Response, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
 };
 
 /// At most this many entries are applied in one RocksDB write.
@@ -56,7 +56,7 @@ impl StateMachine {
         for (entry, responder) in chunk {
             let item = match entry.payload {
                 EntryPayload::Blank => ApplyItem::Blank,
-                EntryPayload::Normal(Request(command)) => ApplyItem::Command(command),
+                EntryPayload::Normal(request) => ApplyItem::Command(request.command),
                 EntryPayload::Membership(membership) => {
                     ApplyItem::Membership(membership_to_pb(&membership))
                 }

@@ -1,8 +1,9 @@
 //! The openraft type configuration.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use bytes::Bytes;
 use raftmq_proto::raft::v1 as pb;
 
 /// A node's id within its broker group.
@@ -11,14 +12,51 @@ pub type NodeId = u64;
 /// Application data of a log entry: one broker command.
 ///
 /// Shared, not copied: the same command (a send's messages) is held by the proposer, the log's
-/// recent-entries cache, every replication stream and the state machine.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Request(pub Arc<pb::Command>);
+/// recent-entries cache, every replication stream and the state machine. So is its encoding:
+/// the leader encodes an entry once for its log record and sends those bytes to every
+/// follower, and a follower writes the bytes it received (see `convert::encode_entry`).
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub command: Arc<pb::Command>,
+    /// The encoded `pb::Entry` that holds this command, with that entry's log id: a command
+    /// proposed again after a leader change lands in another entry, which is encoded anew.
+    encoded: Arc<OnceLock<(LogId, Bytes)>>,
+}
+
+impl Request {
+    pub fn new(command: Arc<pb::Command>) -> Request {
+        Request {
+            command,
+            encoded: Arc::default(),
+        }
+    }
+
+    /// The encoding of the entry `log_id` that holds this command, if one was kept.
+    pub fn encoded(&self, log_id: &LogId) -> Option<Bytes> {
+        self.encoded
+            .get()
+            .filter(|(encoded_id, _)| encoded_id == log_id)
+            .map(|(_, bytes)| bytes.clone())
+    }
+
+    /// Keep `bytes` as the encoding of the entry `log_id` that holds this command; the first
+    /// encoding kept stays.
+    pub fn keep_encoded(&self, log_id: &LogId, bytes: Bytes) {
+        let _ = self.encoded.set((*log_id, bytes));
+    }
+}
+
+/// Two requests are equal when their commands are; a kept encoding is a cache.
+impl PartialEq for Request {
+    fn eq(&self, other: &Request) -> bool {
+        self.command == other.command
+    }
+}
 
 impl fmt::Display for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use pb::command::Kind;
-        match &self.0.kind {
+        match &self.command.kind {
             Some(Kind::Append(append)) => write!(f, "append({} messages)", append.messages.len()),
             Some(Kind::CreateTopic(create)) => write!(f, "create_topic({})", create.name),
             Some(Kind::CommitOffset(commit)) => {
