@@ -48,7 +48,8 @@ impl ClientError {
     }
 }
 
-fn check(status: Option<&v2::Status>) -> Result<(), ClientError> {
+/// A reply's in-band status as a result: OK (or MULTIPLE_RESULTS) or the rejection.
+pub(crate) fn check(status: Option<&v2::Status>) -> Result<(), ClientError> {
     let status = status.cloned().unwrap_or_default();
     match Code::try_from(status.code).unwrap_or(Code::Unspecified) {
         Code::Ok | Code::MultipleResults => Ok(()),

@@ -248,5 +248,22 @@ async fn the_cli_produces_consumes_and_reports() -> anyhow::Result<()> {
         stored > acked,
         "the warmup's sends are stored but not counted: {stored} stored, {report}"
     );
+
+    // Bare calls, over both of the load generator's connections.
+    for connection in ["direct", "channel"] {
+        let report: serde_json::Value = serde_json::from_str(&run(&[
+            "bench",
+            "rpc",
+            "--concurrency",
+            "8",
+            "--duration",
+            "1s",
+            "--connection",
+            connection,
+            "--json",
+        ]))?;
+        assert!(report["calls"].as_u64() > Some(0), "{report}");
+        assert_eq!(report["failed"], 0, "{report}");
+    }
     Ok(())
 }

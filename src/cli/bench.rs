@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde_json::json;
 
-use raftmq_proto::rocketmq::v2::{self, Code, messaging_service_client::MessagingServiceClient};
+use raftmq_proto::rocketmq::v2::{self, messaging_service_client::MessagingServiceClient};
 
 use super::EndpointArgs;
 use super::bench_connection::BenchConnection;
-use crate::client::{Client, message, new_message_id};
+use crate::client::{Client, check, message, new_message_id};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -46,9 +46,7 @@ pub struct RpcBench {
     /// Threads the load generator runs on (see `bench produce --threads`).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
-    /// How the load generator reaches the leader: `direct`, one HTTP/2 connection whose calls
-    /// go straight to hyper; `channel`, the CLI's tonic channel (a queue and a worker task per
-    /// call, and failover to the other nodes).
+    /// How the load generator reaches the leader.
     #[arg(long, value_enum, default_value_t = Connection::Direct)]
     pub connection: Connection,
     /// Print the result as JSON.
@@ -58,7 +56,10 @@ pub struct RpcBench {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Connection {
+    /// One HTTP/2 connection, each call handed straight to hyper: the least CPU per call.
     Direct,
+    /// The CLI's tonic channel: a queue and a worker task per call, and failover to the other
+    /// nodes.
     Channel,
 }
 
@@ -110,9 +111,7 @@ pub struct ProduceBench {
     /// itself.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
-    /// How the load generator reaches the leader: `direct`, one HTTP/2 connection whose calls
-    /// go straight to hyper; `channel`, the CLI's tonic channel (a queue and a worker task per
-    /// call, and failover to the other nodes).
+    /// How the load generator reaches the leader.
     #[arg(long, value_enum, default_value_t = Connection::Direct)]
     pub connection: Connection,
     /// Print the result as JSON.
@@ -408,10 +407,6 @@ fn timed<T>(message: T) -> tonic::Request<T> {
     request
 }
 
-fn is_ok(status: Option<&v2::Status>) -> bool {
-    status.is_some_and(|s| s.code == Code::Ok as i32 || s.code == Code::MultipleResults as i32)
-}
-
 impl Caller {
     async fn new(client: Arc<Client>, connection: Connection) -> anyhow::Result<Caller> {
         Ok(match connection {
@@ -429,7 +424,7 @@ impl Caller {
             Caller::Direct(mut client) => client
                 .send_message(timed(v2::SendMessageRequest { messages }))
                 .await
-                .is_ok_and(|reply| is_ok(reply.get_ref().status.as_ref())),
+                .is_ok_and(|reply| check(reply.get_ref().status.as_ref()).is_ok()),
         }
     }
 
@@ -442,7 +437,7 @@ impl Caller {
                     client_type: v2::ClientType::Producer as i32,
                 }))
                 .await
-                .is_ok_and(|reply| is_ok(reply.get_ref().status.as_ref())),
+                .is_ok_and(|reply| check(reply.get_ref().status.as_ref()).is_ok()),
         }
     }
 }
