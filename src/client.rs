@@ -108,7 +108,8 @@ impl Client {
         AdminServiceClient::new(self.channels[index].clone())
     }
 
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
+    /// `message` as a call carrying this client's timeout.
+    pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.set_timeout(self.timeout);
         request
@@ -172,10 +173,7 @@ impl Client {
     /// A Heartbeat call: the broker answers it without doing any work.
     pub async fn heartbeat(&self) -> Result<(), ClientError> {
         self.with_failover(|mut client| {
-            let request = self.request(v2::HeartbeatRequest {
-                group: None,
-                client_type: v2::ClientType::Producer as i32,
-            });
+            let request = self.request(producer_heartbeat());
             async move {
                 let reply = client
                     .heartbeat(request)
@@ -479,6 +477,14 @@ impl Client {
             }
         }
         Err(ClientError::Unavailable(last))
+    }
+}
+
+/// The Heartbeat a producer without a group sends.
+pub(crate) fn producer_heartbeat() -> v2::HeartbeatRequest {
+    v2::HeartbeatRequest {
+        group: None,
+        client_type: v2::ClientType::Producer as i32,
     }
 }
 

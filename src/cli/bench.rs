@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use clap::ValueEnum;
 use hdrhistogram::Histogram;
 use serde_json::json;
 
@@ -13,7 +14,7 @@ use raftmq_proto::rocketmq::v2::{self, messaging_service_client::MessagingServic
 
 use super::EndpointArgs;
 use super::bench_connection::BenchConnection;
-use crate::client::{Client, check, message, new_message_id};
+use crate::client::{Client, check, message, new_message_id, producer_heartbeat};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -391,20 +392,12 @@ async fn leader_first_client(endpoints: &EndpointArgs) -> anyhow::Result<Arc<Cli
     Ok(Arc::new(Client::new(&endpoints)?))
 }
 
-/// What the workers call through: the CLI's client, or a direct connection to the leader.
+/// What the workers call through: the CLI's client, or a direct connection to the leader
+/// (calls still carry the client's timeout).
 #[derive(Clone)]
 enum Caller {
     Channel(Arc<Client>),
-    Direct(MessagingServiceClient<BenchConnection>),
-}
-
-/// Each call's `grpc-timeout`, as the CLI's client sends it.
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-
-fn timed<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.set_timeout(CALL_TIMEOUT);
-    request
+    Direct(Arc<Client>, MessagingServiceClient<BenchConnection>),
 }
 
 impl Caller {
@@ -413,7 +406,8 @@ impl Caller {
             Connection::Channel => Caller::Channel(client),
             // The leader is the client's first endpoint.
             Connection::Direct => {
-                Caller::Direct(BenchConnection::messaging(&client.endpoints()[0]).await?)
+                let leader = BenchConnection::messaging(&client.endpoints()[0]).await?;
+                Caller::Direct(client, leader)
             }
         })
     }
@@ -421,8 +415,8 @@ impl Caller {
     async fn send(self, messages: Vec<v2::Message>) -> bool {
         match self {
             Caller::Channel(client) => client.send(messages).await.is_ok(),
-            Caller::Direct(mut client) => client
-                .send_message(timed(v2::SendMessageRequest { messages }))
+            Caller::Direct(client, mut leader) => leader
+                .send_message(client.request(v2::SendMessageRequest { messages }))
                 .await
                 .is_ok_and(|reply| check(reply.get_ref().status.as_ref()).is_ok()),
         }
@@ -431,11 +425,8 @@ impl Caller {
     async fn heartbeat(self) -> bool {
         match self {
             Caller::Channel(client) => client.heartbeat().await.is_ok(),
-            Caller::Direct(mut client) => client
-                .heartbeat(timed(v2::HeartbeatRequest {
-                    group: None,
-                    client_type: v2::ClientType::Producer as i32,
-                }))
+            Caller::Direct(client, mut leader) => leader
+                .heartbeat(client.request(producer_heartbeat()))
                 .await
                 .is_ok_and(|reply| check(reply.get_ref().status.as_ref()).is_ok()),
         }
@@ -479,7 +470,7 @@ async fn produce(bench: ProduceBench) -> anyhow::Result<()> {
             "ack_latency_ms": outcome.latency_json(),
             "concurrency": bench.concurrency, "size": bench.size, "batch": bench.batch,
             "target_rate": bench.rate, "threads": bench.threads,
-            "connection": format!("{:?}", bench.connection).to_lowercase(),
+            "connection": bench.connection.to_possible_value().map(|v| v.get_name().to_string()),
             "warmup_seconds": bench.warmup.as_secs_f64(),
         });
         if let Some(from_schedule) = &outcome.from_schedule {
