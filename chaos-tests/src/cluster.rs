@@ -612,6 +612,12 @@ impl Cluster {
         }
     }
 
+    /// What node `id`'s RocksDB logged about background errors, stalls and resuming (the last
+    /// `lines` such lines), for failure messages.
+    pub fn rocksdb_errors(&self, id: u64, lines: usize) -> String {
+        crate::disk::rocksdb_error_lines(&self.node(id).data_dir().join("rocksdb"), lines)
+    }
+
     /// The tail of every node's log, for failure messages.
     pub fn log_tails(&self, lines: usize) -> String {
         let mut out = String::new();

@@ -162,6 +162,28 @@ pub fn fill(dir: &Path, leave: u64) -> anyhow::Result<u64> {
     }
 }
 
+/// The last `lines` lines of the RocksDB info log in `db_dir` that speak of background errors,
+/// stopped writes or resuming: what a failure message needs from a disk fault.
+pub fn rocksdb_error_lines(db_dir: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(db_dir.join("LOG")).unwrap_or_default();
+    let wanted: Vec<&str> = text
+        .lines()
+        .filter(|line| {
+            [
+                "ErrorHandler",
+                "error",
+                "Error",
+                "resume",
+                "Stopping writes",
+            ]
+            .iter()
+            .any(|word| line.contains(word))
+                && !line.contains("Options.")
+        })
+        .collect();
+    wanted[wanted.len().saturating_sub(lines)..].join("\n")
+}
+
 /// Delete the filler: the space comes back.
 pub fn unfill(dir: &Path) -> anyhow::Result<()> {
     match std::fs::remove_file(filler(dir)) {

@@ -306,8 +306,9 @@ pub async fn inject(cluster: &mut Cluster, step: &Step) -> anyhow::Result<Inject
             others.shuffle(&mut rng);
             done.filled = vec![leader];
             done.filled.extend(others.into_iter().take(ids.len() / 2));
-            // Half the mark left: low, but the nodes can still write what is in flight.
-            let leave = (SMALL_DISK_MIN_FREE_MB << 20) / 2;
+            // A quarter under the mark: low, yet above the reserve a node's writes keep free
+            // for RocksDB (64 MiB), so what is in flight still lands.
+            let leave = (SMALL_DISK_MIN_FREE_MB << 20) * 3 / 4;
             for &id in &done.filled {
                 cluster.fill_disk(id, leave)?;
             }

@@ -1,6 +1,6 @@
 //! Opening the node's RocksDB database and its column families.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -9,10 +9,24 @@ use rocksdb::{
     BlockBasedOptions, ColumnFamilyDescriptor, DBCompressionType, Options, WriteOptions,
 };
 
+use crate::disk::DiskSpace;
 use crate::error::{StorageError, is_no_space};
 
 /// How long a write that found the disk full waits before it tries again.
 pub(crate) const NO_SPACE_RETRY: Duration = Duration::from_millis(200);
+
+/// The log's memtable size, the largest of all column families.
+const LOG_WRITE_BUFFER_BYTES: usize = 64 << 20;
+/// Free space a write must leave on the disk, or it waits as on a full disk. RocksDB needs
+/// room of its own: memtable flushes, new WAL files. Once it meets ENOSPC it stops all writes
+/// and resumes only when a write buffer's worth is free again (and a wrong step meanwhile stops
+/// it for good, see `log::sync_when_space`). Writes that stop this much short of a full disk
+/// spare RocksDB all of that; they go on the moment space is freed.
+pub const DISK_RESERVE_BYTES: u64 = LOG_WRITE_BUFFER_BYTES as u64;
+/// A free-space reading further than this above what a write needs is trusted for
+/// `SPACE_READING_TTL`; closer to the line, every write reads the filesystem again.
+const SPACE_READING_SLACK: u64 = 256 << 20;
+const SPACE_READING_TTL: Duration = Duration::from_millis(100);
 
 /// Raft log = commit log: raft index → entry.
 pub const CF_LOG: &str = "log";
@@ -88,9 +102,57 @@ pub struct Db {
     pub(crate) flush: FlushMode,
     /// Set while a write waits for the disk to have room again.
     waiting_for_space: Arc<AtomicBool>,
-    /// How many times a write has started waiting for space: a WAL sync that fails after a
-    /// stall began (RocksDB then answers "Writer has previous error") is retried, not failed.
+    /// Set while a write waits because RocksDB refused it for want of space (RocksDB has
+    /// stopped all writes until it resumes).
+    refused_for_space: Arc<AtomicBool>,
+    /// How many times RocksDB has refused a write for want of space: a WAL sync after that
+    /// must wait for RocksDB to resume (see `log::sync_when_space`).
     space_stalls: Arc<AtomicU64>,
+    /// Keeps writes `DISK_RESERVE_BYTES` short of a full disk (`None`: tests of RocksDB's own
+    /// handling of ENOSPC).
+    space_guard: Option<Arc<SpaceGuard>>,
+}
+
+/// Checks that a write leaves the reserve free on the data dir's filesystem.
+struct SpaceGuard {
+    path: PathBuf,
+    reserve: u64,
+    epoch: Instant,
+    /// The last reading: free bytes, and when (milliseconds since `epoch`).
+    free: AtomicU64,
+    read_at_ms: AtomicU64,
+}
+
+impl SpaceGuard {
+    fn new(path: &Path, reserve: u64) -> SpaceGuard {
+        SpaceGuard {
+            path: path.to_path_buf(),
+            reserve,
+            epoch: Instant::now(),
+            free: AtomicU64::new(0),
+            read_at_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// `Err(free bytes)` when a write of `bytes` would leave less than the reserve. A recent
+    /// reading far from the line is trusted; otherwise the filesystem is read again.
+    fn check(&self, bytes: u64) -> Result<(), u64> {
+        let needed = self.reserve.saturating_add(bytes);
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
+        let fresh = now_ms.saturating_sub(self.read_at_ms.load(Ordering::Relaxed))
+            < SPACE_READING_TTL.as_millis() as u64;
+        if fresh && self.free.load(Ordering::Relaxed) >= needed.saturating_add(SPACE_READING_SLACK)
+        {
+            return Ok(());
+        }
+        // A filesystem that cannot tell its free space leaves the decision to RocksDB.
+        let Ok(free) = DiskSpace::available_bytes(&self.path) else {
+            return Ok(());
+        };
+        self.free.store(free, Ordering::Relaxed);
+        self.read_at_ms.store(now_ms, Ordering::Relaxed);
+        if free >= needed { Ok(()) } else { Err(free) }
+    }
 }
 
 /// The test mode's WAL reaches the OS every 3 s (like a periodic flush), so that a node keeps
@@ -135,7 +197,7 @@ impl Db {
         let cfs = ALL_CFS.iter().map(|name| {
             let mut cf_opts = Options::default();
             if *name == CF_LOG {
-                cf_opts.set_write_buffer_size(64 << 20);
+                cf_opts.set_write_buffer_size(LOG_WRITE_BUFFER_BYTES);
                 cf_opts.set_compression_type(DBCompressionType::Lz4);
                 cf_opts.set_bottommost_compression_type(DBCompressionType::Zstd);
             }
@@ -168,8 +230,17 @@ impl Db {
             inner,
             flush,
             waiting_for_space: Arc::new(AtomicBool::new(false)),
+            refused_for_space: Arc::new(AtomicBool::new(false)),
             space_stalls: Arc::new(AtomicU64::new(0)),
+            space_guard: Some(Arc::new(SpaceGuard::new(path, DISK_RESERVE_BYTES))),
         })
+    }
+
+    /// Let writes fill the disk to the last byte, so that RocksDB itself meets ENOSPC: for
+    /// tests of how a node rides that out (see [`Db::write_when_space`]).
+    pub fn without_space_reserve(mut self) -> Db {
+        self.space_guard = None;
+        self
     }
 
     pub fn flush_mode(&self) -> FlushMode {
@@ -250,14 +321,34 @@ impl Db {
     }
 
     /// Write the batch `build` makes. On a full disk nothing is lost or failed: the write
-    /// waits, retrying, until RocksDB takes it again. RocksDB stops all writes after an
-    /// ENOSPC and resumes by itself once enough space is free (its SstFileManager checks every
-    /// few seconds), first flushing its memtables so the WAL that saw the error is no longer
-    /// needed. Meanwhile this node stalls like a paused one and the rest of the group goes on.
+    /// waits, retrying, until there is room again. Writes stop `DISK_RESERVE_BYTES` short of
+    /// a full disk, so RocksDB seldom meets ENOSPC itself; when it does (another program
+    /// filled the disk) it stops all writes and resumes by itself once enough space is free
+    /// (its SstFileManager checks every few seconds), first flushing its memtables so the WAL
+    /// that saw the error is no longer needed. Meanwhile this node stalls like a paused one
+    /// and the rest of the group goes on.
     pub(crate) fn write_when_space(
         &self,
         cf: &'static str,
         sync: bool,
+        build: impl FnMut() -> rocksdb::WriteBatch,
+    ) -> Result<(), StorageError> {
+        self.write_retrying(cf, sync, true, build)
+    }
+
+    /// Make every write that went before durable with a synced write of an empty batch,
+    /// waiting while RocksDB refuses writes for want of space. Unlike a WAL sync, RocksDB
+    /// turns that write away untouched while it is stopped (see `log::sync_when_space`). The
+    /// write adds nothing, so the disk's reserve does not apply to it.
+    pub(crate) fn sync_by_write(&self) -> Result<(), StorageError> {
+        self.write_retrying(CF_RAFT, true, false, rocksdb::WriteBatch::default)
+    }
+
+    fn write_retrying(
+        &self,
+        cf: &'static str,
+        sync: bool,
+        keep_reserve: bool,
         mut build: impl FnMut() -> rocksdb::WriteBatch,
     ) -> Result<(), StorageError> {
         let mut opts = WriteOptions::default();
@@ -265,10 +356,27 @@ impl Db {
         let mut waiting_since: Option<Instant> = None;
         let stalls_before = self.space_stalls();
         loop {
-            match self.inner.write_opt(build(), &opts) {
+            let batch = build();
+            if keep_reserve
+                && let Some(guard) = &self.space_guard
+                && let Err(free) = guard.check(batch.size_in_bytes() as u64)
+            {
+                if waiting_since.is_none() {
+                    waiting_since = Some(Instant::now());
+                    let reason = format!(
+                        "{free} bytes free, the last {} MiB are kept for RocksDB",
+                        DISK_RESERVE_BYTES >> 20
+                    );
+                    self.begin_space_stall(cf, &reason);
+                }
+                pause_for_space();
+                continue;
+            }
+            match self.inner.write_opt(batch, &opts) {
                 Ok(()) => {
                     if let Some(since) = waiting_since {
                         self.waiting_for_space.store(false, Ordering::Relaxed);
+                        self.refused_for_space.store(false, Ordering::Relaxed);
                         tracing::warn!(
                             cf,
                             waited_ms = since.elapsed().as_millis() as u64,
@@ -278,16 +386,12 @@ impl Db {
                     return Ok(());
                 }
                 Err(source) if is_no_space(&source) => {
+                    if !self.refused_for_space.swap(true, Ordering::Relaxed) {
+                        self.space_stalls.fetch_add(1, Ordering::Relaxed);
+                    }
                     if waiting_since.is_none() {
                         waiting_since = Some(Instant::now());
-                        self.waiting_for_space.store(true, Ordering::Relaxed);
-                        self.space_stalls.fetch_add(1, Ordering::Relaxed);
-                        metrics::counter!("raftmq_disk_full_stalls_total").increment(1);
-                        tracing::error!(
-                            cf,
-                            error = %source,
-                            "the data dir's disk is full: this node's writes wait until space is freed"
-                        );
+                        self.begin_space_stall(cf, &source);
                     }
                     pause_for_space();
                 }
@@ -305,20 +409,30 @@ impl Db {
         }
     }
 
+    fn begin_space_stall(&self, cf: &'static str, reason: &dyn std::fmt::Display) {
+        self.waiting_for_space.store(true, Ordering::Relaxed);
+        metrics::counter!("raftmq_disk_full_stalls_total").increment(1);
+        tracing::error!(
+            cf,
+            reason = %reason,
+            "the data dir's disk is full: this node's writes wait until space is freed"
+        );
+    }
+
     /// Whether a write is waiting for the disk to have room (see [`Db::write_when_space`]).
     pub fn waiting_for_space(&self) -> bool {
         self.waiting_for_space.load(Ordering::Relaxed)
     }
 
-    /// How many writes have had to wait for space since the database was opened.
+    /// How many times RocksDB has stopped for want of space since the database was opened.
     pub(crate) fn space_stalls(&self) -> u64 {
         self.space_stalls.load(Ordering::Relaxed)
     }
 
-    /// Whether a write waits for space now, or one began waiting since `space_stalls` read
-    /// `stalls`: an error that does not name the disk is then part of that stall.
+    /// Whether RocksDB refuses writes for want of space now, or began to since `space_stalls`
+    /// read `stalls`: an error that does not name the disk is then part of that stall.
     pub(crate) fn stalled_since(&self, stalls: u64) -> bool {
-        self.waiting_for_space() || self.space_stalls() != stalls
+        self.refused_for_space.load(Ordering::Relaxed) || self.space_stalls() != stalls
     }
 
     /// Fsync the WAL: everything written before this call is durable when it returns.

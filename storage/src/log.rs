@@ -274,41 +274,40 @@ fn run_flusher(db: Db, pending: mpsc::Receiver<OnDurable>) {
     }
 }
 
-/// Fsync the WAL. After an ENOSPC, RocksDB fails every sync until it has resumed; by then it
-/// has flushed its memtables to synced files, so what was written before the error is durable
-/// and the next successful sync covers the rest: wait for that instead of failing the node.
-/// The error need not name the full disk ("Writer has previous error"), and may come after the
-/// stalled write went on: any failure since a stall began after the last good sync (counted in
-/// `synced_stalls`) is retried.
+/// Fsync the WAL. A write that met ENOSPC stops RocksDB, and if it failed while appending to
+/// the WAL, that file refuses everything after ("Writer has previous error"). A WAL sync then
+/// fails with that error, which RocksDB takes for a fatal one: it never resumes, whatever space
+/// is freed. So once a stall has begun since the last good sync (counted in `synced_stalls`),
+/// durability comes from a synced write instead: RocksDB refuses it without touching the WAL
+/// while stopped, and once it has resumed (after flushing its memtables) the write syncs every
+/// WAL file. A WAL sync that fails because a stall began during it takes the same way.
 fn sync_when_space(db: &Db, synced_stalls: &mut u64) -> Result<(), StorageError> {
-    let mut retrying = false;
-    loop {
-        let stalls = db.space_stalls();
+    let stalls = db.space_stalls();
+    if !db.stalled_since(*synced_stalls) {
         match db.sync_wal() {
             Ok(()) => {
                 *synced_stalls = stalls;
-                if retrying {
-                    tracing::warn!("the WAL syncs again after the disk-full stall");
-                }
                 return Ok(());
             }
             Err(err) => {
-                // The failed write that stopped RocksDB may not have counted its stall yet:
-                // look again after the pause.
+                // The write that stopped RocksDB may not have counted its stall yet.
                 std::thread::sleep(NO_SPACE_RETRY);
                 if !err.is_no_space() && !db.stalled_since(*synced_stalls) {
                     return Err(err);
                 }
-                if !retrying {
-                    retrying = true;
-                    tracing::warn!(
-                        error = %err,
-                        "the WAL sync fails after the disk filled: retrying until RocksDB has resumed"
-                    );
-                }
+                tracing::warn!(
+                    error = %err,
+                    "the WAL sync failed while the disk was full"
+                );
             }
         }
     }
+    tracing::warn!("syncing the WAL with a synced write until RocksDB has resumed");
+    let stalls = db.space_stalls();
+    db.sync_by_write()?;
+    *synced_stalls = stalls;
+    tracing::warn!("the WAL syncs again after the disk-full stall");
+    Ok(())
 }
 
 /// Read one log entry straight from the database (also used by queue reads).
