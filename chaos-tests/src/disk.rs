@@ -169,15 +169,9 @@ pub fn rocksdb_error_lines(db_dir: &Path, lines: usize) -> String {
     let wanted: Vec<&str> = text
         .lines()
         .filter(|line| {
-            [
-                "ErrorHandler",
-                "error",
-                "Error",
-                "resume",
-                "Stopping writes",
-            ]
-            .iter()
-            .any(|word| line.contains(word))
+            ["error", "Error", "resume", "Stopping writes"]
+                .iter()
+                .any(|word| line.contains(word))
                 && !line.contains("Options.")
         })
         .collect();

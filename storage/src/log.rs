@@ -282,8 +282,8 @@ fn run_flusher(db: Db, pending: mpsc::Receiver<OnDurable>) {
 /// while stopped, and once it has resumed (after flushing its memtables) the write syncs every
 /// WAL file. A WAL sync that fails because a stall began during it takes the same way.
 fn sync_when_space(db: &Db, synced_stalls: &mut u64) -> Result<(), StorageError> {
-    let stalls = db.space_stalls();
     if !db.stalled_since(*synced_stalls) {
+        let stalls = db.space_stalls();
         match db.sync_wal() {
             Ok(()) => {
                 *synced_stalls = stalls;
