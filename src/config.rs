@@ -19,6 +19,11 @@ pub const DEFAULT_MAX_DELAY_SECS: u64 = 3 * 24 * 3600;
 /// Free space a node's data dir keeps before it counts as full: room for what is in flight when
 /// the mark is crossed, consumer progress, and RocksDB's memtable flushes (64 MiB each).
 pub const DEFAULT_MIN_FREE_DISK_MB: u64 = 512;
+/// Bytes of sends a node holds at once (queued or being committed) by default: far above what
+/// a healthy group has in flight, far below the memory of a Kubernetes pod of the sample.
+pub const DEFAULT_MAX_PENDING_SEND_MB: usize = 256;
+/// Hard cap on that budget (a few GiB is already more than one node should hold).
+pub const MAX_PENDING_SEND_MB_CAP: usize = 64 * 1024;
 /// Hard cap on the configurable body limit: gRPC frames above this are refused anyway.
 pub const MAX_BODY_BYTES_CAP: usize = 128 * 1024 * 1024;
 pub const DEFAULT_QUEUES: u32 = 8;
@@ -104,6 +109,11 @@ pub struct BrokerArgs {
     /// leader with a low disk hands leadership to a node with room.
     #[arg(long, env = "RAFTMQ_MIN_FREE_DISK_MB")]
     pub min_free_disk_mb: Option<u64>,
+    /// Most MiB of messages a node holds at once from sends not yet answered (queued, or being
+    /// committed). Past it, new sends are refused with TOO_MANY_REQUESTS ("broker busy") until
+    /// earlier ones are done (default 256; at least max_body_bytes).
+    #[arg(long, env = "RAFTMQ_MAX_PENDING_SEND_MB")]
+    pub max_pending_send_mb: Option<usize>,
 }
 
 /// The TOML file.
@@ -129,6 +139,7 @@ pub struct BrokerFile {
     pub election_timeout_min_ms: Option<u64>,
     pub election_timeout_max_ms: Option<u64>,
     pub min_free_disk_mb: Option<u64>,
+    pub max_pending_send_mb: Option<usize>,
     pub members: Vec<MemberFile>,
 }
 
@@ -165,6 +176,8 @@ pub struct BrokerConfig {
     pub election_timeout_max: Duration,
     /// Free bytes the data dir's filesystem must keep (0: no mark).
     pub min_free_disk: u64,
+    /// Most bytes of messages held at once from unanswered sends.
+    pub max_pending_send_bytes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -307,6 +320,19 @@ impl BrokerArgs {
                 .unwrap_or(DEFAULT_MIN_FREE_DISK_MB)
                 .checked_mul(1 << 20)
                 .ok_or_else(|| invalid("min_free_disk_mb", "too large"))?,
+            max_pending_send_bytes: {
+                let mb = self
+                    .max_pending_send_mb
+                    .or(file.max_pending_send_mb)
+                    .unwrap_or(DEFAULT_MAX_PENDING_SEND_MB);
+                if mb == 0 || mb > MAX_PENDING_SEND_MB_CAP {
+                    return Err(invalid(
+                        "max_pending_send_mb",
+                        format!("must be within 1..={MAX_PENDING_SEND_MB_CAP}"),
+                    ));
+                }
+                mb << 20
+            },
         };
         config.validate()
     }
@@ -346,6 +372,17 @@ impl BrokerConfig {
             return Err(invalid(
                 "max_body_bytes",
                 format!("must be within 1..={MAX_BODY_BYTES_CAP}"),
+            ));
+        }
+        if self.max_pending_send_bytes < self.max_body_bytes {
+            return Err(invalid(
+                "max_pending_send_mb",
+                format!(
+                    "{} MiB would refuse every message near max_body_bytes ({} bytes): make it at \
+                     least that large",
+                    self.max_pending_send_bytes >> 20,
+                    self.max_body_bytes
+                ),
             ));
         }
         if self.push_invisible < Duration::from_secs(1) {
@@ -488,6 +525,35 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(err.to_string().starts_with("heartbeat_ms"), "{err}");
+    }
+
+    #[test]
+    fn the_pending_send_budget_is_bounded_and_holds_the_largest_body() {
+        let config = args("1=a:1/b:2").resolve().unwrap();
+        assert_eq!(
+            DEFAULT_MAX_PENDING_SEND_MB << 20,
+            config.max_pending_send_bytes
+        );
+        for bad in [0, MAX_PENDING_SEND_MB_CAP + 1] {
+            let err = BrokerArgs {
+                max_pending_send_mb: Some(bad),
+                ..args("1=a:1/b:2")
+            }
+            .resolve()
+            .unwrap_err();
+            assert!(
+                err.to_string().starts_with("max_pending_send_mb"),
+                "{bad}: {err}"
+            );
+        }
+        let err = BrokerArgs {
+            max_pending_send_mb: Some(8),
+            max_body_bytes: Some(16 << 20),
+            ..args("1=a:1/b:2")
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("max_body_bytes"), "{err}");
     }
 
     #[test]

@@ -682,3 +682,123 @@ async fn a_lost_follower_is_logged_once_when_it_goes_and_once_when_it_is_back() 
     cluster.wait_caught_up(Duration::from_secs(30)).await?;
     Ok(())
 }
+
+/// The sends a node holds unanswered are bounded in bytes (`max_pending_send_mb`): with
+/// nothing able to commit, the leader takes sends until the budget is spent and refuses the
+/// rest at once with TOO_MANY_REQUESTS, storing none of them; once the group commits again,
+/// the sends it held are acknowledged and the budget is free for new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sends_past_the_pending_budget_are_refused_at_once_and_taken_again_later()
+-> anyhow::Result<()> {
+    use raftmq::client::ClientError;
+    use raftmq_proto::rocketmq::v2::Code;
+    const BODY: usize = 1_000_000;
+    // 4 MiB holds four 1 MB messages (each with its envelope), not five.
+    const HELD: usize = 4;
+    const SENT: usize = 12;
+    let cluster = Cluster::start(ClusterOptions {
+        extra_args: vec!["--max-pending-send-mb".into(), "4".into()],
+        ..Default::default()
+    })
+    .await?;
+    cluster.create_topic("busy", 1).await?;
+    cluster.wait_caught_up(Duration::from_secs(30)).await?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    // No majority: nothing the leader takes can commit, so every send it takes stays held.
+    for &follower in &followers {
+        cluster.pause_node(follower, true)?;
+    }
+    let client = Arc::new(cluster.node_client(leader));
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..SENT {
+        let client = client.clone();
+        let done_tx = done_tx.clone();
+        tokio::spawn(async move {
+            let body = vec![i as u8; BODY];
+            let outcome = client.send(vec![message("busy", body, None, &[])]).await;
+            let _ = done_tx.send((i, outcome));
+        });
+    }
+    drop(done_tx);
+    // The refusals come back while the followers are still paused: they were not held.
+    let mut refused = Vec::new();
+    let give_up = Instant::now() + Duration::from_secs(20);
+    while refused.len() < SENT - HELD {
+        let left = give_up.saturating_duration_since(Instant::now());
+        let (i, outcome) = tokio::time::timeout(left, done_rx.recv())
+            .await
+            .context("the sends past the budget were not refused while nothing could commit")?
+            .context("every send ended")?;
+        match outcome {
+            Err(ClientError::Rejected {
+                code: Code::TooManyRequests,
+                message,
+                ..
+            }) => {
+                assert!(
+                    message.contains("broker busy") && message.contains("max_pending_send_mb"),
+                    "unclear refusal: {message}"
+                );
+                refused.push(i);
+            }
+            other => panic!("send {i} ended while nothing could commit: {other:?}"),
+        }
+    }
+    let http = reqwest::Client::new();
+    let (_, metrics) = get(&http, &cluster.node(leader).http_addr, "/metrics").await?;
+    let pending = sample(&metrics, "raftmq_send_pending_bytes").unwrap_or_default();
+    assert!(
+        pending > (HELD * BODY) as f64 && pending <= (4 << 20) as f64,
+        "the leader should hold the {HELD} sends it took: {pending} bytes"
+    );
+
+    for &follower in &followers {
+        cluster.pause_node(follower, false)?;
+    }
+    let mut held = Vec::new();
+    while let Some((i, outcome)) = done_rx.recv().await {
+        let entries =
+            outcome.with_context(|| format!("held send {i} after the group came back"))?;
+        assert_eq!(1, entries.len());
+        held.push(i);
+    }
+    assert_eq!(HELD, held.len(), "held {held:?}, refused {refused:?}");
+
+    // The budget is free again: a send of the same size goes through at once.
+    let after = client
+        .send(vec![message("busy", vec![0xEE; BODY], None, &[])])
+        .await
+        .context("a send after the held ones were answered")?;
+    assert_eq!(1, after.len());
+    // Read where every node has applied it (leadership may have moved when the followers
+    // woke up).
+    cluster.wait_caught_up(Duration::from_secs(30)).await?;
+    let (messages, _) = client
+        .pull("busy-reader", "busy", 0, 0, 64, Duration::ZERO)
+        .await?;
+    let mut stored: Vec<u8> = messages.iter().map(|m| m.body[0]).collect();
+    stored.sort_unstable();
+    let mut expected: Vec<u8> = held.iter().map(|&i| i as u8).chain([0xEE]).collect();
+    expected.sort_unstable();
+    assert_eq!(
+        expected, stored,
+        "exactly the held sends and the last one are stored"
+    );
+    let (_, metrics) = get(&http, &cluster.node(leader).http_addr, "/metrics").await?;
+    assert_eq!(Some(0.0), sample(&metrics, "raftmq_send_pending_bytes"));
+    assert_eq!(
+        Some((SENT - HELD) as f64),
+        sample(
+            &metrics,
+            "raftmq_requests_rejected_total{rpc=\"SendMessage\",code=\"TOO_MANY_REQUESTS\"}"
+        )
+    );
+    // The busy spell is logged once when it starts and once when it ends, not per refusal.
+    let log = std::fs::read_to_string(cluster.node(leader).log_file())?;
+    let count = |text: &str| log.lines().filter(|line| line.contains(text)).count();
+    assert_eq!(1, count("broker busy: sends are refused"), "{log}");
+    assert_eq!(1, count("sends are taken again"), "{log}");
+    assert_eq!(0, count("request rejected"), "{log}");
+    Ok(())
+}

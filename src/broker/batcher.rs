@@ -7,15 +7,24 @@
 //! the result. At most `MAX_IN_FLIGHT` combined entries are proposed at a time: while they are
 //! busy, new sends queue up and form the next, larger, entry. A lone send under light load is
 //! proposed at once, so batching adds no latency.
+//!
+//! The sends a node holds (queued here or being committed) are bounded in bytes: past the
+//! budget a send is refused at once with TOO_MANY_REQUESTS, RocketMQ's "broker busy", so that a
+//! flood of producers, or a group that cannot commit, backs clients off instead of growing the
+//! node's memory until it is killed.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use prost::Message as _;
 use raftmq_proto::raft::v1 as pb;
+use raftmq_proto::rocketmq::v2::Code;
 use raftmq_raft::{ProposeError, RaftNode};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::PROPOSE_DEADLINE;
+use super::status::Rejection;
 
 /// Combined entries being replicated at once. openraft pipelines them (the log, each follower
 /// and the fsyncs overlap), so a few more than the stages of that pipeline keep it busy; with
@@ -32,36 +41,114 @@ struct PendingSend {
     messages: Vec<pb::StoredMessage>,
     reply: Reply,
     queued: Instant,
+    /// This send's share of the byte budget, given back once its proposal has ended (also when
+    /// the caller gave up waiting: the messages are held until then all the same).
+    budget: OwnedSemaphorePermit,
 }
 
 #[derive(Clone)]
 pub struct SendBatcher {
     queue: mpsc::UnboundedSender<PendingSend>,
+    /// One permit per byte of the sends this node holds.
+    budget: Arc<Semaphore>,
+    budget_bytes: usize,
+    /// Set from a refusal for want of budget until the budget is half free again: the start and
+    /// the end of a busy spell are logged once each.
+    refusing: Arc<AtomicBool>,
 }
 
 impl SendBatcher {
-    pub fn start(node: Arc<RaftNode>) -> SendBatcher {
+    /// `budget_bytes`: the most bytes of messages held at once, queued or being committed.
+    pub fn start(node: Arc<RaftNode>, budget_bytes: usize) -> SendBatcher {
         let (queue, pending) = mpsc::unbounded_channel();
         tokio::spawn(run(node, pending));
-        SendBatcher { queue }
+        SendBatcher {
+            queue,
+            budget: Arc::new(Semaphore::new(budget_bytes)),
+            budget_bytes,
+            refusing: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Bytes of messages held now, queued or being committed.
+    pub fn pending_bytes(&self) -> usize {
+        self.budget_bytes
+            .saturating_sub(self.budget.available_permits())
     }
 
     /// Store `messages` (one client request); returns one result per message, in order.
     pub async fn append(
         &self,
         messages: Vec<pb::StoredMessage>,
-    ) -> Result<Vec<pb::AppendedMessage>, ProposeError> {
+    ) -> Result<Vec<pb::AppendedMessage>, Rejection> {
+        let budget = self.reserve(&messages)?;
         let (reply, result) = oneshot::channel();
+        let shutting_down =
+            || Rejection::from(ProposeError::Fatal("the broker is shutting down".into()));
         self.queue
             .send(PendingSend {
                 messages,
                 reply,
                 queued: Instant::now(),
+                budget,
             })
-            .map_err(|_| ProposeError::Fatal("the broker is shutting down".into()))?;
-        result
-            .await
-            .map_err(|_| ProposeError::Fatal("the broker is shutting down".into()))?
+            .map_err(|_| shutting_down())?;
+        let outcome = result.await.map_err(|_| shutting_down())?;
+        outcome.map_err(Rejection::from)
+    }
+
+    /// Take `messages`' bytes from the budget, or refuse them now: waiting would hold their
+    /// memory all the same.
+    fn reserve(&self, messages: &[pb::StoredMessage]) -> Result<OwnedSemaphorePermit, Rejection> {
+        let bytes: usize = messages.iter().map(|m| m.encoded_len()).sum();
+        let too_large = || {
+            Rejection::new(
+                Code::PayloadTooLarge,
+                format!(
+                    "this request carries {bytes} bytes of messages; a node holds at most {} \
+                     bytes of sends at once (max_pending_send_mb)",
+                    self.budget_bytes
+                ),
+            )
+        };
+        let permits = u32::try_from(bytes).map_err(|_| too_large())?;
+        if bytes > self.budget_bytes {
+            return Err(too_large());
+        }
+        match self.budget.clone().try_acquire_many_owned(permits) {
+            Ok(permit) => {
+                // Half empty again before the end is logged: a backlog that stays near the limit
+                // refuses now and then, and would otherwise log a pair of lines each time.
+                if self.refusing.load(Ordering::Relaxed)
+                    && self.pending_bytes() <= self.budget_bytes / 2
+                    && self.refusing.swap(false, Ordering::Relaxed)
+                {
+                    tracing::info!(
+                        "sends are taken again: the sends this node holds fit in max_pending_send_mb"
+                    );
+                }
+                Ok(permit)
+            }
+            Err(_) => {
+                if !self.refusing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        pending_bytes = self.pending_bytes(),
+                        limit_bytes = self.budget_bytes,
+                        "broker busy: sends are refused (TOO_MANY_REQUESTS) while this node holds \
+                         max_pending_send_mb of sends not yet committed"
+                    );
+                }
+                Err(Rejection::new(
+                    Code::TooManyRequests,
+                    format!(
+                        "broker busy: {} bytes of sends are waiting to be committed, and {bytes} \
+                         more would pass this node's limit of {} (max_pending_send_mb); retry later",
+                        self.pending_bytes(),
+                        self.budget_bytes
+                    ),
+                ))
+            }
+        }
     }
 }
 
@@ -109,6 +196,8 @@ fn body_bytes(messages: &[pb::StoredMessage]) -> usize {
 async fn propose_batch(node: &RaftNode, batch: Vec<PendingSend>) {
     let mut sizes = Vec::with_capacity(batch.len());
     let mut replies = Vec::with_capacity(batch.len());
+    // Held until the callers have their answers.
+    let mut budgets = Vec::with_capacity(batch.len());
     let mut messages = Vec::new();
     let proposed = Instant::now();
     // How long sends wait for a free slot and the batch they ride in.
@@ -118,6 +207,7 @@ async fn propose_batch(node: &RaftNode, batch: Vec<PendingSend>) {
         sizes.push(send.messages.len());
         messages.extend(send.messages);
         replies.push(send.reply);
+        budgets.push(send.budget);
     }
     let command = pb::Command {
         kind: Some(pb::command::Kind::Append(pb::AppendMessages { messages })),
@@ -146,4 +236,5 @@ async fn propose_batch(node: &RaftNode, batch: Vec<PendingSend>) {
             }
         }
     }
+    drop(budgets);
 }

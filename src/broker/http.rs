@@ -224,6 +224,8 @@ fn record_gauges(broker: &Broker) {
         gauge!("raftmq_data_dir_free_bytes").set(node.disk.free_bytes() as f64);
         gauge!("raftmq_data_dir_capacity_bytes").set(node.disk.capacity_bytes() as f64);
     }
+    gauge!("raftmq_send_pending_bytes").set(broker.sends.pending_bytes() as f64);
+    gauge!("raftmq_send_pending_limit_bytes").set(broker.config.max_pending_send_bytes as f64);
     let flag = |on: bool| if on { 1.0 } else { 0.0 };
     gauge!("raftmq_disk_low").set(flag(node.disk.is_low()));
     gauge!("raftmq_disk_full").set(flag(node.disk_full()));

@@ -75,7 +75,13 @@ fn client_id_of<T>(request: &Request<T>) -> String {
 }
 
 fn rejected(rpc: &'static str, client: ClientKind, rejection: &Rejection) -> v2::Status {
-    tracing::info!(rpc, code = ?rejection.code, message = %rejection.message, "request rejected");
+    if rejection.code == Code::TooManyRequests {
+        // Overload and a full disk refuse every send while they last; each is logged once
+        // where it starts and ends, and a line per refused call would add to the load.
+        tracing::debug!(rpc, code = ?rejection.code, message = %rejection.message, "request rejected");
+    } else {
+        tracing::info!(rpc, code = ?rejection.code, message = %rejection.message, "request rejected");
+    }
     metrics::counter!(
         "raftmq_requests_rejected_total",
         "rpc" => rpc,

@@ -218,7 +218,7 @@ pub async fn run(
     let broker = Arc::new(Broker {
         config: config.clone(),
         node: node.clone(),
-        sends: batcher::SendBatcher::start(node.clone()),
+        sends: batcher::SendBatcher::start(node.clone(), config.max_pending_send_bytes),
         clients: clients::ClientRegistry::default(),
         renewals: renewals::Renewals::default(),
         draining: AtomicBool::new(false),
