@@ -5,7 +5,8 @@
 #     call costs the load generator and the serving node (the floor under every send), and
 #   - `raftmq bench produce`: 1 KiB sends, one message per call, flat out,
 # each followed by the CPU time every process spent per call or message (from /proc and
-# /usr/bin/time), and the medians of all runs.
+# /usr/bin/time) and each node's peak resident memory so far (VmHWM), and the medians of all
+# runs.
 #
 #   scripts/bench-cpu.sh
 #   RUNS=5 SECONDS_PER_RUN=20 CONCURRENCY=1024 scripts/bench-cpu.sh
@@ -42,6 +43,7 @@ node_pids=()
 for n in 1 2 3; do node_pids+=("$(cat "$WORK/cluster/node-$n/broker.pid")"); done
 ticks=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+peak_rss_mb() { awk '/^VmHWM:/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
 
 # measure NAME COUNT_FIELD COMMAND...: run the command, then print one JSON line with its rate
 # and the CPU microseconds per counted item of the load generator, the leader and the followers.
@@ -51,18 +53,24 @@ measure() {
   local before=() pid
   for pid in "${node_pids[@]}"; do before+=("$(cpu_ticks "$pid")"); done
   /usr/bin/time -f "%U %S" -o "$WORK/time" "$@" 2>/dev/null >"$WORK/result.json"
-  local count client_seconds leader_us follower_us=() n us
+  local count client_seconds leader_us follower_us=() n us leader_rss follower_rss=()
   count=$(jq ".$field" "$WORK/result.json")
   client_seconds=$(awk '{print $1 + $2}' "$WORK/time")
   for n in 1 2 3; do
     us=$(awk -v d="$(( $(cpu_ticks "${node_pids[n-1]}") - before[n-1] ))" -v t="$ticks" -v c="$count" \
       'BEGIN {printf "%.1f", d / t * 1e6 / c}')
-    if [ "$n" = "$leader" ]; then leader_us=$us; else follower_us+=("$us"); fi
+    if [ "$n" = "$leader" ]; then
+      leader_us=$us leader_rss=$(peak_rss_mb "${node_pids[n-1]}")
+    else
+      follower_us+=("$us") follower_rss+=("$(peak_rss_mb "${node_pids[n-1]}")")
+    fi
   done
   jq -c --arg name "$name" --argjson client "$(awk -v s="$client_seconds" -v c="$count" 'BEGIN {printf "%.1f", s * 1e6 / c}')" \
     --argjson leader "$leader_us" --argjson f1 "${follower_us[0]}" --argjson f2 "${follower_us[1]}" \
+    --argjson leader_rss "$leader_rss" --argjson r1 "${follower_rss[0]}" --argjson r2 "${follower_rss[1]}" \
     '{name: $name, per_sec: (.msgs_per_sec // .calls_per_sec), p99_ms: ((.ack_latency_ms // .latency_ms).p99),
-      client_us: $client, leader_us: $leader, follower_us: [$f1, $f2]}' "$WORK/result.json"
+      client_us: $client, leader_us: $leader, follower_us: [$f1, $f2],
+      peak_rss_mb: {leader: $leader_rss, followers: [$r1, $r2]}}' "$WORK/result.json"
 }
 
 : >"$WORK/runs.jsonl"
@@ -77,10 +85,12 @@ done
 
 echo
 echo "=== medians of $RUNS runs (CPU microseconds per call or message)"
-printf '%-8s %10s %9s %10s %10s %12s\n' bench "per sec" "p99 ms" "client" "leader" "follower"
+printf '%-8s %10s %9s %10s %10s %12s %16s\n' bench "per sec" "p99 ms" "client" "leader" "follower" \
+  "peak RSS MB L/F"
 for name in rpc produce; do
   pick() { jq -r "select(.name == \"$name\") | $1" "$WORK/runs.jsonl" | median; }
-  printf '%-8s %10.0f %9s %10s %10s %12s\n' "$name" "$(pick .per_sec)" "$(pick .p99_ms)" \
-    "$(pick .client_us)" "$(pick .leader_us)" "$(pick '(.follower_us | add / 2)')"
+  printf '%-8s %10.0f %9s %10s %10s %12s %16s\n' "$name" "$(pick .per_sec)" "$(pick .p99_ms)" \
+    "$(pick .client_us)" "$(pick .leader_us)" "$(pick '(.follower_us | add / 2)')" \
+    "$(pick .peak_rss_mb.leader)/$(pick '(.peak_rss_mb.followers | max)')"
 done
 echo "results in $WORK"
