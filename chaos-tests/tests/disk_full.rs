@@ -247,3 +247,119 @@ async fn a_follower_whose_disk_fills_stalls_and_catches_up_by_itself() -> anyhow
     assert_eq!(150, stored.len());
     Ok(())
 }
+
+/// A RocksDB that has stopped for good (made so here on purpose, with the WAL sync during a
+/// stall that `log::sync_when_space` avoids) never takes a write again, whatever space is
+/// freed. The waiting write must then fail, once the disk has had room for a while, with an
+/// error that says so (the node's Raft core stops and the process exits for its supervisor to
+/// restart it) instead of waiting forever; the reopened database takes writes again and has
+/// lost nothing that was durable.
+#[test]
+fn a_write_fails_clearly_once_rocksdb_has_stopped_for_good_and_a_reopen_heals_it() {
+    const DURABLE: u64 = 5;
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("data");
+    disk::mount_small_disk(&dir, 256).expect("mount a small disk (root needed)");
+    let _mounted = SmallDisk(dir.clone());
+    let db = Db::open(&dir.join("rocksdb"), FlushMode::Sync)
+        .expect("open the database")
+        .without_space_reserve()
+        // Past two of RocksDB's 5 s looks at the free space: it has tried to resume by then.
+        .stopped_for_good_after(Duration::from_secs(12));
+    let log = LogStore::new(db.clone());
+    let (durable_tx, durable_rx) = mpsc::channel();
+    for index in 1..=DURABLE {
+        let tx = durable_tx.clone();
+        log.append(
+            &[entry(index)],
+            Box::new(move |result| {
+                let _ = tx.send(result.map_err(|e| e.to_string()));
+            }),
+        )
+        .expect("append before the disk fills");
+    }
+    for _ in 1..=DURABLE {
+        durable_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("durability reported")
+            .expect("durable before the disk fills");
+    }
+
+    disk::fill(&dir, 0).expect("fill the disk");
+    let writer = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for index in DURABLE + 1..=ENTRIES {
+                log.append(&[entry(index)], Box::new(|_| {}))
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok::<(), String>(())
+        })
+    };
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while !db.waiting_for_space() {
+        assert!(
+            !writer.is_finished(),
+            "every write went through on a full disk"
+        );
+        assert!(Instant::now() < give_up, "no write ever waited for space");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // The WAL writer has failed with ENOSPC: syncing it now is what RocksDB rates fatal.
+    assert!(
+        db.sync_wal().is_err(),
+        "a WAL sync during the stall succeeded"
+    );
+    disk::unfill(&dir).expect("free the space");
+
+    let joined = Instant::now() + Duration::from_secs(60);
+    while !writer.is_finished() {
+        assert!(
+            Instant::now() < joined,
+            "the write still waits a minute after space came back; RocksDB logged:\n{}",
+            disk::rocksdb_error_lines(&dir.join("rocksdb"), 40)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let failed = writer
+        .join()
+        .unwrap()
+        .expect_err("a write went through on a database stopped for good");
+    assert!(
+        failed.contains("stopped for good") && failed.contains("restarting the node"),
+        "unclear error: {failed}"
+    );
+    assert!(
+        disk::rocksdb_error_lines(&dir.join("rocksdb"), 40).contains("Fatal"),
+        "the test did not make RocksDB stop for good"
+    );
+
+    // Reopened (what a restart does), the database has every durable entry and takes more.
+    drop(log);
+    drop(db);
+    let (_db, log) = open(&dir, Reserve::Kept);
+    let entries = log.read_range(1, ENTRIES + 1).expect("read the log back");
+    assert!(entries.len() as u64 >= DURABLE, "durable entries lost");
+    for (i, entry) in entries.iter().enumerate() {
+        let index = i as u64 + 1;
+        assert!(
+            body_of(entry).is_some_and(
+                |b| b.len() == BODY_BYTES && b.iter().all(|x| *x == (index % 251) as u8)
+            ),
+            "entry {index} came back damaged"
+        );
+    }
+    let next = entries.len() as u64 + 1;
+    let (tx, rx) = mpsc::channel();
+    log.append(
+        &[entry(next)],
+        Box::new(move |result| {
+            let _ = tx.send(result.map_err(|e| e.to_string()));
+        }),
+    )
+    .expect("an append after the reopen");
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("durability reported")
+        .expect("durable after the reopen");
+}

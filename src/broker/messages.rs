@@ -124,7 +124,11 @@ mod tests {
         let small = buffer.slice(100..1124);
         let compacted = compact_body(small.clone());
         assert_eq!(small, compacted);
-        assert_ne!(small.as_ptr(), compacted.as_ptr(), "copied into its own allocation");
+        assert_ne!(
+            small.as_ptr(),
+            compacted.as_ptr(),
+            "copied into its own allocation"
+        );
         let large = buffer.slice(0..COMPACT_BODY_BELOW);
         let kept = compact_body(large.clone());
         assert_eq!(large.as_ptr(), kept.as_ptr(), "a large body is not copied");

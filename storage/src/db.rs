@@ -27,6 +27,11 @@ pub const DISK_RESERVE_BYTES: u64 = LOG_WRITE_BUFFER_BYTES as u64;
 /// `SPACE_READING_TTL`; closer to the line, every write reads the filesystem again.
 const SPACE_READING_SLACK: u64 = 256 << 20;
 const SPACE_READING_TTL: Duration = Duration::from_millis(100);
+/// How long RocksDB may go on refusing writes after the disk has room again before it counts
+/// as stopped for good. It resumes by itself within seconds of `DISK_RESERVE_BYTES` being free
+/// (it looks every 5 s, then flushes its memtables); one that has rated an error fatal never
+/// does, until the database is reopened.
+const STOPPED_FOR_GOOD_AFTER: Duration = Duration::from_secs(60);
 
 /// Raft log = commit log: raft index → entry.
 pub const CF_LOG: &str = "log";
@@ -111,6 +116,10 @@ pub struct Db {
     /// Keeps writes `DISK_RESERVE_BYTES` short of a full disk (`None`: tests of RocksDB's own
     /// handling of ENOSPC).
     space_guard: Option<Arc<SpaceGuard>>,
+    /// The database's folder, whose filesystem's free space tells a stall from a stop.
+    path: Arc<PathBuf>,
+    /// See `STOPPED_FOR_GOOD_AFTER`.
+    stopped_for_good_after: Duration,
 }
 
 /// Checks that a write leaves the reserve free on the data dir's filesystem.
@@ -233,6 +242,8 @@ impl Db {
             refused_for_space: Arc::new(AtomicBool::new(false)),
             space_stalls: Arc::new(AtomicU64::new(0)),
             space_guard: Some(Arc::new(SpaceGuard::new(path, DISK_RESERVE_BYTES))),
+            path: Arc::new(path.to_path_buf()),
+            stopped_for_good_after: STOPPED_FOR_GOOD_AFTER,
         })
     }
 
@@ -240,6 +251,13 @@ impl Db {
     /// tests of how a node rides that out (see [`Db::write_when_space`]).
     pub fn without_space_reserve(mut self) -> Db {
         self.space_guard = None;
+        self
+    }
+
+    /// Count RocksDB as stopped for good after `after` of refusals on a disk with room, instead
+    /// of a minute: for tests.
+    pub fn stopped_for_good_after(mut self, after: Duration) -> Db {
+        self.stopped_for_good_after = after;
         self
     }
 
@@ -354,6 +372,8 @@ impl Db {
         let mut opts = WriteOptions::default();
         opts.set_sync(sync);
         let mut waiting_since: Option<Instant> = None;
+        // Since when RocksDB has refused writes although the disk has room.
+        let mut room_since: Option<Instant> = None;
         let stalls_before = self.space_stalls();
         loop {
             let batch = build();
@@ -394,6 +414,7 @@ impl Db {
                         self.begin_space_stall(cf, &source);
                     }
                     pause_for_space();
+                    self.check_not_stopped_for_good(cf, &mut room_since)?;
                 }
                 Err(source) => {
                     // A write beside one that met ENOSPC fails with "Writer has previous
@@ -401,12 +422,39 @@ impl Db {
                     // may not have counted its stall yet, so look again after the pause.
                     pause_for_space();
                     if self.stalled_since(stalls_before) {
+                        self.check_not_stopped_for_good(cf, &mut room_since)?;
                         continue;
                     }
                     return Err(StorageError::Write { cf, source });
                 }
             }
         }
+    }
+
+    /// Fail a write that RocksDB has gone on refusing for `stopped_for_good_after` while the
+    /// disk had room for it to resume: it has rated an error fatal (see
+    /// `log::sync_when_space`) and will not take a write again until the database is reopened.
+    /// The failed write stops the node's Raft core and the process exits, so its supervisor
+    /// restarts it: waiting on would leave the group a replica short for good, unannounced.
+    fn check_not_stopped_for_good(
+        &self,
+        cf: &'static str,
+        room_since: &mut Option<Instant>,
+    ) -> Result<(), StorageError> {
+        let room =
+            DiskSpace::available_bytes(&self.path).is_ok_and(|free| free >= 2 * DISK_RESERVE_BYTES);
+        if !room {
+            *room_since = None;
+            return Ok(());
+        }
+        let since = *room_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < self.stopped_for_good_after {
+            return Ok(());
+        }
+        Err(StorageError::StoppedForGood {
+            cf,
+            waited_secs: since.elapsed().as_secs(),
+        })
     }
 
     fn begin_space_stall(&self, cf: &'static str, reason: &dyn std::fmt::Display) {

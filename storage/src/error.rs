@@ -25,6 +25,12 @@ pub enum StorageError {
     },
     #[error("fsync the write-ahead log: {reason}")]
     WalSync { reason: String },
+    #[error(
+        "RocksDB still refuses writes to column family {cf} {waited_secs} s after the disk has \
+         room again: it has stopped for good after the disk filled, and only reopening the \
+         database (restarting the node) brings it back"
+    )]
+    StoppedForGood { cf: &'static str, waited_secs: u64 },
     #[error("corrupt record in column family {cf} at key {key:?}: {reason}")]
     Corrupt {
         cf: &'static str,
