@@ -92,6 +92,34 @@ fn open(dir: &Path, reserve: Reserve) -> (Db, LogStore) {
     (db, log)
 }
 
+type Writer = std::thread::JoinHandle<Result<(), String>>;
+
+/// Wait until the writer's appends wait on the full disk; none may have failed or gone through.
+fn wait_until_a_write_waits(db: &Db, writer: &Writer) {
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while !db.waiting_for_space() {
+        assert!(
+            !writer.is_finished(),
+            "every write went through on a full disk"
+        );
+        assert!(Instant::now() < give_up, "no write ever waited for space");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Wait up to a minute for the writer to end, or fail with `what` and RocksDB's error lines.
+fn wait_until_finished(writer: &Writer, dir: &Path, what: &str) {
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while !writer.is_finished() {
+        assert!(
+            Instant::now() < give_up,
+            "{what}; RocksDB logged:\n{}",
+            disk::rocksdb_error_lines(&dir.join("rocksdb"), 40)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn log_writes_on_a_full_disk_wait_at_the_reserve_and_all_land_once_space_returns() {
     appends_on_a_full_disk_wait_and_land(Reserve::Kept);
@@ -132,15 +160,7 @@ fn appends_on_a_full_disk_wait_and_land(reserve: Reserve) {
     };
 
     // The writes must come to wait on the full disk, not fail.
-    let give_up = Instant::now() + Duration::from_secs(60);
-    while !db.waiting_for_space() {
-        assert!(
-            !writer.is_finished(),
-            "every write went through on a full disk"
-        );
-        assert!(Instant::now() < give_up, "no write ever waited for space");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_a_write_waits(&db, &writer);
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         !writer.is_finished(),
@@ -150,15 +170,7 @@ fn appends_on_a_full_disk_wait_and_land(reserve: Reserve) {
     disk::unfill(&dir).expect("free the space");
     // At the reserve, writes go on at once; after an ENOSPC, once RocksDB has resumed (it
     // checks the free space every 5 s).
-    let joined = Instant::now() + Duration::from_secs(60);
-    while !writer.is_finished() {
-        assert!(
-            Instant::now() < joined,
-            "writes did not resume after space came back; RocksDB logged:\n{}",
-            disk::rocksdb_error_lines(&dir.join("rocksdb"), 40)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_finished(&writer, &dir, "writes did not resume after space came back");
     writer.join().unwrap().expect("no append failed");
     let mut durable = Vec::new();
     while durable.len() < ENTRIES as usize {
@@ -296,15 +308,7 @@ fn a_write_fails_clearly_once_rocksdb_has_stopped_for_good_and_a_reopen_heals_it
             Ok::<(), String>(())
         })
     };
-    let give_up = Instant::now() + Duration::from_secs(60);
-    while !db.waiting_for_space() {
-        assert!(
-            !writer.is_finished(),
-            "every write went through on a full disk"
-        );
-        assert!(Instant::now() < give_up, "no write ever waited for space");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_a_write_waits(&db, &writer);
     std::thread::sleep(Duration::from_millis(300));
     // The WAL writer has failed with ENOSPC: syncing it now is what RocksDB rates fatal.
     assert!(
@@ -313,15 +317,11 @@ fn a_write_fails_clearly_once_rocksdb_has_stopped_for_good_and_a_reopen_heals_it
     );
     disk::unfill(&dir).expect("free the space");
 
-    let joined = Instant::now() + Duration::from_secs(60);
-    while !writer.is_finished() {
-        assert!(
-            Instant::now() < joined,
-            "the write still waits a minute after space came back; RocksDB logged:\n{}",
-            disk::rocksdb_error_lines(&dir.join("rocksdb"), 40)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_finished(
+        &writer,
+        &dir,
+        "the write still waits a minute after space came back",
+    );
     let failed = writer
         .join()
         .unwrap()
