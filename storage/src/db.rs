@@ -116,7 +116,8 @@ pub struct Db {
     /// Keeps writes `DISK_RESERVE_BYTES` short of a full disk (`None`: tests of RocksDB's own
     /// handling of ENOSPC).
     space_guard: Option<Arc<SpaceGuard>>,
-    /// The database's folder, whose filesystem's free space tells a stall from a stop.
+    /// The database's folder: its filesystem's free space is what the reserve keeps and what
+    /// tells a stall from a stop.
     path: Arc<PathBuf>,
     /// See `STOPPED_FOR_GOOD_AFTER`.
     stopped_for_good_after: Duration,
@@ -124,7 +125,6 @@ pub struct Db {
 
 /// Checks that a write leaves the reserve free on the data dir's filesystem.
 struct SpaceGuard {
-    path: PathBuf,
     reserve: u64,
     epoch: Instant,
     /// The last reading: free bytes, and when (milliseconds since `epoch`).
@@ -133,9 +133,8 @@ struct SpaceGuard {
 }
 
 impl SpaceGuard {
-    fn new(path: &Path, reserve: u64) -> SpaceGuard {
+    fn new(reserve: u64) -> SpaceGuard {
         SpaceGuard {
-            path: path.to_path_buf(),
             reserve,
             epoch: Instant::now(),
             free: AtomicU64::new(0),
@@ -143,9 +142,10 @@ impl SpaceGuard {
         }
     }
 
-    /// `Err(free bytes)` when a write of `bytes` would leave less than the reserve. A recent
+    /// `Err(free bytes)` when a write of `bytes` would leave less than the reserve on the
+    /// filesystem of `path` (the database's folder). A recent
     /// reading far from the line is trusted; otherwise the filesystem is read again.
-    fn check(&self, bytes: u64) -> Result<(), u64> {
+    fn check(&self, path: &Path, bytes: u64) -> Result<(), u64> {
         let needed = self.reserve.saturating_add(bytes);
         let now_ms = self.epoch.elapsed().as_millis() as u64;
         let fresh = now_ms.saturating_sub(self.read_at_ms.load(Ordering::Relaxed))
@@ -155,7 +155,7 @@ impl SpaceGuard {
             return Ok(());
         }
         // A filesystem that cannot tell its free space leaves the decision to RocksDB.
-        let Ok(free) = DiskSpace::available_bytes(&self.path) else {
+        let Ok(free) = DiskSpace::available_bytes(path) else {
             return Ok(());
         };
         self.free.store(free, Ordering::Relaxed);
@@ -241,7 +241,7 @@ impl Db {
             waiting_for_space: Arc::new(AtomicBool::new(false)),
             refused_for_space: Arc::new(AtomicBool::new(false)),
             space_stalls: Arc::new(AtomicU64::new(0)),
-            space_guard: Some(Arc::new(SpaceGuard::new(path, DISK_RESERVE_BYTES))),
+            space_guard: Some(Arc::new(SpaceGuard::new(DISK_RESERVE_BYTES))),
             path: Arc::new(path.to_path_buf()),
             stopped_for_good_after: STOPPED_FOR_GOOD_AFTER,
         })
@@ -379,7 +379,7 @@ impl Db {
             let batch = build();
             if keep_reserve
                 && let Some(guard) = &self.space_guard
-                && let Err(free) = guard.check(batch.size_in_bytes() as u64)
+                && let Err(free) = guard.check(&self.path, batch.size_in_bytes() as u64)
             {
                 if waiting_since.is_none() {
                     waiting_since = Some(Instant::now());
@@ -447,13 +447,13 @@ impl Db {
             *room_since = None;
             return Ok(());
         }
-        let since = *room_since.get_or_insert_with(Instant::now);
-        if since.elapsed() < self.stopped_for_good_after {
+        let waited = room_since.get_or_insert_with(Instant::now).elapsed();
+        if waited < self.stopped_for_good_after {
             return Ok(());
         }
         Err(StorageError::StoppedForGood {
             cf,
-            waited_secs: since.elapsed().as_secs(),
+            waited_secs: waited.as_secs(),
         })
     }
 
