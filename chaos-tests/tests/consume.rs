@@ -249,6 +249,28 @@ async fn the_cli_produces_consumes_and_reports() -> anyhow::Result<()> {
         "the warmup's sends are stored but not counted: {stored} stored, {report}"
     );
 
+    // A send the broker refuses (a body over the 4 MiB limit) counts as failed, not acked, on
+    // both connections.
+    for connection in ["direct", "channel"] {
+        let report: serde_json::Value = serde_json::from_str(&run(&[
+            "bench",
+            "produce",
+            "--topic",
+            "bench-cli",
+            "--size",
+            &(4 * 1024 * 1024 + 1).to_string(),
+            "--concurrency",
+            "1",
+            "--duration",
+            "1s",
+            "--connection",
+            connection,
+            "--json",
+        ]))?;
+        assert_eq!(report["acked"], 0, "{report}");
+        assert!(report["failed"].as_u64() > Some(0), "{report}");
+    }
+
     // Bare calls, over both of the load generator's connections.
     for connection in ["direct", "channel"] {
         let report: serde_json::Value = serde_json::from_str(&run(&[

@@ -10,7 +10,7 @@ use clap::ValueEnum;
 use hdrhistogram::Histogram;
 use serde_json::json;
 
-use raftmq_proto::rocketmq::v2::{self, messaging_service_client::MessagingServiceClient};
+use raftmq_proto::rocketmq::v2;
 
 use super::EndpointArgs;
 use super::bench_connection::BenchConnection;
@@ -57,7 +57,9 @@ pub struct RpcBench {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Connection {
-    /// One HTTP/2 connection, each call handed straight to hyper: the least CPU per call.
+    /// One HTTP/2 connection to the leader, each call its headers and one gRPC frame on the
+    /// `h2` crate, without a general client's per-call tasks and buffers: the least CPU per
+    /// call.
     Direct,
     /// The CLI's tonic channel: a queue and a worker task per call, and failover to the other
     /// nodes.
@@ -397,38 +399,43 @@ async fn leader_first_client(endpoints: &EndpointArgs) -> anyhow::Result<Arc<Cli
 #[derive(Clone)]
 enum Caller {
     Channel(Arc<Client>),
-    Direct(Arc<Client>, MessagingServiceClient<BenchConnection>),
+    Direct(BenchConnection),
 }
+
+const SEND_MESSAGE_PATH: &str = "/apache.rocketmq.v2.MessagingService/SendMessage";
+const HEARTBEAT_PATH: &str = "/apache.rocketmq.v2.MessagingService/Heartbeat";
 
 impl Caller {
     async fn new(client: Arc<Client>, connection: Connection) -> anyhow::Result<Caller> {
         Ok(match connection {
             Connection::Channel => Caller::Channel(client),
             // The leader is the client's first endpoint.
-            Connection::Direct => {
-                let leader = BenchConnection::messaging(&client.endpoints()[0]).await?;
-                Caller::Direct(client, leader)
-            }
+            Connection::Direct => Caller::Direct(
+                BenchConnection::connect(&client.endpoints()[0], client.timeout).await?,
+            ),
         })
     }
 
     async fn send(self, messages: Vec<v2::Message>) -> bool {
         match self {
             Caller::Channel(client) => client.send(messages).await.is_ok(),
-            Caller::Direct(client, mut leader) => leader
-                .send_message(client.request(v2::SendMessageRequest { messages }))
+            Caller::Direct(leader) => leader
+                .unary::<_, v2::SendMessageResponse>(
+                    SEND_MESSAGE_PATH,
+                    &v2::SendMessageRequest { messages },
+                )
                 .await
-                .is_ok_and(|reply| check(reply.get_ref().status.as_ref()).is_ok()),
+                .is_ok_and(|reply| check(reply.status.as_ref()).is_ok()),
         }
     }
 
     async fn heartbeat(self) -> bool {
         match self {
             Caller::Channel(client) => client.heartbeat().await.is_ok(),
-            Caller::Direct(client, mut leader) => leader
-                .heartbeat(client.request(producer_heartbeat()))
+            Caller::Direct(leader) => leader
+                .unary::<_, v2::HeartbeatResponse>(HEARTBEAT_PATH, &producer_heartbeat())
                 .await
-                .is_ok_and(|reply| check(reply.get_ref().status.as_ref()).is_ok()),
+                .is_ok_and(|reply| check(reply.status.as_ref()).is_ok()),
         }
     }
 }

@@ -1,38 +1,54 @@
-//! One HTTP/2 connection straight to one node, for `raftmq bench`.
+//! One HTTP/2 connection straight to one node, for `raftmq bench --connection direct`.
 //!
-//! tonic's `Channel` queues every call through tower's `Buffer`: a channel send, a hand-off to
-//! the buffer's worker task and a oneshot back, per call. A benchmark that drives a thousand
-//! calls at one healthy node needs neither that queue nor the channel's reconnects, and what
-//! the queue costs is CPU the brokers on the same machine do not get. Here each call goes to
-//! hyper's HTTP/2 sender directly; a connection error fails the call (the bench counts it as
-//! failed) and is not retried.
+//! A benchmark that drives a thousand unary calls at one healthy node needs little of what a
+//! general gRPC client does per call: tonic's `Channel` queues every call through tower's
+//! `Buffer` (a hand-off to a worker task and a oneshot back), hyper spawns a task per call to
+//! pipe the request body and passes each call to its connection task over a channel, and
+//! tonic wraps both ends in its streaming encoder and decoder. A unary call is its headers,
+//! one gRPC frame (a 5-byte prefix and the protobuf message) and, in the reply, one frame and
+//! the `grpc-status` trailer; here each call is exactly that, on the `h2` crate's connection.
+//! Whatever the layers cost is CPU the brokers on the same machine do not get. A connection
+//! error fails the call (the bench counts it as failed); nothing is retried.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::time::Duration;
 
 use anyhow::Context as _;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use raftmq_proto::rocketmq::v2::messaging_service_client::MessagingServiceClient;
-use tonic::body::Body;
+use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::client::MAX_MESSAGE_BYTES;
+/// Why a call over a [`BenchConnection`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("HTTP/2: {0}")]
+    Http2(#[from] h2::Error),
+    #[error("HTTP status {0}")]
+    HttpStatus(http::StatusCode),
+    #[error("gRPC status {code}: {message}")]
+    Grpc { code: String, message: String },
+    #[error("malformed reply: {0}")]
+    Malformed(String),
+}
 
 #[derive(Clone)]
 pub struct BenchConnection {
-    sender: SendRequest<Body>,
+    sender: h2::client::SendRequest<Bytes>,
+    /// `http://host:port`, what each call's URI starts with.
+    origin: String,
+    /// The `grpc-timeout` every call carries, as tonic's clients send it.
+    timeout: String,
 }
 
 impl BenchConnection {
-    /// Connect to `addr` (`host:port`) and return a client for its MessagingService.
-    pub async fn messaging(addr: &str) -> anyhow::Result<MessagingServiceClient<BenchConnection>> {
+    /// Connect to `addr` (`host:port`); every call will carry `timeout`.
+    pub async fn connect(addr: &str, timeout: Duration) -> anyhow::Result<BenchConnection> {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
             .with_context(|| format!("connect to {addr}"))?;
         stream.set_nodelay(true).context("set TCP_NODELAY")?;
-        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .handshake(TokioIo::new(stream))
+        // hyper's client windows, so that this connection moves data as tonic's would.
+        let (sender, connection) = h2::client::Builder::new()
+            .initial_window_size(2 << 20)
+            .initial_connection_window_size(5 << 20)
+            .handshake(stream)
             .await
             .with_context(|| format!("HTTP/2 handshake with {addr}"))?;
         let peer = addr.to_string();
@@ -41,31 +57,74 @@ impl BenchConnection {
                 eprintln!("connection to {peer} ended: {err}");
             }
         });
-        let origin = format!("http://{addr}")
-            .parse()
-            .with_context(|| format!("bad endpoint `{addr}`"))?;
-        Ok(
-            MessagingServiceClient::with_origin(BenchConnection { sender }, origin)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
+        Ok(BenchConnection {
+            sender,
+            origin: format!("http://{addr}"),
+            timeout: format!("{}m", timeout.as_millis().max(1)),
+        })
+    }
+
+    /// Call `path` (`/package.Service/Method`) with `request` and decode the reply.
+    pub async fn unary<Request: prost::Message, Reply: prost::Message + Default>(
+        &self,
+        path: &str,
+        request: &Request,
+    ) -> Result<Reply, CallError> {
+        let len = request.encoded_len();
+        let mut frame = BytesMut::with_capacity(5 + len);
+        frame.put_u8(0); // not compressed
+        frame.put_u32(len as u32);
+        request
+            .encode(&mut frame)
+            .map_err(|e| CallError::Malformed(e.to_string()))?;
+        let head = http::Request::post(format!("{}{path}", self.origin))
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(http::header::TE, "trailers")
+            .header("grpc-timeout", &self.timeout)
+            .body(())
+            .map_err(|e| CallError::Malformed(e.to_string()))?;
+        let mut sender = self.sender.clone().ready().await?;
+        let (response, mut request_body) = sender.send_request(head, false)?;
+        request_body.send_data(frame.freeze(), true)?;
+
+        let response = response.await?;
+        if response.status() != http::StatusCode::OK {
+            return Err(CallError::HttpStatus(response.status()));
+        }
+        // A rejection may come as headers alone ("trailers-only").
+        grpc_status(response.headers())?;
+        let mut body = response.into_body();
+        let mut reply = BytesMut::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk?;
+            body.flow_control().release_capacity(chunk.len())?;
+            reply.extend_from_slice(&chunk);
+        }
+        match body.trailers().await? {
+            Some(trailers) => grpc_status(&trailers)?,
+            None => return Err(CallError::Malformed("no grpc-status trailer".into())),
+        }
+        match reply.first() {
+            Some(0) if reply.len() >= 5 => {
+                Reply::decode(&reply[5..]).map_err(|e| CallError::Malformed(e.to_string()))
+            }
+            _ => Err(CallError::Malformed(
+                "expected one uncompressed gRPC frame".into(),
+            )),
+        }
     }
 }
 
-type ResponseFuture = Pin<
-    Box<dyn Future<Output = Result<http::Response<hyper::body::Incoming>, hyper::Error>> + Send>,
->;
-
-impl tower_service::Service<http::Request<Body>> for BenchConnection {
-    type Response = http::Response<hyper::body::Incoming>;
-    type Error = hyper::Error;
-    type Future = ResponseFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.sender.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        Box::pin(self.sender.send_request(request))
+/// `Err` when `headers` carry a `grpc-status` other than 0 (OK).
+fn grpc_status(headers: &http::HeaderMap) -> Result<(), CallError> {
+    match headers.get("grpc-status").map(|v| v.as_bytes()) {
+        None | Some(b"0") => Ok(()),
+        Some(code) => Err(CallError::Grpc {
+            code: String::from_utf8_lossy(code).into_owned(),
+            message: headers
+                .get("grpc-message")
+                .map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned())
+                .unwrap_or_default(),
+        }),
     }
 }
