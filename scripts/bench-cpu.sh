@@ -12,6 +12,7 @@
 #   RUNS=5 SECONDS_PER_RUN=20 CONCURRENCY=1024 scripts/bench-cpu.sh
 #   BIN=path/to/raftmq scripts/bench-cpu.sh      # measure a given build instead
 #   BENCH_FLAGS="--connection channel" scripts/bench-cpu.sh   # extra flags for both loads
+#   PRODUCE_FLAGS="--body random" scripts/bench-cpu.sh         # extra flags for the sends only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
@@ -22,6 +23,7 @@ SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
 CONCURRENCY=${CONCURRENCY:-1024}
 SIZE=${SIZE:-1024}
 read -r -a bench_flags <<<"${BENCH_FLAGS:-}"
+read -r -a produce_flags <<<"${PRODUCE_FLAGS:-}"
 WORK=${WORK:-$(mktemp -d /tmp/raftmq-bench-cpu.XXXXXX)}
 
 command -v jq >/dev/null || { echo "jq is missing (Debian: apt-get install jq)" >&2; exit 1; }
@@ -36,7 +38,7 @@ echo "=== starting a local group in $WORK/cluster (flush = sync)"
 start_local_group "$BIN" "$WORK/cluster" sync "$WORK/local.log"
 # One short run first, so that connections, caches and the allocator are warm.
 "$BIN" bench produce --endpoints "$endpoints" --topic bench --concurrency "$CONCURRENCY" \
-  "${bench_flags[@]}" --size "$SIZE" --duration 3s --json >/dev/null 2>&1
+  "${bench_flags[@]}" "${produce_flags[@]}" --size "$SIZE" --duration 3s --json >/dev/null 2>&1
 
 leader=$("$BIN" admin cluster --json --endpoints "$endpoints" | jq -r '.nodes[] | select(.role=="leader") | .node_id')
 node_pids=()
@@ -80,7 +82,8 @@ for run in $(seq "$RUNS"); do
     --duration "${SECONDS_PER_RUN}s" --json | tee -a "$WORK/runs.jsonl"
   echo "--- run $run/$RUNS: sends of $SIZE bytes, one message per call, $CONCURRENCY in flight, ${SECONDS_PER_RUN}s"
   measure produce acked "$BIN" bench produce --endpoints "$endpoints" --topic bench \
-    --concurrency "$CONCURRENCY" "${bench_flags[@]}" --size "$SIZE" --duration "${SECONDS_PER_RUN}s" --json | tee -a "$WORK/runs.jsonl"
+    --concurrency "$CONCURRENCY" "${bench_flags[@]}" "${produce_flags[@]}" --size "$SIZE" \
+    --duration "${SECONDS_PER_RUN}s" --json | tee -a "$WORK/runs.jsonl"
 done
 
 echo

@@ -249,6 +249,38 @@ async fn the_cli_produces_consumes_and_reports() -> anyhow::Result<()> {
         "the warmup's sends are stored but not counted: {stored} stored, {report}"
     );
 
+    // Random bodies: every acknowledged send is stored, and the bodies differ from each other.
+    cluster.create_topic("bench-random", 1).await?;
+    let report: serde_json::Value = serde_json::from_str(&run(&[
+        "bench",
+        "produce",
+        "--topic",
+        "bench-random",
+        "--body",
+        "random",
+        "--size",
+        "64",
+        "--concurrency",
+        "4",
+        "--duration",
+        "1s",
+        "--json",
+    ]))?;
+    assert_eq!(report["failed"], 0, "{report}");
+    let stored = read_topic(&cluster.client(), "bench-random", 1).await?;
+    assert_eq!(
+        Some(stored.len() as u64),
+        report["acked"].as_u64(),
+        "{report}"
+    );
+    let bodies: std::collections::HashSet<&str> = stored.iter().map(|m| m.body.as_str()).collect();
+    assert!(
+        stored.len() > 1 && bodies.len() > 1 && !bodies.contains("x".repeat(64).as_str()),
+        "{} stored, {} distinct bodies",
+        stored.len(),
+        bodies.len()
+    );
+
     // Over both of the load generator's connections: bare calls, and a send the broker
     // refuses (a body over the 4 MiB limit), which counts as failed, not acked.
     for connection in ["direct", "channel"] {

@@ -66,6 +66,20 @@ pub enum Connection {
     Channel,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Body {
+    /// One byte repeated: compresses to almost nothing, so the brokers' storage compression
+    /// costs little.
+    Repeated,
+    /// Random bytes, a different body for each of `RANDOM_BODIES` messages in turn:
+    /// incompressible, like encrypted or already compressed payloads.
+    Random,
+}
+
+/// Distinct random bodies `--body random` cycles through: far more than a storage block
+/// holds, so that no block finds one body twice.
+const RANDOM_BODIES: usize = 1024;
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct FsyncBench {
     /// Folder on the disk to measure (a temporary file is created and removed there).
@@ -96,6 +110,9 @@ pub struct ProduceBench {
     /// Messages per SendMessage call.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
+    /// What the bodies hold.
+    #[arg(long, value_enum, default_value_t = Body::Repeated)]
+    pub body: Body,
     /// How long to send, e.g. `30s`.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub duration: Duration,
@@ -448,9 +465,23 @@ async fn produce(bench: ProduceBench) -> anyhow::Result<()> {
     let client = leader_first_client(&bench.endpoints).await?;
     client.route(&bench.topic).await?;
     let caller = Caller::new(client, bench.connection).await?;
-    // Built once: each send only stamps a fresh message id and birth time on a copy, and
-    // every copy shares the one body buffer.
-    let template = Arc::new(message(&bench.topic, vec![b'x'; bench.size], None, &[]));
+    // Built once: each send only stamps a fresh message id and birth time on a copy of a
+    // template, and every copy shares its template's body buffer.
+    let templates: Arc<[v2::Message]> = match bench.body {
+        Body::Repeated => vec![message(&bench.topic, vec![b'x'; bench.size], None, &[])],
+        Body::Random => {
+            let mut rng = rand::rng();
+            (0..RANDOM_BODIES)
+                .map(|_| {
+                    let mut body = vec![0; bench.size];
+                    rand::RngCore::fill_bytes(&mut rng, &mut body);
+                    message(&bench.topic, body, None, &[])
+                })
+                .collect()
+        }
+    }
+    .into();
+    let next_template = Arc::new(AtomicU64::new(0));
     let batch = bench.batch;
     let load = Load {
         concurrency: bench.concurrency,
@@ -460,9 +491,14 @@ async fn produce(bench: ProduceBench) -> anyhow::Result<()> {
         messages_per_call: batch as u64,
     };
     let outcome = drive(&load, move || {
-        let (caller, template) = (caller.clone(), template.clone());
+        let (caller, templates, next) = (caller.clone(), templates.clone(), next_template.clone());
         async move {
-            let messages = (0..batch).map(|_| restamped(&template)).collect();
+            let messages = (0..batch)
+                .map(|_| {
+                    let turn = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    restamped(&templates[turn % templates.len()])
+                })
+                .collect();
             caller.send(messages).await
         }
     })
@@ -476,6 +512,7 @@ async fn produce(bench: ProduceBench) -> anyhow::Result<()> {
             "msgs_per_sec": rate, "mb_per_sec": mb,
             "ack_latency_ms": outcome.latency_json(),
             "concurrency": bench.concurrency, "size": bench.size, "batch": bench.batch,
+            "body": bench.body.to_possible_value().map(|v| v.get_name().to_string()),
             "target_rate": bench.rate, "threads": bench.threads,
             "connection": bench.connection.to_possible_value().map(|v| v.get_name().to_string()),
             "warmup_seconds": bench.warmup.as_secs_f64(),

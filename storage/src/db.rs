@@ -207,8 +207,13 @@ impl Db {
             let mut cf_opts = Options::default();
             if *name == CF_LOG {
                 cf_opts.set_write_buffer_size(LOG_WRITE_BUFFER_BYTES);
+                // One compression for every level: the log's keys only grow, so its flushed
+                // files never overlap and move down the levels as they are, unless the
+                // compression differs at the next level, which would decompress and rewrite
+                // every message once more (Zstd at the last level cost a sixth of the
+                // throughput, see docs/BENCHMARKS.md). LZ4 gives up quickly on bodies that do
+                // not compress.
                 cf_opts.set_compression_type(DBCompressionType::Lz4);
-                cf_opts.set_bottommost_compression_type(DBCompressionType::Zstd);
             }
             if *name == CF_INDEX {
                 // Every stored message looks up its (topic, message id) here to catch a retried
