@@ -71,14 +71,16 @@ pub enum Body {
     /// One byte repeated: compresses to almost nothing, so the brokers' storage compression
     /// costs little.
     Repeated,
-    /// Random bytes, a different body for each of `RANDOM_BODIES` messages in turn:
+    /// Random bytes, a different body for each of up to `RANDOM_BODIES` messages in turn:
     /// incompressible, like encrypted or already compressed payloads.
     Random,
 }
 
 /// Distinct random bodies `--body random` cycles through: far more than a storage block
-/// holds, so that no block finds one body twice.
+/// holds, so that no block finds one body twice; fewer for large bodies, so that all of them
+/// together stay within `RANDOM_POOL_BYTES` (large bodies fill blocks of their own anyway).
 const RANDOM_BODIES: usize = 1024;
+const RANDOM_POOL_BYTES: usize = 64 << 20;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct FsyncBench {
@@ -471,7 +473,8 @@ async fn produce(bench: ProduceBench) -> anyhow::Result<()> {
         Body::Repeated => vec![message(&bench.topic, vec![b'x'; bench.size], None, &[])],
         Body::Random => {
             let mut rng = rand::rng();
-            (0..RANDOM_BODIES)
+            let count = RANDOM_BODIES.min(RANDOM_POOL_BYTES / bench.size).max(16);
+            (0..count)
                 .map(|_| {
                     let mut body = vec![0; bench.size];
                     rand::RngCore::fill_bytes(&mut rng, &mut body);
