@@ -14,6 +14,15 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, TE};
+use http::uri::{Authority, PathAndQuery, Scheme};
+
+// Built once, not parsed again on every call.
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+const APPLICATION_GRPC: HeaderValue = HeaderValue::from_static("application/grpc");
+const TRAILERS: HeaderValue = HeaderValue::from_static("trailers");
 
 /// Why a call over a [`BenchConnection`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +33,8 @@ pub enum CallError {
     HttpStatus(http::StatusCode),
     #[error("gRPC status {code}: {message}")]
     Grpc { code: String, message: String },
+    #[error("cannot build the call: {0}")]
+    Request(String),
     #[error("malformed reply: {0}")]
     Malformed(String),
 }
@@ -31,15 +42,18 @@ pub enum CallError {
 #[derive(Clone)]
 pub struct BenchConnection {
     sender: h2::client::SendRequest<Bytes>,
-    /// `http://host:port`, what each call's URI starts with.
-    origin: String,
+    /// The node's `host:port`, in each call's URI.
+    authority: Authority,
     /// The `grpc-timeout` every call carries, as tonic's clients send it.
-    timeout: String,
+    timeout: HeaderValue,
 }
 
 impl BenchConnection {
     /// Connect to `addr` (`host:port`); every call will carry `timeout`.
     pub async fn connect(addr: &str, timeout: Duration) -> anyhow::Result<BenchConnection> {
+        let authority: Authority = addr
+            .parse()
+            .with_context(|| format!("bad endpoint `{addr}`"))?;
         let stream = tokio::net::TcpStream::connect(addr)
             .await
             .with_context(|| format!("connect to {addr}"))?;
@@ -57,17 +71,19 @@ impl BenchConnection {
                 eprintln!("connection to {peer} ended: {err}");
             }
         });
+        let timeout = HeaderValue::from_str(&format!("{}m", timeout.as_millis().max(1)))
+            .context("grpc-timeout header")?;
         Ok(BenchConnection {
             sender,
-            origin: format!("http://{addr}"),
-            timeout: format!("{}m", timeout.as_millis().max(1)),
+            authority,
+            timeout,
         })
     }
 
     /// Call `path` (`/package.Service/Method`) with `request` and decode the reply.
     pub async fn unary<Request: prost::Message, Reply: prost::Message + Default>(
         &self,
-        path: &str,
+        path: &'static str,
         request: &Request,
     ) -> Result<Reply, CallError> {
         let len = request.encoded_len();
@@ -76,13 +92,19 @@ impl BenchConnection {
         frame.put_u32(len as u32);
         request
             .encode(&mut frame)
-            .map_err(|e| CallError::Malformed(e.to_string()))?;
-        let head = http::Request::post(format!("{}{path}", self.origin))
-            .header(http::header::CONTENT_TYPE, "application/grpc")
-            .header(http::header::TE, "trailers")
-            .header("grpc-timeout", &self.timeout)
+            .map_err(|e| CallError::Request(e.to_string()))?;
+        let uri = http::Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(self.authority.clone())
+            .path_and_query(PathAndQuery::from_static(path))
+            .build()
+            .map_err(|e| CallError::Request(e.to_string()))?;
+        let head = http::Request::post(uri)
+            .header(CONTENT_TYPE, APPLICATION_GRPC)
+            .header(TE, TRAILERS)
+            .header(GRPC_TIMEOUT, self.timeout.clone())
             .body(())
-            .map_err(|e| CallError::Malformed(e.to_string()))?;
+            .map_err(|e| CallError::Request(e.to_string()))?;
         let mut sender = self.sender.clone().ready().await?;
         let (response, mut request_body) = sender.send_request(head, false)?;
         request_body.send_data(frame.freeze(), true)?;
@@ -117,12 +139,12 @@ impl BenchConnection {
 
 /// `Err` when `headers` carry a `grpc-status` other than 0 (OK).
 fn grpc_status(headers: &http::HeaderMap) -> Result<(), CallError> {
-    match headers.get("grpc-status").map(|v| v.as_bytes()) {
+    match headers.get(GRPC_STATUS).map(|v| v.as_bytes()) {
         None | Some(b"0") => Ok(()),
         Some(code) => Err(CallError::Grpc {
             code: String::from_utf8_lossy(code).into_owned(),
             message: headers
-                .get("grpc-message")
+                .get(GRPC_MESSAGE)
                 .map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned())
                 .unwrap_or_default(),
         }),
