@@ -68,3 +68,16 @@ keep_built_rocksdb() {
     echo "kept the RocksDB library in $dir for later builds"
   fi
 }
+
+# Say how much room the build and the tests have, and warn when it is likely too little: a
+# cold build takes about 3 GB under target/ (RocksDB's objects included), the test clusters
+# and the container image up to 2 GB more. A build that runs out of space fails with
+# compiler errors that do not name the cause plainly.
+report_free_space() {
+  local dir=$1 free_kb
+  free_kb=$(df -Pk "$dir" | awk 'NR == 2 {print $4}')
+  echo "free space under $dir: $((free_kb / 1024)) MiB"
+  if [ "$free_kb" -lt $((6 * 1024 * 1024)) ]; then
+    echo "warning: less than 6 GiB free under $dir; the build and the tests may run out of space" >&2
+  fi
+}

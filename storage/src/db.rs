@@ -307,6 +307,21 @@ impl Db {
             .map_err(|source| StorageError::Read { cf, source })
     }
 
+    /// Look several keys of one column family up in one batched read: RocksDB then takes its
+    /// view of the memtables and files once, and checks each file's filter and index for all
+    /// the keys together, instead of once per key.
+    pub(crate) fn multi_get<K: AsRef<[u8]>>(
+        &self,
+        cf: &'static str,
+        keys: &[K],
+    ) -> Result<Vec<Option<rocksdb::DBPinnableSlice<'_>>>, StorageError> {
+        self.inner
+            .batched_multi_get_cf(&self.cf(cf), keys.iter(), false)
+            .into_iter()
+            .map(|value| value.map_err(|source| StorageError::Read { cf, source }))
+            .collect()
+    }
+
     /// Write a batch and fsync the WAL before returning, whatever the flush mode: for small
     /// records (vote, purge) whose loss would break Raft's safety.
     pub(crate) fn write_synced(

@@ -53,6 +53,9 @@ pub struct StateExport {
 /// A raw RocksDB record.
 pub(crate) type KeyValue = (Vec<u8>, Vec<u8>);
 
+/// A message's dedup key and what the dedup index held for it before the apply call.
+pub(crate) type StoredId = (Vec<u8>, Option<pb::DedupEntry>);
+
 /// (consumer group, topic, queue id)
 pub(crate) type PopKey = (String, String, u32);
 
@@ -188,7 +191,10 @@ impl BrokerState {
         let Some(last_log_id) = items.last().map(|(id, _)| *id) else {
             return Ok(Vec::new());
         };
-        let mut pending = PendingApply::default();
+        let mut pending = PendingApply {
+            stored_ids: self.look_up_message_ids(&items)?.into_iter(),
+            ..PendingApply::default()
+        };
         let mut batch = WriteBatch::default();
         let mut results = Vec::with_capacity(items.len());
         {
@@ -263,6 +269,42 @@ impl BrokerState {
         }
         self.applied_tx.send_replace(last_log_id.index);
         Ok(results)
+    }
+
+    /// The dedup index's record, as it stands before this call, of every message the items
+    /// append, in the order `apply_append` meets them: one batched read instead of a lookup
+    /// per message (those lookups were a tenth of a follower's CPU under load).
+    fn look_up_message_ids(
+        &self,
+        items: &[(pb::LogId, ApplyItem)],
+    ) -> Result<Vec<StoredId>, StorageError> {
+        use pb::command::Kind;
+        let keys: Vec<Vec<u8>> = items
+            .iter()
+            .filter_map(|(_, item)| match item {
+                ApplyItem::Command(command) => match &command.kind {
+                    Some(Kind::Append(append)) => Some(append),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .flat_map(|append| &append.messages)
+            .map(|message| keys::dedup_key(&message.topic, &message.message_id))
+            .collect();
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values = self.db.multi_get(CF_INDEX, &keys)?;
+        keys.into_iter()
+            .zip(values)
+            .map(|(key, value)| {
+                let entry = value
+                    .map(|bytes| pb::DedupEntry::decode(&*bytes))
+                    .transpose()
+                    .map_err(|e| StorageError::corrupt(CF_INDEX, &key, e))?;
+                Ok((key, entry))
+            })
+            .collect()
     }
 
     pub(crate) fn apply_command(
@@ -359,18 +401,18 @@ impl BrokerState {
         append: &pb::AppendMessages,
     ) -> Result<pb::AppendResult, StorageError> {
         let mut appended = Vec::with_capacity(append.messages.len());
+        let index_cf = self.db.cf(CF_INDEX);
         for (slot, message) in append.messages.iter().enumerate() {
-            let dedup_key = keys::dedup_key(&message.topic, &message.message_id);
-            let previous = match pending.dedup.get(&dedup_key) {
-                Some(entry) => Some(*entry),
-                None => match self.db.get(CF_INDEX, &dedup_key)? {
-                    Some(bytes) => Some(
-                        pb::DedupEntry::decode(&*bytes)
-                            .map_err(|e| StorageError::corrupt(CF_INDEX, &dedup_key, e))?,
-                    ),
-                    None => None,
-                },
-            };
+            let (dedup_key, stored) = pending
+                .stored_ids
+                .next()
+                .expect("`apply` looks up every appended message's id before applying");
+            debug_assert_eq!(
+                dedup_key,
+                keys::dedup_key(&message.topic, &message.message_id)
+            );
+            // A retry within this same call is found among its own writes.
+            let previous = pending.dedup.get(&dedup_key).copied().or(stored);
             if let Some(first) = previous
                 && message.store_timestamp_ms - first.store_timestamp_ms <= DEDUP_WINDOW_MS
             {
@@ -414,7 +456,7 @@ impl BrokerState {
                 queue_offset: offset.unwrap_or(0),
                 store_timestamp_ms: message.store_timestamp_ms,
             };
-            batch.put_cf(&self.db.cf(CF_INDEX), &dedup_key, dedup.encode_to_vec());
+            batch.put_cf(&index_cf, &dedup_key, dedup.encode_to_vec());
             pending.dedup.insert(dedup_key, dedup);
             appended.push(pb::AppendedMessage {
                 queue_id: message.queue_id,
@@ -757,6 +799,9 @@ pub(crate) struct PendingApply {
     pub(crate) topics: BTreeMap<String, pb::TopicConfig>,
     pub(crate) queue_next: HashMap<(String, u32), u64>,
     pub(crate) dedup: HashMap<Vec<u8>, pb::DedupEntry>,
+    /// What the dedup index held before this call for each appended message, in apply order
+    /// (see `State::look_up_message_ids`).
+    pub(crate) stored_ids: std::vec::IntoIter<StoredId>,
     pub(crate) groups: BTreeMap<String, pb::GroupConfig>,
     pub(crate) pops: HashMap<PopKey, pb::PopQueue>,
     /// Consume-queue entries written by this call: (topic, queue, offset) → location.
