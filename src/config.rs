@@ -24,6 +24,10 @@ pub const DEFAULT_MIN_FREE_DISK_MB: u64 = 512;
 pub const DEFAULT_MAX_PENDING_SEND_MB: usize = 256;
 /// Hard cap on that budget (a few GiB is already more than one node should hold).
 pub const MAX_PENDING_SEND_MB_CAP: usize = 64 * 1024;
+/// RocksDB's block cache and memtables together, by default.
+pub const DEFAULT_STORAGE_MEMORY_MB: usize = raftmq_storage::db::DEFAULT_MEMORY_BYTES >> 20;
+/// Below 64 MiB the memtables' half would flush the log every few MiB.
+pub const STORAGE_MEMORY_MB_RANGE: std::ops::RangeInclusive<usize> = 64..=1024 * 1024;
 /// Hard cap on the configurable body limit: gRPC frames above this are refused anyway.
 pub const MAX_BODY_BYTES_CAP: usize = 128 * 1024 * 1024;
 pub const DEFAULT_QUEUES: u32 = 8;
@@ -114,6 +118,11 @@ pub struct BrokerArgs {
     /// earlier ones are done (default 256; at least max_body_bytes).
     #[arg(long, env = "RAFTMQ_MAX_PENDING_SEND_MB")]
     pub max_pending_send_mb: Option<usize>,
+    /// MiB of memory RocksDB may use for its block cache and memtables together: one cache
+    /// for every column family, holding the files' index and filter blocks too, with the
+    /// memtables charged to it (default 512; 64..=1048576).
+    #[arg(long, env = "RAFTMQ_STORAGE_MEMORY_MB")]
+    pub storage_memory_mb: Option<usize>,
 }
 
 /// The TOML file.
@@ -140,6 +149,7 @@ pub struct BrokerFile {
     pub election_timeout_max_ms: Option<u64>,
     pub min_free_disk_mb: Option<u64>,
     pub max_pending_send_mb: Option<usize>,
+    pub storage_memory_mb: Option<usize>,
     pub members: Vec<MemberFile>,
 }
 
@@ -178,6 +188,8 @@ pub struct BrokerConfig {
     pub min_free_disk: u64,
     /// Most bytes of messages held at once from unanswered sends.
     pub max_pending_send_bytes: usize,
+    /// RocksDB's block cache and memtables together, in bytes.
+    pub storage_memory_bytes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -329,6 +341,23 @@ impl BrokerArgs {
                     return Err(invalid(
                         "max_pending_send_mb",
                         format!("must be within 1..={MAX_PENDING_SEND_MB_CAP}"),
+                    ));
+                }
+                mb << 20
+            },
+            storage_memory_bytes: {
+                let mb = self
+                    .storage_memory_mb
+                    .or(file.storage_memory_mb)
+                    .unwrap_or(DEFAULT_STORAGE_MEMORY_MB);
+                if !STORAGE_MEMORY_MB_RANGE.contains(&mb) {
+                    return Err(invalid(
+                        "storage_memory_mb",
+                        format!(
+                            "must be within {}..={}",
+                            STORAGE_MEMORY_MB_RANGE.start(),
+                            STORAGE_MEMORY_MB_RANGE.end()
+                        ),
                     ));
                 }
                 mb << 20
@@ -554,6 +583,31 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(err.to_string().contains("max_body_bytes"), "{err}");
+    }
+
+    #[test]
+    fn the_storage_memory_budget_has_bounds() {
+        let config = args("1=a:1/b:2").resolve().unwrap();
+        assert_eq!(DEFAULT_STORAGE_MEMORY_MB << 20, config.storage_memory_bytes);
+        let config = BrokerArgs {
+            storage_memory_mb: Some(64),
+            ..args("1=a:1/b:2")
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(64 << 20, config.storage_memory_bytes);
+        for bad in [0, 63, 1024 * 1024 + 1] {
+            let err = BrokerArgs {
+                storage_memory_mb: Some(bad),
+                ..args("1=a:1/b:2")
+            }
+            .resolve()
+            .unwrap_err();
+            assert!(
+                err.to_string().starts_with("storage_memory_mb"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct NodeConfig {
     /// Below this many free bytes on the data dir's filesystem the node counts as having no
     /// room for new messages (0: never).
     pub min_free_disk: u64,
+    /// RocksDB's block cache and memtables together, in bytes.
+    pub storage_memory: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -196,7 +198,11 @@ impl RaftNode {
         if let Err(e) = disk.check() {
             tracing::warn!(error = %e, "cannot read the data dir's free space");
         }
-        let db = Db::open(&config.data_dir.join("rocksdb"), config.flush)?;
+        let db = Db::open_with_memory(
+            &config.data_dir.join("rocksdb"),
+            config.flush,
+            config.storage_memory,
+        )?;
         let log = LogStore::new(db.clone());
         let empty_disk = check_identity(&log, &config)?;
         let state = Arc::new(BrokerState::open(db)?);

@@ -219,6 +219,15 @@ fn record_gauges(broker: &Broker) {
     for (cf, bytes) in node.state.db().column_family_bytes() {
         gauge!("raftmq_store_bytes", "cf" => cf).set(bytes as f64);
     }
+    let memory = node.state.db().memory();
+    for (kind, bytes) in [
+        ("memtables", memory.memtables),
+        ("table_readers", memory.table_readers),
+        ("block_cache", memory.block_cache),
+    ] {
+        gauge!("raftmq_store_memory_bytes", "kind" => kind).set(bytes as f64);
+    }
+    gauge!("raftmq_store_memory_limit_bytes").set(memory.budget as f64);
     // Read by the disk watch (`super::disk`) a moment ago.
     if node.disk.capacity_bytes() > 0 {
         gauge!("raftmq_data_dir_free_bytes").set(node.disk.free_bytes() as f64);

@@ -212,6 +212,7 @@ pub async fn run(
         election_timeout_min: config.election_timeout_min,
         election_timeout_max: config.election_timeout_max,
         min_free_disk: config.min_free_disk,
+        storage_memory: config.storage_memory_bytes,
     })
     .await
     .context("start the raft node")?;

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rocksdb::{
-    BlockBasedOptions, ColumnFamilyDescriptor, DBCompressionType, Options, WriteOptions,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Options,
+    WriteBufferManager, WriteOptions,
 };
 
 use crate::disk::DiskSpace;
@@ -14,6 +15,10 @@ use crate::error::{StorageError, is_no_space};
 
 /// How long a write that found the disk full waits before it tries again.
 pub(crate) const NO_SPACE_RETRY: Duration = Duration::from_millis(200);
+
+/// RocksDB's memory budget (block cache and memtables) unless the node is configured
+/// otherwise (`storage_memory_mb`).
+pub const DEFAULT_MEMORY_BYTES: usize = 512 << 20;
 
 /// The log's memtable size, the largest of all column families.
 const LOG_WRITE_BUFFER_BYTES: usize = 64 << 20;
@@ -100,6 +105,20 @@ impl std::str::FromStr for FlushMode {
 /// builds ignore it.
 pub const UNSAFE_LOSE_UNSYNCED_ENV: &str = "RAFTMQ_UNSAFE_TEST_LOSE_UNSYNCED_WRITES";
 
+/// Memory RocksDB holds, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorageMemory {
+    /// Memtables: writes not yet flushed to files, and those being flushed.
+    pub memtables: u64,
+    /// Index and filter blocks of open files held outside the block cache.
+    pub table_readers: u64,
+    /// The shared block cache: blocks read from files, their index and filter blocks, and
+    /// what the memtables are charged.
+    pub block_cache: u64,
+    /// The block cache's capacity: the node's budget for all of the above.
+    pub budget: u64,
+}
+
 /// The database handle shared by the log store and the broker state.
 #[derive(Clone)]
 pub struct Db {
@@ -121,6 +140,10 @@ pub struct Db {
     path: Arc<PathBuf>,
     /// See `STOPPED_FOR_GOOD_AFTER`.
     stopped_for_good_after: Duration,
+    /// The block cache every column family shares, charged for the memtables too, and its
+    /// capacity.
+    cache: Cache,
+    memory_budget: usize,
 }
 
 /// Checks that a write leaves the reserve free on the data dir's filesystem.
@@ -183,8 +206,32 @@ fn write_wal_every_few_seconds(db: std::sync::Weak<rocksdb::DB>) {
 }
 
 impl Db {
-    pub fn open(path: &Path, mut flush: FlushMode) -> Result<Db, StorageError> {
+    /// Open with the default memory budget (`DEFAULT_MEMORY_BYTES`).
+    pub fn open(path: &Path, flush: FlushMode) -> Result<Db, StorageError> {
+        Db::open_with_memory(path, flush, DEFAULT_MEMORY_BYTES)
+    }
+
+    /// Open with `memory_bytes` for RocksDB's block cache and memtables together: one cache
+    /// serves every column family, holds the files' index and filter blocks as well as their
+    /// data blocks, and is charged for the memtables, which may take half of it. Without it
+    /// each column family had a cache of its own and every open file's index and filter
+    /// stayed in memory outside any cache, so a node's memory grew with the log it stores.
+    pub fn open_with_memory(
+        path: &Path,
+        mut flush: FlushMode,
+        memory_bytes: usize,
+    ) -> Result<Db, StorageError> {
+        let cache = Cache::new_lru_cache(memory_bytes);
+        // Past their half, the memtables are flushed early. Writers are not stalled for it: a
+        // stalled write waits inside RocksDB for a flush, which on a full disk never comes,
+        // and the full-disk handling (`write_when_space`) needs writes that return.
+        let write_buffers = WriteBufferManager::new_write_buffer_manager_with_cache(
+            memory_bytes / 2,
+            false,
+            cache.clone(),
+        );
         let mut opts = Options::default();
+        opts.set_write_buffer_manager(&write_buffers);
         let lose_unsynced =
             cfg!(debug_assertions) && std::env::var_os(UNSAFE_LOSE_UNSYNCED_ENV).is_some();
         if lose_unsynced {
@@ -205,6 +252,13 @@ impl Db {
         opts.set_bytes_per_sync(1 << 20);
         let cfs = ALL_CFS.iter().map(|name| {
             let mut cf_opts = Options::default();
+            let mut table = BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            table.set_cache_index_and_filter_blocks(true);
+            table.set_cache_index_and_filter_blocks_with_high_priority(true);
+            // The newest files take most reads (consumers near the head, dedup lookups):
+            // their index and filter blocks stay in the cache.
+            table.set_pin_l0_filter_and_index_blocks_in_cache(true);
             if *name == CF_LOG {
                 cf_opts.set_write_buffer_size(LOG_WRITE_BUFFER_BYTES);
                 // One compression for every level: the log's keys only grow, so its flushed
@@ -219,15 +273,14 @@ impl Db {
                 // Every stored message looks up its (topic, message id) here to catch a retried
                 // send, and almost every lookup misses: a bloom filter answers most misses
                 // without reading the files' index blocks.
-                let mut table = BlockBasedOptions::default();
                 table.set_bloom_filter(10.0, false);
-                cf_opts.set_block_based_table_factory(&table);
                 // The memtables too: the newest ids live there, and without a filter every
                 // miss walks each memtable's skip list (6 % of a follower's CPU at 10,000
                 // sends/s went to these lookups, half of it in memtables).
                 cf_opts.set_memtable_prefix_bloom_ratio(0.1);
                 cf_opts.set_memtable_whole_key_filtering(true);
             }
+            cf_opts.set_block_based_table_factory(&table);
             ColumnFamilyDescriptor::new(*name, cf_opts)
         });
         let inner = rocksdb::DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| {
@@ -249,6 +302,8 @@ impl Db {
             space_guard: Some(Arc::new(SpaceGuard::new(DISK_RESERVE_BYTES))),
             path: Arc::new(path.to_path_buf()),
             stopped_for_good_after: STOPPED_FOR_GOOD_AFTER,
+            cache,
+            memory_budget: memory_bytes,
         })
     }
 
@@ -289,6 +344,28 @@ impl Db {
                 (*name, bytes)
             })
             .collect()
+    }
+
+    /// The memory RocksDB holds, summed over the column families.
+    pub fn memory(&self) -> StorageMemory {
+        let sum = |key: &str| -> u64 {
+            ALL_CFS
+                .iter()
+                .map(|name| {
+                    self.inner
+                        .property_int_value_cf(&self.cf(name), key)
+                        .ok()
+                        .flatten()
+                        .unwrap_or(0)
+                })
+                .sum()
+        };
+        StorageMemory {
+            memtables: sum("rocksdb.size-all-mem-tables"),
+            table_readers: sum("rocksdb.estimate-table-readers-mem"),
+            block_cache: self.cache.get_usage() as u64,
+            budget: self.memory_budget as u64,
+        }
     }
 
     pub(crate) fn cf(&self, name: &'static str) -> Arc<rocksdb::BoundColumnFamily<'_>> {
@@ -523,3 +600,7 @@ fn pause_for_space() {
         _ => pause(),
     }
 }
+
+#[cfg(test)]
+#[path = "db_test.rs"]
+mod tests;

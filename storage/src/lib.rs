@@ -28,7 +28,7 @@ mod test_support;
 pub mod timer;
 pub mod txn;
 
-pub use db::{Db, FlushMode};
+pub use db::{Db, FlushMode, StorageMemory};
 pub use disk::{DiskChange, DiskSpace};
 pub use error::StorageError;
 pub use log::{LogRecord, LogStore};
