@@ -18,6 +18,7 @@ build_release() {
 # group a user already runs on the default ports is left alone.
 BENCH_ENDPOINTS=127.0.0.1:18081,127.0.0.1:18082,127.0.0.1:18083
 local_group_pid=
+local_group_dir=
 
 # start_local_group BIN DIR FLUSH LOG: start a group in the background, wait for its leader
 # and create the topic `bench` (8 queues).
@@ -25,6 +26,7 @@ start_local_group() {
   local bin=$1 dir=$2 flush=$3 log=$4
   "$bin" local --dir "$dir" --flush "$flush" --client-port 18081 --raft-port 19091 >"$log" 2>&1 &
   local_group_pid=$!
+  local_group_dir=$dir
   for _ in $(seq 100); do
     "$bin" admin cluster --json --endpoints "$BENCH_ENDPOINTS" 2>/dev/null | grep '"leader"' >/dev/null && break
     sleep 0.2
@@ -32,10 +34,16 @@ start_local_group() {
   "$bin" admin topic create bench --queues 8 --endpoints "$BENCH_ENDPOINTS"
 }
 
+# stop_local_group: stop the group and delete its nodes' data (gigabytes after a long run;
+# the brokers' logs stay), unless KEEP_BENCH_DATA=1.
 stop_local_group() {
   if [ -n "$local_group_pid" ]; then
     kill -TERM "$local_group_pid" 2>/dev/null || true
     wait "$local_group_pid" 2>/dev/null || true
     local_group_pid=
+  fi
+  if [ -n "$local_group_dir" ] && [ "${KEEP_BENCH_DATA:-0}" != 1 ]; then
+    rm -rf "$local_group_dir"/node-*/data
+    local_group_dir=
   fi
 }

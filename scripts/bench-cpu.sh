@@ -25,6 +25,7 @@ SIZE=${SIZE:-1024}
 read -r -a bench_flags <<<"${BENCH_FLAGS:-}"
 read -r -a produce_flags <<<"${PRODUCE_FLAGS:-}"
 WORK=${WORK:-$(mktemp -d /tmp/raftmq-bench-cpu.XXXXXX)}
+mkdir -p "$WORK"
 
 command -v jq >/dev/null || { echo "jq is missing (Debian: apt-get install jq)" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "/usr/bin/time is missing (Debian: apt-get install time)" >&2; exit 1; }

@@ -17,6 +17,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-4}
 SECONDS_PER_ROUND=${SECONDS_PER_ROUND:-20}
 WORK=${WORK:-$(mktemp -d /tmp/raftmq-bench-memory.XXXXXX)}
+mkdir -p "$WORK"
 
 command -v jq >/dev/null || { echo "jq is missing (Debian: apt-get install jq)" >&2; exit 1; }
 command -v curl >/dev/null || { echo "curl is missing (Debian: apt-get install curl)" >&2; exit 1; }

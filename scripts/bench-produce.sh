@@ -24,6 +24,7 @@ BATCH=${BATCH:-16}
 BATCH_CONCURRENCY=${BATCH_CONCURRENCY:-256}
 MODES=${MODES:-"sync async"}
 WORK=${WORK:-$(mktemp -d /tmp/raftmq-bench.XXXXXX)}
+mkdir -p "$WORK"
 
 bin=$(build_release)
 endpoints=$BENCH_ENDPOINTS

@@ -24,6 +24,7 @@ WARMUP=${WARMUP:-2}
 SLOW_MS=${SLOW_MS:-50}
 POLICIES=${POLICIES:-normal}
 WORK=${WORK:-$(mktemp -d /tmp/raftmq-seconds.XXXXXX)}
+mkdir -p "$WORK"
 
 bin=$(build_release)
 trap stop_local_group EXIT

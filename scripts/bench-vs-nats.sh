@@ -21,6 +21,7 @@ CONCURRENCY=${CONCURRENCY:-1024}
 SIZE=${SIZE:-1024}
 NATS_VERSION=${NATS_VERSION:-2.15.1}
 WORK=${WORK:-$(mktemp -d /tmp/raftmq-vs-nats.XXXXXX)}
+mkdir -p "$WORK"
 
 ensure_build_deps
 use_cached_rocksdb
@@ -47,6 +48,12 @@ stop_all() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   pids=()
+  # Both systems' stored messages: gigabytes after a few runs (logs and results stay).
+  if [ "${KEEP_BENCH_DATA:-0}" != 1 ]; then
+    local_group_pid=
+    stop_local_group
+    rm -rf "$WORK"/nats/n*/store
+  fi
 }
 trap stop_all EXIT
 

@@ -18,6 +18,7 @@ PROFILE_SECONDS=${PROFILE_SECONDS:-5}
 FREQUENCY=${FREQUENCY:-499}
 read -r -a bench_flags <<<"${BENCH_FLAGS:---concurrency 1024}"
 WORK=${WORK:-$(mktemp -d /tmp/raftmq-profile.XXXXXX)}
+mkdir -p "$WORK"
 
 command -v perf >/dev/null || { echo "perf is missing (Debian: apt-get install linux-perf)" >&2; exit 1; }
 command -v jq >/dev/null || { echo "jq is missing (Debian: apt-get install jq)" >&2; exit 1; }
