@@ -48,12 +48,11 @@ stop_all() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   pids=()
-  # Both systems' stored messages: gigabytes after a few runs (logs and results stay).
-  if [ "${KEEP_BENCH_DATA:-0}" != 1 ]; then
-    local_group_pid=
-    stop_local_group
-    rm -rf "$WORK"/nats/n*/store
-  fi
+  # Both systems' stored messages: gigabytes after a few runs (logs and results stay). The
+  # raftmq group was stopped above with the rest; stop_local_group deletes its data.
+  local_group_pid=
+  stop_local_group
+  [ "${KEEP_BENCH_DATA:-0}" = 1 ] || rm -rf "$WORK"/nats/n*/store
 }
 trap stop_all EXIT
 

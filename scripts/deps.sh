@@ -71,8 +71,8 @@ keep_built_rocksdb() {
 
 # Say how much room the build and the tests have, and warn when it is likely too little: a
 # cold build takes about 2.1 GB under target/ (3 GB more while RocksDB compiles without the
-# cache), the test clusters and the container image up to 2 GB more. A build that runs out of space fails with
-# compiler errors that do not name the cause plainly.
+# cache), the test clusters and the container image up to 2 GB more. A build that runs out
+# of space fails with compiler errors that do not name the cause plainly.
 report_free_space() {
   local dir=$1 free_kb
   free_kb=$(df -Pk "$dir" | awk 'NR == 2 {print $4}')

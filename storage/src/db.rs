@@ -331,16 +331,8 @@ impl Db {
         ALL_CFS
             .iter()
             .map(|name| {
-                let cf = self.cf(name);
-                let property = |key: &str| {
-                    self.inner
-                        .property_int_value_cf(&cf, key)
-                        .ok()
-                        .flatten()
-                        .unwrap_or(0)
-                };
-                let bytes = property("rocksdb.total-sst-files-size")
-                    + property("rocksdb.size-all-mem-tables");
+                let bytes = self.int_property(name, "rocksdb.total-sst-files-size")
+                    + self.int_property(name, "rocksdb.size-all-mem-tables");
                 (*name, bytes)
             })
             .collect()
@@ -351,13 +343,7 @@ impl Db {
         let sum = |key: &str| -> u64 {
             ALL_CFS
                 .iter()
-                .map(|name| {
-                    self.inner
-                        .property_int_value_cf(&self.cf(name), key)
-                        .ok()
-                        .flatten()
-                        .unwrap_or(0)
-                })
+                .map(|name| self.int_property(name, key))
                 .sum()
         };
         StorageMemory {
@@ -366,6 +352,15 @@ impl Db {
             block_cache: self.cache.get_usage() as u64,
             budget: self.memory_budget as u64,
         }
+    }
+
+    /// A column family's integer property (0 if RocksDB does not report it).
+    fn int_property(&self, cf: &'static str, key: &str) -> u64 {
+        self.inner
+            .property_int_value_cf(&self.cf(cf), key)
+            .ok()
+            .flatten()
+            .unwrap_or(0)
     }
 
     pub(crate) fn cf(&self, name: &'static str) -> Arc<rocksdb::BoundColumnFamily<'_>> {

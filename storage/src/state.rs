@@ -800,7 +800,7 @@ pub(crate) struct PendingApply {
     pub(crate) queue_next: HashMap<(String, u32), u64>,
     pub(crate) dedup: HashMap<Vec<u8>, pb::DedupEntry>,
     /// What the dedup index held before this call for each appended message, in apply order
-    /// (see `State::look_up_message_ids`).
+    /// (see `BrokerState::look_up_message_ids`).
     pub(crate) stored_ids: std::vec::IntoIter<StoredId>,
     pub(crate) groups: BTreeMap<String, pb::GroupConfig>,
     pub(crate) pops: HashMap<PopKey, pb::PopQueue>,
