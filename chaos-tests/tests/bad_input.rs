@@ -2,11 +2,16 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use chaos_tests::cluster::{Cluster, ClusterOptions};
+use raftmq::cli::bench_connection::{BenchConnection, CallError};
 use raftmq::client::{Client, ClientError, message};
 use raftmq_proto::raft::v1::NodeStatusRequest;
 use raftmq_proto::raft::v1::raft_service_client::RaftServiceClient;
-use raftmq_proto::rocketmq::v2::{Code, Message};
+use raftmq_proto::rocketmq::v2::{Code, HeartbeatRequest, HeartbeatResponse, Message};
+
+const SEND_MESSAGE: &str = "/apache.rocketmq.v2.MessagingService/SendMessage";
+const HEARTBEAT: &str = "/apache.rocketmq.v2.MessagingService/Heartbeat";
 
 fn code_of<T: std::fmt::Debug>(result: Result<T, ClientError>) -> Code {
     match result {
@@ -122,6 +127,29 @@ async fn each_bad_input_gets_its_code() -> anyhow::Result<()> {
             .await
             .expect_err("the client port must not serve the Raft service");
         assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+
+        // The client port decodes SendMessage itself: a request that is not a well-formed
+        // gRPC message gets INTERNAL with the reason, and the connection stays usable.
+        let raw = BenchConnection::connect(&cluster.node(node).client_addr, Duration::from_secs(5))
+            .await?;
+        let malformed: [(&str, &[u8]); 4] = [
+            ("not protobuf", &[0, 0, 0, 0, 3, 0xff, 0xff, 0xff]),
+            ("compressed without an encoding", &[1, 0, 0, 0, 0]),
+            ("a prefix longer than the message", &[0, 0, 0, 0, 9, 1]),
+            ("a cut prefix", &[0, 0]),
+        ];
+        for (case, frame) in malformed {
+            match raw.call(SEND_MESSAGE, Bytes::from_static(frame)).await {
+                Err(CallError::Grpc { code, message }) => {
+                    assert_eq!(code, "13", "{case}: {message}");
+                    assert!(!message.is_empty(), "{case}: a reason");
+                }
+                other => panic!("{case}: expected INTERNAL, got {other:?}"),
+            }
+        }
+        let heartbeat: HeartbeatResponse =
+            raw.unary(HEARTBEAT, &HeartbeatRequest::default()).await?;
+        assert_eq!(heartbeat.status.map(|s| s.code), Some(Code::Ok as i32));
     }
 
     // Nothing was stored, nothing was created, and good requests still work everywhere.

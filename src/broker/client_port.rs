@@ -4,6 +4,8 @@
 //! match on the path's service name. tonic's `Server` wraps every call in a per-connection
 //! stack (a boxed clone of the stack per call, a connect-info extension, an axum router);
 //! here a call costs one path comparison before the generated service decodes it.
+//! SendMessage, one call per message for most producers, skips tonic's codec too: it is
+//! decoded and answered by `unary.rs` and handled by the same service method.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,20 +17,37 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use raftmq_proto::admin::v1::admin_service_server::AdminServiceServer;
-use raftmq_proto::rocketmq::v2::messaging_service_server::MessagingServiceServer;
+use raftmq_proto::rocketmq::v2::messaging_service_server::{
+    MessagingService, MessagingServiceServer,
+};
+use std::sync::Arc;
 use tower_service::Service;
 
 use super::admin::Admin;
-use super::messaging::Messaging;
+use super::messaging::{self, Messaging};
+use super::{MAX_CLIENT_MESSAGE_BYTES, unary};
 
 /// The services of the client port, routed by the service name in the call's path.
 #[derive(Clone)]
 pub struct ClientApi {
-    pub messaging: MessagingServiceServer<Messaging>,
-    pub admin: AdminServiceServer<Admin>,
+    /// SendMessage's handler, called without tonic's codec (see `unary.rs`).
+    sends: Arc<Messaging>,
+    messaging: MessagingServiceServer<Messaging>,
+    admin: AdminServiceServer<Admin>,
+}
+
+impl ClientApi {
+    pub fn new(messaging: Arc<Messaging>, admin: AdminServiceServer<Admin>) -> ClientApi {
+        ClientApi {
+            sends: messaging.clone(),
+            messaging: messaging::service(messaging),
+            admin,
+        }
+    }
 }
 
 const ADMIN_PATH: &str = "/raftmq.admin.v1.AdminService/";
+const SEND_MESSAGE_PATH: &str = "/apache.rocketmq.v2.MessagingService/SendMessage";
 
 type ResponseFuture =
     Pin<Box<dyn Future<Output = Result<http::Response<tonic::body::Body>, Infallible>> + Send>>;
@@ -45,7 +64,18 @@ impl Service<http::Request<Incoming>> for ClientApi {
     fn call(&mut self, request: http::Request<Incoming>) -> ResponseFuture {
         // Anything that is not an admin call goes to MessagingService, which answers an
         // unknown method with UNIMPLEMENTED.
-        if request.uri().path().starts_with(ADMIN_PATH) {
+        let path = request.uri().path();
+        if path == SEND_MESSAGE_PATH && unary::is_plain_grpc(request.headers()) {
+            let sends = self.sends.clone();
+            Box::pin(async move {
+                let response =
+                    unary::serve(request, MAX_CLIENT_MESSAGE_BYTES, |request| async move {
+                        sends.send_message(request).await
+                    })
+                    .await;
+                Ok(response)
+            })
+        } else if path.starts_with(ADMIN_PATH) {
             self.admin.call(request)
         } else {
             self.messaging.call(request)

@@ -52,8 +52,15 @@ pub struct Messaging {
     broker: Arc<Broker>,
 }
 
-pub fn service(broker: Arc<Broker>) -> MessagingServiceServer<Messaging> {
-    MessagingServiceServer::new(Messaging { broker })
+impl Messaging {
+    pub fn new(broker: Arc<Broker>) -> Messaging {
+        Messaging { broker }
+    }
+}
+
+/// The tonic service over `messaging`, for every call the client port does not serve itself.
+pub fn service(messaging: Arc<Messaging>) -> MessagingServiceServer<Messaging> {
+    MessagingServiceServer::from_arc(messaging)
         .max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_CLIENT_MESSAGE_BYTES)
 }

@@ -24,6 +24,7 @@ pub mod renewals;
 pub mod status;
 pub mod timers;
 pub mod transactions;
+pub mod unary;
 pub mod validate;
 
 use std::future::Future;
@@ -263,10 +264,10 @@ pub async fn run(
         .serve_with_incoming_shutdown(raft_incoming, stopped(stop_rx.clone()));
     let client_server = client_port::serve(
         client_listener,
-        client_port::ClientApi {
-            messaging: messaging::service(broker.clone()),
-            admin: admin::service(broker.clone()),
-        },
+        client_port::ClientApi::new(
+            Arc::new(messaging::Messaging::new(broker.clone())),
+            admin::service(broker.clone()),
+        ),
         stopped(stop_rx.clone()),
     );
     let timer_task = tokio::spawn(timers::run(broker.clone(), stop_rx.clone()));

@@ -93,6 +93,13 @@ impl BenchConnection {
         request
             .encode(&mut frame)
             .map_err(|e| CallError::Request(e.to_string()))?;
+        let reply = self.call(path, frame.freeze()).await?;
+        Reply::decode(reply).map_err(|e| CallError::Malformed(e.to_string()))
+    }
+
+    /// Call `path` with `frame`, the request's bytes as they go on the wire (a gRPC prefix and
+    /// the message; tests send malformed ones), and return the reply's message bytes.
+    pub async fn call(&self, path: &'static str, frame: Bytes) -> Result<Bytes, CallError> {
         let uri = http::Uri::builder()
             .scheme(Scheme::HTTP)
             .authority(self.authority.clone())
@@ -107,7 +114,7 @@ impl BenchConnection {
             .map_err(|e| CallError::Request(e.to_string()))?;
         let mut sender = self.sender.clone().ready().await?;
         let (response, mut request_body) = sender.send_request(head, false)?;
-        request_body.send_data(frame.freeze(), true)?;
+        request_body.send_data(frame, true)?;
 
         let response = response.await?;
         if response.status() != http::StatusCode::OK {
@@ -127,9 +134,7 @@ impl BenchConnection {
             None => return Err(CallError::Malformed("no grpc-status trailer".into())),
         }
         match reply.first() {
-            Some(0) if reply.len() >= 5 => {
-                Reply::decode(&reply[5..]).map_err(|e| CallError::Malformed(e.to_string()))
-            }
+            Some(0) if reply.len() >= 5 => Ok(reply.freeze().split_off(5)),
             _ => Err(CallError::Malformed(
                 "expected one uncompressed gRPC frame".into(),
             )),

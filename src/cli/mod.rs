@@ -2,7 +2,7 @@
 
 pub mod admin;
 pub mod bench;
-mod bench_connection;
+pub mod bench_connection;
 pub mod consume;
 pub mod local;
 pub mod produce;
