@@ -17,6 +17,12 @@ use crate::db::{CF_LOG, CF_RAFT, Db, FlushMode, NO_SPACE_RETRY};
 use crate::error::StorageError;
 use crate::keys;
 
+/// A RocksDB write batch's fixed header: sequence number and count.
+const BATCH_HEADER_BYTES: usize = 12;
+/// What a put adds to a batch besides its value: a tag, the column family id, the 8-byte key
+/// and two length varints.
+const BATCH_BYTES_PER_PUT: usize = 24;
+
 /// One encoded `pb::Entry` and its Raft index.
 #[derive(Debug, Clone)]
 pub struct LogRecord {
@@ -91,7 +97,12 @@ impl LogStore {
     ) -> Result<(), StorageError> {
         let build = || {
             let cf = self.db.cf(CF_LOG);
-            let mut batch = WriteBatch::default();
+            // Sized up front: a batch grown by reallocation copies its records again each time.
+            let bytes: usize = records
+                .iter()
+                .map(|r| r.bytes.len() + BATCH_BYTES_PER_PUT)
+                .sum();
+            let mut batch = WriteBatch::with_capacity_bytes(BATCH_HEADER_BYTES + bytes);
             for record in records {
                 batch.put_cf(&cf, keys::log_key(record.index), &record.bytes);
             }
