@@ -52,16 +52,28 @@ where
     Reply: Future<Output = Result<tonic::Response<Resp>, Status>>,
 {
     let (parts, body) = request.into_parts();
-    let message = match read_message(body, max_message_bytes).await {
-        Ok(bytes) => match Req::decode(bytes) {
-            Ok(message) => message,
-            Err(err) => {
-                return failed(Status::internal(format!(
-                    "failed to decode Protobuf message: {err}"
-                )));
+    let decoded = read_message(body, max_message_bytes)
+        .await
+        .and_then(|bytes| {
+            Req::decode(bytes).map_err(|err| {
+                Status::internal(format!("failed to decode Protobuf message: {err}"))
+            })
+        });
+    let message = match decoded {
+        Ok(message) => message,
+        Err(status) => {
+            let path = parts.uri.path();
+            if matches!(
+                status.code(),
+                tonic::Code::Internal | tonic::Code::OutOfRange
+            ) {
+                tracing::info!(path, code = ?status.code(), message = status.message(), "malformed request rejected");
+            } else {
+                // The client reset the call or its connection broke before the request was in.
+                tracing::debug!(path, code = ?status.code(), message = status.message(), "request not read");
             }
-        },
-        Err(status) => return failed(status),
+            return failed(status);
+        }
     };
     let request = tonic::Request::from_parts(
         MetadataMap::from_headers(parts.headers),
