@@ -10,12 +10,10 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use raftmq_proto::admin::v1::admin_service_server::AdminServiceServer;
 use raftmq_proto::rocketmq::v2::messaging_service_server::{
     MessagingService, MessagingServiceServer,
@@ -52,16 +50,14 @@ const SEND_MESSAGE_PATH: &str = "/apache.rocketmq.v2.MessagingService/SendMessag
 type ResponseFuture =
     Pin<Box<dyn Future<Output = Result<http::Response<tonic::body::Body>, Infallible>> + Send>>;
 
-impl Service<http::Request<Incoming>> for ClientApi {
+/// hyper's own service trait, called by shared reference: a tower service would be cloned
+/// for every call (hyper's tower adapter does so), the whole routing table with it.
+impl hyper::service::Service<http::Request<Incoming>> for ClientApi {
     type Response = http::Response<tonic::body::Body>;
     type Error = Infallible;
     type Future = ResponseFuture;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<Incoming>) -> ResponseFuture {
+    fn call(&self, request: http::Request<Incoming>) -> ResponseFuture {
         // Anything that is not an admin call goes to MessagingService, which answers an
         // unknown method with UNIMPLEMENTED.
         let path = request.uri().path();
@@ -76,9 +72,10 @@ impl Service<http::Request<Incoming>> for ClientApi {
                 Ok(response)
             })
         } else if path.starts_with(ADMIN_PATH) {
-            self.admin.call(request)
+            // The generated tonic services are always ready; they take `&mut self`.
+            self.admin.clone().call(request)
         } else {
-            self.messaging.call(request)
+            self.messaging.clone().call(request)
         }
     }
 }
@@ -115,8 +112,7 @@ pub async fn serve(
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(error = %err, "could not set TCP_NODELAY on a client connection");
         }
-        let connection =
-            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(api.clone()));
+        let connection = builder.serve_connection(TokioIo::new(stream), api.clone());
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(err) = connection.await {

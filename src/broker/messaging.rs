@@ -48,13 +48,23 @@ const PULL_BATCH_MAX: usize = 1024;
 /// Roughly how many body bytes one PullMessage returns (at least one message).
 const PULL_BYTES_MAX: usize = 8 * 1024 * 1024;
 
+#[derive(Clone)]
 pub struct Messaging {
     broker: Arc<Broker>,
+    /// Handles looked up once: `metrics::histogram!` and the like look their metric up in
+    /// the registry on every call, and a send is one call per message for most producers.
+    send_seconds: metrics::Histogram,
+    messages_produced: metrics::Counter,
 }
 
 impl Messaging {
+    /// Call after the metrics recorder is installed: the handles are bound to it here.
     pub fn new(broker: Arc<Broker>) -> Messaging {
-        Messaging { broker }
+        Messaging {
+            broker,
+            send_seconds: metrics::histogram!("raftmq_send_seconds"),
+            messages_produced: metrics::counter!("raftmq_messages_produced_total"),
+        }
     }
 }
 
@@ -191,11 +201,13 @@ impl Messaging {
             .collect())
     }
 
+    /// Store the request's messages; returns, for each in order, where it was stored and
+    /// whether it is a transaction's half message.
     async fn send(
         &self,
         request: v2::SendMessageRequest,
         client_id: &str,
-    ) -> Result<Vec<v2::SendResultEntry>, Rejection> {
+    ) -> Result<Vec<(pb::AppendedMessage, bool)>, Rejection> {
         let broker = &self.broker;
         let Some(first) = request.messages.first() else {
             return Err(Rejection::new(
@@ -230,16 +242,7 @@ impl Messaging {
             .and_then(|p| p.message_group.as_deref());
         let queue_id = broker.choose_queue(&topic, group);
         let store_ms = now_ms();
-        let message_ids: Vec<String> = request
-            .messages
-            .iter()
-            .map(|m| {
-                m.system_properties
-                    .as_ref()
-                    .map(|p| p.message_id.clone())
-                    .unwrap_or_default()
-            })
-            .collect();
+        let count = request.messages.len();
         let mut transactional = Vec::with_capacity(request.messages.len());
         let mut messages = Vec::with_capacity(request.messages.len());
         for message in request.messages {
@@ -265,28 +268,12 @@ impl Messaging {
             messages.push(stored);
         }
         let appended = broker.sends.append(messages).await?;
-        if appended.len() != message_ids.len() {
+        if appended.len() != count {
             return Err(Rejection::internal(
                 "the broker stored a different number of messages than it was sent",
             ));
         }
-        Ok(message_ids
-            .into_iter()
-            .zip(appended)
-            .zip(transactional)
-            .map(|((message_id, stored), is_half)| v2::SendResultEntry {
-                status: Some(ok()),
-                // A half message's transaction id is its message id.
-                transaction_id: if is_half {
-                    message_id.clone()
-                } else {
-                    String::new()
-                },
-                message_id,
-                offset: stored.queue_offset as i64,
-                recall_handle: String::new(),
-            })
-            .collect())
+        Ok(appended.into_iter().zip(transactional).collect())
     }
 
     async fn pull(
@@ -606,9 +593,25 @@ impl MessagingService for Messaging {
             .collect();
         let started = std::time::Instant::now();
         let reply = match self.send(request, &client_id).await {
-            Ok(entries) => {
-                metrics::histogram!("raftmq_send_seconds").record(started.elapsed().as_secs_f64());
-                metrics::counter!("raftmq_messages_produced_total").increment(entries.len() as u64);
+            Ok(stored) => {
+                self.send_seconds.record(started.elapsed().as_secs_f64());
+                self.messages_produced.increment(stored.len() as u64);
+                let entries = ids
+                    .into_iter()
+                    .zip(stored)
+                    .map(|(message_id, (stored, is_half))| v2::SendResultEntry {
+                        status: Some(ok()),
+                        // A half message's transaction id is its message id.
+                        transaction_id: if is_half {
+                            message_id.clone()
+                        } else {
+                            String::new()
+                        },
+                        message_id,
+                        offset: stored.queue_offset as i64,
+                        recall_handle: String::new(),
+                    })
+                    .collect();
                 v2::SendMessageResponse {
                     status: Some(ok()),
                     entries,
@@ -881,9 +884,7 @@ impl MessagingService for Messaging {
         let (tx, rx) = mpsc::channel(16);
         let client_id = client_id_of(&request);
         let mut inbound = request.into_inner();
-        let this = Messaging {
-            broker: self.broker.clone(),
-        };
+        let this = self.clone();
         tokio::spawn(async move {
             let stream = this.broker.clients.new_stream();
             while let Some(Ok(command)) = inbound.next().await {

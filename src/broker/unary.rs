@@ -214,7 +214,11 @@ mod tests {
 
     /// Serve `request` with a handler that answers with the group's name and the caller's
     /// client id, as a handler reads them from the request.
-    async fn serve_echo(request: http::Request<Full<Bytes>>) -> http::Response<tonic::body::Body> {
+    async fn serve_echo<Body>(request: http::Request<Body>) -> http::Response<tonic::body::Body>
+    where
+        Body: hyper::body::Body<Data = Bytes>,
+        Body::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         serve(
             request,
             LIMIT,
@@ -286,21 +290,7 @@ mod tests {
             .header(CONTENT_TYPE, "application/grpc")
             .body(StreamBody::new(chunks))
             .unwrap();
-        let response = serve(
-            request,
-            LIMIT,
-            |request: tonic::Request<v2::HeartbeatRequest>| async move {
-                let group = request.into_inner().group.unwrap_or_default().name;
-                Ok(tonic::Response::new(v2::HeartbeatResponse {
-                    status: Some(v2::Status {
-                        code: 0,
-                        message: group,
-                    }),
-                }))
-            },
-        )
-        .await;
-        let (code, _, reply) = outcome(response).await;
+        let (code, _, reply) = outcome(serve_echo(request).await).await;
         assert_eq!(code, Code::Ok);
         assert_eq!(reply.unwrap().status.unwrap().message, "group-b");
     }

@@ -6,7 +6,11 @@
 //! and openraft re-applies the rest from the (durable) log. Queue offsets are assigned here, in
 //! log order, so every replica holds byte-identical queues.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+// Keyed by topic names and message ids; seeded per process, so keys a client chooses cannot
+// be made to collide.
+use foldhash::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use prost::Message;
@@ -808,7 +812,7 @@ pub(crate) struct PendingApply {
     pub(crate) cq: HashMap<(String, u32, u64), pb::QueueEntry>,
     /// Timers scheduled by this call, and timer keys fired (deleted) by it.
     pub(crate) timers: BTreeMap<[u8; 20], pb::TimerEntry>,
-    pub(crate) fired_timers: std::collections::HashSet<[u8; 20]>,
+    pub(crate) fired_timers: HashSet<[u8; 20]>,
     /// Transaction records written by this call, by `txn` key.
     pub(crate) txns: HashMap<Vec<u8>, pb::TransactionRecord>,
     /// Consumer offsets committed by this call: `offsets` key → log index of the commit.
