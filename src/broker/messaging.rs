@@ -243,8 +243,8 @@ impl Messaging {
         let queue_id = broker.choose_queue(&topic, group);
         let store_ms = now_ms();
         let count = request.messages.len();
-        let mut transactional = Vec::with_capacity(request.messages.len());
-        let mut messages = Vec::with_capacity(request.messages.len());
+        let mut transactional = Vec::with_capacity(count);
+        let mut messages = Vec::with_capacity(count);
         for message in request.messages {
             let is_half = message
                 .system_properties

@@ -7,13 +7,12 @@
 //! log order, so every replica holds byte-identical queues.
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 // Faster than std's SipHash, and seeded at random for each map, so no set of keys collides in
 // every node (foldhash's "minimal" DoS resistance, not a keyed hash): the maps keyed by what
 // clients choose (message ids) hold one apply call's keys and are dropped with it.
 use foldhash::{HashMap, HashSet};
-use std::sync::Mutex;
-
 use prost::Message;
 use raftmq_proto::raft::v1 as pb;
 use raftmq_proto::rocketmq::v2;
