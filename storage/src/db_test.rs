@@ -22,7 +22,7 @@ fn write_log(db: &Db, first: u64, chunks: u64) {
 }
 
 fn dedup_id(n: u64) -> Vec<u8> {
-    keys::dedup_key("topic", &format!("{n:032x}"))
+    keys::dedup_key(0, "topic", &format!("{n:032x}"))
 }
 
 /// A node whose RocksDB may use 64 MiB stores 160 MiB of log: the memtables are charged to

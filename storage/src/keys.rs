@@ -120,15 +120,33 @@ pub fn group_key(group: &str) -> Vec<u8> {
 
 pub const GROUP_PREFIX: &[u8] = b"group/";
 
-/// Message-id dedup index (`index` CF): topic, message id.
-pub fn dedup_key(topic: &str, message_id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(3 + topic.len() + 1 + message_id.len());
-    key.extend_from_slice(b"id/");
+/// Message-id dedup index (`index` CF): the dedup bucket the id was recorded in, topic,
+/// message id. Ids are grouped by bucket (a span of store time, see
+/// `state::DEDUP_BUCKET_MS`) so that apply drops each bucket with one range delete once it
+/// has left the dedup window.
+pub fn dedup_key(bucket: u64, topic: &str, message_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(DEDUP_PREFIX.len() + 8 + topic.len() + 1 + message_id.len());
+    key.extend_from_slice(DEDUP_PREFIX);
+    key.extend_from_slice(&bucket.to_be_bytes());
     key.extend_from_slice(topic.as_bytes());
     key.push(0);
     key.extend_from_slice(message_id.as_bytes());
     key
 }
+
+/// Every dedup key of `bucket` and of later buckets sorts at or after this one, every key of
+/// an earlier bucket before it.
+pub fn dedup_bucket_start(bucket: u64) -> Vec<u8> {
+    let mut key = DEDUP_PREFIX.to_vec();
+    key.extend_from_slice(&bucket.to_be_bytes());
+    key
+}
+
+pub const DEDUP_PREFIX: &[u8] = b"dd/";
+/// Where dedup records were kept before buckets, never dropped: the range from this key to
+/// `OLD_DEDUP_END` is deleted along with the first bucket that leaves the window.
+pub const OLD_DEDUP_START: &[u8] = b"id/";
+pub const OLD_DEDUP_END: &[u8] = b"id0";
 
 /// `meta` CF: the next offset of a queue (= how many messages it ever held).
 pub fn queue_next_key(topic: &str, queue_id: u32) -> Vec<u8> {
@@ -150,6 +168,8 @@ pub const TOPIC_PREFIX: &[u8] = b"topic/";
 
 /// `meta` CF: the last applied log id.
 pub const APPLIED_KEY: &[u8] = b"applied";
+/// `meta` CF: the newest dedup bucket the applied log has reached.
+pub const DEDUP_BUCKET_KEY: &[u8] = b"dedup_bucket";
 /// `meta` CF: the last applied membership.
 pub const MEMBERSHIP_KEY: &[u8] = b"membership";
 /// `raft` CF: the vote.
@@ -190,6 +210,28 @@ mod tests {
             let (ka, kb) = (timer_key(a, ia, 0), timer_key(b, ib, 0));
             prop_assert_eq!((a, ia).cmp(&(b, ib)), ka.cmp(&kb));
             prop_assert_eq!(Some(a), decode_timer_time(&ka));
+        }
+
+        #[test]
+        fn dedup_keys_sort_by_bucket_first_and_bucket_starts_bound_them(
+            a: u64, b in 0..u64::MAX, topic in "[a-zA-Z0-9_%|-]{1,127}", id in "[ -~]{0,64}", other_id in "[ -~]{0,64}",
+        ) {
+            let (ka, kb) = (dedup_key(a, &topic, &id), dedup_key(b, &topic, &other_id));
+            if a != b {
+                prop_assert_eq!(a.cmp(&b), ka.cmp(&kb));
+            }
+            prop_assert!(dedup_bucket_start(a) <= ka);
+            prop_assert!(dedup_key(b, &topic, &other_id) < dedup_bucket_start(b + 1));
+        }
+
+        #[test]
+        fn the_old_dedup_range_holds_every_old_key_and_no_new_one(
+            bucket: u64, topic in "[a-zA-Z0-9_%|-]{1,127}", id in "[ -~]{0,64}",
+        ) {
+            let old = [OLD_DEDUP_START, topic.as_bytes(), &[0], id.as_bytes()].concat();
+            prop_assert!(OLD_DEDUP_START <= old.as_slice() && old.as_slice() < OLD_DEDUP_END);
+            let new = dedup_key(bucket, &topic, &id);
+            prop_assert!(!(OLD_DEDUP_START <= new.as_slice() && new.as_slice() < OLD_DEDUP_END));
         }
 
         #[test]

@@ -29,6 +29,18 @@ use crate::log::read_entry;
 /// use the same value, since it decides what apply writes.
 pub const DEDUP_WINDOW_MS: i64 = 15 * 60 * 1000;
 
+/// The dedup index keeps ids in buckets of this much store time, and keeps only the newest
+/// bucket the log has reached and the one before it: an id is remembered for one to two
+/// bucket spans, then dropped with its whole bucket. Four windows wide, so that a send looks in
+/// the bucket before its own only in the first quarter of a bucket. Cluster-wide, like the
+/// window.
+pub const DEDUP_BUCKET_MS: i64 = 4 * DEDUP_WINDOW_MS;
+
+/// The dedup bucket of a store time.
+fn dedup_bucket(time_ms: i64) -> u64 {
+    (time_ms.max(0) / DEDUP_BUCKET_MS) as u64
+}
+
 /// What one applied log entry carries.
 #[derive(Debug)]
 pub enum ApplyItem {
@@ -57,8 +69,22 @@ pub struct StateExport {
 /// A raw RocksDB record.
 pub(crate) type KeyValue = (Vec<u8>, Vec<u8>);
 
-/// A message's dedup key and what the dedup index held for it before the apply call.
-pub(crate) type StoredId = (Vec<u8>, Option<pb::DedupEntry>);
+/// Where apply looks for an appended message's earlier copy, and records the message.
+///
+/// Every message is recorded in the newest bucket the log has reached (the largest bucket of
+/// any store time applied so far, kept in `meta`), and looked up in that bucket and, when its
+/// window reaches back into it, the bucket before; older buckets are deleted. All of it
+/// follows from the log alone, so every replica decides the same, however its apply calls
+/// split the log.
+#[derive(Debug)]
+pub(crate) struct IdLookup {
+    /// The newest bucket, once this message is applied.
+    pub(crate) bucket: u64,
+    /// The message's key in `bucket` and what the index held there before the apply call.
+    pub(crate) newest: (Vec<u8>, Option<pb::DedupEntry>),
+    /// The same in the bucket before, when the message's window reaches into it.
+    pub(crate) older: Option<(Vec<u8>, Option<pb::DedupEntry>)>,
+}
 
 /// (consumer group, topic, queue id)
 pub(crate) type PopKey = (String, String, u32);
@@ -70,6 +96,8 @@ pub(crate) struct Cache {
     pub(crate) queue_next: HashMap<(String, u32), u64>,
     pub(crate) groups: BTreeMap<String, pb::GroupConfig>,
     pub(crate) pops: HashMap<PopKey, pb::PopQueue>,
+    /// The newest dedup bucket the applied log has reached.
+    pub(crate) dedup_bucket: u64,
 }
 
 pub struct BrokerState {
@@ -134,6 +162,12 @@ impl BrokerState {
                 .map_err(|e| StorageError::corrupt(CF_POP, &key, e))?;
             cache.pops.insert(pop_key, queue);
         }
+        if let Some(value) = self.db.get(CF_META, keys::DEDUP_BUCKET_KEY)? {
+            let bytes = <[u8; 8]>::try_from(&*value).map_err(|_| {
+                StorageError::corrupt(CF_META, keys::DEDUP_BUCKET_KEY, "bad dedup bucket")
+            })?;
+            cache.dedup_bucket = u64::from_be_bytes(bytes);
+        }
         *self.cache.lock().expect("state cache lock poisoned") = cache;
         Ok(())
     }
@@ -195,8 +229,14 @@ impl BrokerState {
         let Some(last_log_id) = items.last().map(|(id, _)| *id) else {
             return Ok(Vec::new());
         };
+        let start_bucket = self
+            .cache
+            .lock()
+            .expect("state cache lock poisoned")
+            .dedup_bucket;
         let mut pending = PendingApply {
-            stored_ids: self.look_up_message_ids(&items)?.into_iter(),
+            id_lookups: self.look_up_message_ids(start_bucket, &items)?.into_iter(),
+            dedup_bucket: start_bucket,
             ..PendingApply::default()
         };
         let mut batch = WriteBatch::default();
@@ -258,6 +298,13 @@ impl BrokerState {
                 keys::encode_offset_record(committed, last_log_id.index),
             );
         }
+        if pending.dedup_bucket != start_bucket {
+            batch.put_cf(
+                &self.db.cf(CF_META),
+                keys::DEDUP_BUCKET_KEY,
+                pending.dedup_bucket.to_be_bytes(),
+            );
+        }
         batch.put_cf(
             &self.db.cf(CF_META),
             keys::APPLIED_KEY,
@@ -266,6 +313,7 @@ impl BrokerState {
         self.db.write(CF_META, batch)?;
         {
             let mut cache = self.cache.lock().expect("state cache lock poisoned");
+            cache.dedup_bucket = pending.dedup_bucket;
             cache.queue_next.extend(pending.queue_next);
             cache.topics.extend(pending.topics);
             cache.groups.extend(pending.groups);
@@ -275,15 +323,17 @@ impl BrokerState {
         Ok(results)
     }
 
-    /// The dedup index's record, as it stands before this call, of every message the items
-    /// append, in the order `apply_append` meets them: one batched read instead of a lookup
-    /// per message (those lookups were a tenth of a follower's CPU under load).
+    /// Where each message the items append is looked up and recorded in the dedup index
+    /// (see `IdLookup`), with what the index held there before this call, in the order
+    /// `apply_append` meets them: one batched read instead of a lookup per message (those
+    /// lookups were a tenth of a follower's CPU under load).
     fn look_up_message_ids(
         &self,
+        start_bucket: u64,
         items: &[(pb::LogId, ApplyItem)],
-    ) -> Result<Vec<StoredId>, StorageError> {
+    ) -> Result<Vec<IdLookup>, StorageError> {
         use pb::command::Kind;
-        let keys: Vec<Vec<u8>> = items
+        let messages = items
             .iter()
             .filter_map(|(_, item)| match item {
                 ApplyItem::Command(command) => match &command.kind {
@@ -292,21 +342,46 @@ impl BrokerState {
                 },
                 _ => None,
             })
-            .flat_map(|append| &append.messages)
-            .map(|message| keys::dedup_key(&message.topic, &message.message_id))
-            .collect();
+            .flat_map(|append| &append.messages);
+        // Per message: its newest bucket, and whether the bucket before is searched too.
+        let mut places = Vec::new();
+        let mut keys = Vec::new();
+        let mut bucket = start_bucket;
+        for message in messages {
+            let time = message.store_timestamp_ms;
+            bucket = bucket.max(dedup_bucket(time));
+            keys.push(keys::dedup_key(bucket, &message.topic, &message.message_id));
+            let window_start = dedup_bucket(time.saturating_sub(DEDUP_WINDOW_MS));
+            let search_older = window_start < bucket && bucket > 0;
+            if search_older {
+                keys.push(keys::dedup_key(
+                    bucket - 1,
+                    &message.topic,
+                    &message.message_id,
+                ));
+            }
+            places.push((bucket, search_older));
+        }
         if keys.is_empty() {
             return Ok(Vec::new());
         }
         let values = self.db.multi_get(CF_INDEX, &keys)?;
-        keys.into_iter()
-            .zip(values)
-            .map(|(key, value)| {
-                let entry = value
-                    .map(|bytes| pb::DedupEntry::decode(&*bytes))
-                    .transpose()
-                    .map_err(|e| StorageError::corrupt(CF_INDEX, &key, e))?;
-                Ok((key, entry))
+        let mut found = keys.into_iter().zip(values).map(|(key, value)| {
+            let entry = value
+                .map(|bytes| pb::DedupEntry::decode(&*bytes))
+                .transpose()
+                .map_err(|e| StorageError::corrupt(CF_INDEX, &key, e))?;
+            Ok((key, entry))
+        });
+        let mut next = || found.next().expect("one lookup per key");
+        places
+            .into_iter()
+            .map(|(bucket, search_older)| {
+                Ok(IdLookup {
+                    bucket,
+                    newest: next()?,
+                    older: if search_older { Some(next()?) } else { None },
+                })
             })
             .collect()
     }
@@ -407,16 +482,29 @@ impl BrokerState {
         let mut appended = Vec::with_capacity(append.messages.len());
         let index_cf = self.db.cf(CF_INDEX);
         for (slot, message) in append.messages.iter().enumerate() {
-            let (dedup_key, stored) = pending
-                .stored_ids
+            let lookup = pending
+                .id_lookups
                 .next()
                 .expect("`apply` looks up every appended message's id before applying");
             debug_assert_eq!(
-                dedup_key,
-                keys::dedup_key(&message.topic, &message.message_id)
+                lookup.newest.0,
+                keys::dedup_key(lookup.bucket, &message.topic, &message.message_id)
             );
-            // A retry within this same call is found among its own writes.
-            let previous = pending.dedup.get(&dedup_key).copied().or(stored);
+            if lookup.bucket > pending.dedup_bucket {
+                // The log reached a new bucket: ids two buckets back have left the window of
+                // every message still to come.
+                batch.delete_range_cf(
+                    &index_cf,
+                    keys::DEDUP_PREFIX,
+                    keys::dedup_bucket_start(lookup.bucket - 1).as_slice(),
+                );
+                batch.delete_range_cf(&index_cf, keys::OLD_DEDUP_START, keys::OLD_DEDUP_END);
+                pending.dedup_bucket = lookup.bucket;
+            }
+            // Newest bucket first; a retry within this same call is found among its own writes.
+            let previous = std::iter::once(&lookup.newest)
+                .chain(&lookup.older)
+                .find_map(|(key, stored)| pending.dedup.get(key).copied().or(*stored));
             if let Some(first) = previous
                 && message.store_timestamp_ms - first.store_timestamp_ms <= DEDUP_WINDOW_MS
             {
@@ -460,6 +548,7 @@ impl BrokerState {
                 queue_offset: offset.unwrap_or(0),
                 store_timestamp_ms: message.store_timestamp_ms,
             };
+            let (dedup_key, _) = lookup.newest;
             batch.put_cf(&index_cf, &dedup_key, dedup.encode_to_vec());
             pending.dedup.insert(dedup_key, dedup);
             appended.push(pb::AppendedMessage {
@@ -803,9 +892,11 @@ pub(crate) struct PendingApply {
     pub(crate) topics: BTreeMap<String, pb::TopicConfig>,
     pub(crate) queue_next: HashMap<(String, u32), u64>,
     pub(crate) dedup: HashMap<Vec<u8>, pb::DedupEntry>,
-    /// What the dedup index held before this call for each appended message, in apply order
-    /// (see `BrokerState::look_up_message_ids`).
-    pub(crate) stored_ids: std::vec::IntoIter<StoredId>,
+    /// Where each appended message is looked up and recorded in the dedup index, in apply
+    /// order (see `BrokerState::look_up_message_ids`).
+    pub(crate) id_lookups: std::vec::IntoIter<IdLookup>,
+    /// The newest dedup bucket as of the item being applied.
+    pub(crate) dedup_bucket: u64,
     pub(crate) groups: BTreeMap<String, pb::GroupConfig>,
     pub(crate) pops: HashMap<PopKey, pb::PopQueue>,
     /// Consume-queue entries written by this call: (topic, queue, offset) → location.

@@ -86,6 +86,189 @@ fn given_a_retried_message_id_within_the_window_then_the_first_result_is_returne
 }
 
 #[test]
+fn given_a_retry_within_the_window_but_in_the_next_bucket_then_it_is_a_duplicate() {
+    let mut fx = Fixture::new();
+    let bucket_end = DEDUP_BUCKET_MS;
+    let first = appended(fx.commit(append(vec![message("T", 0, "x", bucket_end - 1_000)])));
+    let retry = appended(fx.commit(append(vec![message("T", 1, "x", bucket_end + 1_000)])));
+    assert!(!first[0].duplicate);
+    assert!(retry[0].duplicate, "the bucket before is searched too");
+    assert_eq!(first[0].queue_offset, retry[0].queue_offset);
+    assert_eq!(
+        0,
+        fx.state.queue_next_offset("T", 1),
+        "the retry stored nothing"
+    );
+
+    // The same across a bucket boundary inside one apply call.
+    let next_end = 2 * DEDUP_BUCKET_MS;
+    let batch = appended(fx.commit(append(vec![
+        message("T", 0, "y", next_end - 1_000),
+        message("T", 0, "y", next_end + 1_000),
+    ])));
+    assert!(!batch[0].duplicate && batch[1].duplicate);
+}
+
+/// The message keys the dedup index holds, as (bucket, message id).
+fn dedup_records(state: &BrokerState) -> Vec<(u64, String)> {
+    let prefix = crate::keys::DEDUP_PREFIX;
+    state
+        .scan_prefix(crate::db::CF_INDEX, b"")
+        .unwrap()
+        .into_iter()
+        .map(|(key, _)| {
+            assert!(key.starts_with(prefix), "only bucketed keys: {key:?}");
+            let rest = &key[prefix.len()..];
+            let bucket = u64::from_be_bytes(rest[..8].try_into().unwrap());
+            let id = rest[8..].split(|b| *b == 0).nth(1).unwrap();
+            (bucket, String::from_utf8(id.to_vec()).unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn given_the_log_two_buckets_on_then_the_older_ids_are_dropped_for_good() {
+    let mut fx = Fixture::new();
+    let at = |bucket: i64| bucket * DEDUP_BUCKET_MS + 1_000;
+    // Written before buckets existed: dropped with the first bucket that leaves the window.
+    let old_key = [crate::keys::OLD_DEDUP_START, b"T\0old"].concat();
+    let db = fx.state.db();
+    db.inner
+        .put_cf(&db.cf(crate::db::CF_INDEX), &old_key, b"")
+        .unwrap();
+    fx.commit(append(vec![message("T", 0, "a", at(0))]));
+    let index = fx.state.scan_prefix(crate::db::CF_INDEX, b"").unwrap();
+    assert_eq!(
+        2,
+        index.len(),
+        "the old record stays while the first bucket is newest"
+    );
+    fx.commit(append(vec![message("T", 0, "b", at(1))]));
+    let both = vec![(0, "a".to_string()), (1, "b".to_string())];
+    assert_eq!(both, dedup_records(&fx.state));
+
+    fx.commit(append(vec![message("T", 0, "c", at(2))]));
+    let mut expected = vec![(1, "b".to_string()), (2, "c".to_string())];
+    assert_eq!(expected, dedup_records(&fx.state));
+
+    // The newest bucket outlives a restart: a message stamped by a clock that is behind is
+    // recorded in it, not in a bucket already dropped.
+    fx.state = BrokerState::open(fx.state.db().clone()).unwrap();
+    let late = appended(fx.commit(append(vec![message("T", 0, "d", at(0))])));
+    assert!(!late[0].duplicate);
+    expected.push((2, "d".to_string()));
+    assert_eq!(expected, dedup_records(&fx.state));
+
+    // A jump of several buckets at once keeps only the newest and the one before.
+    fx.commit(append(vec![message("T", 0, "e", at(7))]));
+    assert_eq!(vec![(7, "e".to_string())], dedup_records(&fx.state));
+}
+
+#[test]
+fn given_a_snapshot_then_the_newest_dedup_bucket_goes_with_it() {
+    let mut source = Fixture::new();
+    source.commit(append(vec![message("T", 0, "a", 3 * DEDUP_BUCKET_MS)]));
+    let mut target = Fixture::new();
+    target
+        .state
+        .import(&source.state.export().unwrap().data)
+        .unwrap();
+    target.next_index = source.next_index;
+    for fx in [&mut source, &mut target] {
+        fx.commit(append(vec![message("T", 0, "late", 1_000)]));
+        assert_eq!(
+            vec![(3, "a".to_string()), (3, "late".to_string())],
+            dedup_records(&fx.state)
+        );
+    }
+}
+
+mod dedup_properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// (message id, store time) of each send, ids from a small set so that retries are common.
+    fn sends(max_step_ms: i64, backwards: bool) -> impl Strategy<Value = Vec<(u8, i64)>> {
+        let step = if backwards {
+            -max_step_ms..max_step_ms
+        } else {
+            0..max_step_ms
+        };
+        prop::collection::vec((0u8..4, step), 1..40).prop_map(|steps| {
+            let mut time = 10 * DEDUP_BUCKET_MS;
+            steps
+                .into_iter()
+                .map(|(id, step)| {
+                    time += step;
+                    (id, time)
+                })
+                .collect()
+        })
+    }
+
+    /// (duplicate, queue offset) of each send, applied in calls of the given sizes.
+    fn apply_in_calls(sends: &[(u8, i64)], call_sizes: &[usize]) -> Vec<(bool, u64)> {
+        let mut fx = Fixture::new();
+        let mut results = Vec::new();
+        let mut rest = sends;
+        for size in call_sizes.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (call, tail) = rest.split_at((*size).clamp(1, rest.len()));
+            rest = tail;
+            let commands = call
+                .iter()
+                .map(|(id, time)| append(vec![message("T", 0, &id.to_string(), *time)]))
+                .collect();
+            for result in fx.commit_all(commands) {
+                let message = appended(result).remove(0);
+                results.push((message.duplicate, message.queue_offset));
+            }
+        }
+        results
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// With store times that never go back, a send is a duplicate exactly when the latest
+        /// stored copy of its id is at most one window older, as if every id were kept forever.
+        #[test]
+        fn with_clocks_that_never_go_back_dedup_is_as_if_nothing_were_dropped(
+            sends in sends(DEDUP_WINDOW_MS / 2, false),
+        ) {
+            let mut latest = std::collections::HashMap::new();
+            let expected: Vec<bool> = sends
+                .iter()
+                .map(|(id, time)| match latest.get(id) {
+                    Some(first) if time - first <= DEDUP_WINDOW_MS => true,
+                    _ => {
+                        latest.insert(*id, *time);
+                        false
+                    }
+                })
+                .collect();
+            let duplicates: Vec<bool> =
+                apply_in_calls(&sends, &[1]).into_iter().map(|(dup, _)| dup).collect();
+            prop_assert_eq!(expected, duplicates);
+        }
+
+        /// Replicas split the log into apply calls differently: whatever the split, and
+        /// whatever the store times (clocks of successive leaders can disagree), every send
+        /// gets the same answer.
+        #[test]
+        fn every_split_of_the_log_into_apply_calls_decides_the_same(
+            sends in sends(DEDUP_BUCKET_MS, true),
+            call_sizes in prop::collection::vec(1usize..8, 1..5),
+        ) {
+            prop_assert_eq!(apply_in_calls(&sends, &[1]), apply_in_calls(&sends, &call_sizes));
+        }
+    }
+}
+
+#[test]
 fn given_a_topic_created_twice_then_the_second_reports_the_existing_one() {
     let mut fx = Fixture::new();
     let create = |queues| pb::Command {
