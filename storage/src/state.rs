@@ -84,6 +84,11 @@ pub(crate) struct IdLookup {
     pub(crate) newest: (Vec<u8>, Option<pb::DedupEntry>),
     /// The same in the bucket before, when the message's window reaches into it.
     pub(crate) older: Option<(Vec<u8>, Option<pb::DedupEntry>)>,
+    /// The record a build before buckets kept, on a node that holds such records. Such a
+    /// record is older than any bucketed one of the same id. Looking it up last makes this
+    /// build decide as the earlier one did, so replicas on both builds agree during a
+    /// rolling upgrade. Nothing deletes these records: no more are written.
+    pub(crate) old: Option<(Vec<u8>, Option<pb::DedupEntry>)>,
 }
 
 /// (consumer group, topic, queue id)
@@ -98,6 +103,8 @@ pub(crate) struct Cache {
     pub(crate) pops: HashMap<PopKey, pb::PopQueue>,
     /// The newest dedup bucket the applied log has reached.
     pub(crate) dedup_bucket: u64,
+    /// Whether the dedup index holds records of a build before buckets.
+    pub(crate) old_dedup_records: bool,
 }
 
 pub struct BrokerState {
@@ -168,8 +175,24 @@ impl BrokerState {
             })?;
             cache.dedup_bucket = u64::from_be_bytes(bytes);
         }
+        cache.old_dedup_records = self.has_prefix(CF_INDEX, keys::OLD_DEDUP_PREFIX)?;
         *self.cache.lock().expect("state cache lock poisoned") = cache;
         Ok(())
+    }
+
+    fn has_prefix(&self, cf: &'static str, prefix: &[u8]) -> Result<bool, StorageError> {
+        let handle = self.db.cf(cf);
+        let mut iter = self
+            .db
+            .inner
+            .iterator_cf(&handle, IteratorMode::From(prefix, Direction::Forward));
+        match iter.next() {
+            None => Ok(false),
+            Some(item) => {
+                let (key, _) = item.map_err(|source| StorageError::Read { cf, source })?;
+                Ok(key.starts_with(prefix))
+            }
+        }
     }
 
     pub(crate) fn scan_prefix(
@@ -229,13 +252,14 @@ impl BrokerState {
         let Some(last_log_id) = items.last().map(|(id, _)| *id) else {
             return Ok(Vec::new());
         };
-        let start_bucket = self
-            .cache
-            .lock()
-            .expect("state cache lock poisoned")
-            .dedup_bucket;
+        let (start_bucket, old_dedup_records) = {
+            let cache = self.cache.lock().expect("state cache lock poisoned");
+            (cache.dedup_bucket, cache.old_dedup_records)
+        };
         let mut pending = PendingApply {
-            id_lookups: self.look_up_message_ids(start_bucket, &items)?.into_iter(),
+            id_lookups: self
+                .look_up_message_ids(start_bucket, old_dedup_records, &items)?
+                .into_iter(),
             dedup_bucket: start_bucket,
             ..PendingApply::default()
         };
@@ -330,6 +354,7 @@ impl BrokerState {
     fn look_up_message_ids(
         &self,
         start_bucket: u64,
+        old_dedup_records: bool,
         items: &[(pb::LogId, ApplyItem)],
     ) -> Result<Vec<IdLookup>, StorageError> {
         use pb::command::Kind;
@@ -360,6 +385,9 @@ impl BrokerState {
                     &message.message_id,
                 ));
             }
+            if old_dedup_records {
+                keys.push(keys::old_dedup_key(&message.topic, &message.message_id));
+            }
             places.push((bucket, search_older));
         }
         if keys.is_empty() {
@@ -381,6 +409,11 @@ impl BrokerState {
                     bucket,
                     newest: next()?,
                     older: if search_older { Some(next()?) } else { None },
+                    old: if old_dedup_records {
+                        Some(next()?)
+                    } else {
+                        None
+                    },
                 })
             })
             .collect()
@@ -498,12 +531,12 @@ impl BrokerState {
                     keys::DEDUP_PREFIX,
                     keys::dedup_bucket_start(lookup.bucket - 1).as_slice(),
                 );
-                batch.delete_range_cf(&index_cf, keys::OLD_DEDUP_START, keys::OLD_DEDUP_END);
                 pending.dedup_bucket = lookup.bucket;
             }
-            // Newest bucket first; a retry within this same call is found among its own writes.
+            // Newest first; a retry within this same call is found among its own writes.
             let previous = std::iter::once(&lookup.newest)
                 .chain(&lookup.older)
+                .chain(&lookup.old)
                 .find_map(|(key, stored)| pending.dedup.get(key).copied().or(*stored));
             if let Some(first) = previous
                 && message.store_timestamp_ms - first.store_timestamp_ms <= DEDUP_WINDOW_MS

@@ -130,19 +130,7 @@ fn dedup_records(state: &BrokerState) -> Vec<(u64, String)> {
 fn given_the_log_two_buckets_on_then_the_older_ids_are_dropped_for_good() {
     let mut fx = Fixture::new();
     let at = |bucket: i64| bucket * DEDUP_BUCKET_MS + 1_000;
-    // Written before buckets existed: dropped with the first bucket that leaves the window.
-    let old_key = [crate::keys::OLD_DEDUP_START, b"T\0old"].concat();
-    let db = fx.state.db();
-    db.inner
-        .put_cf(&db.cf(crate::db::CF_INDEX), &old_key, b"")
-        .unwrap();
     fx.commit(append(vec![message("T", 0, "a", at(0))]));
-    let index = fx.state.scan_prefix(crate::db::CF_INDEX, b"").unwrap();
-    assert_eq!(
-        2,
-        index.len(),
-        "the old record stays while the first bucket is newest"
-    );
     fx.commit(append(vec![message("T", 0, "b", at(1))]));
     let both = vec![(0, "a".to_string()), (1, "b".to_string())];
     assert_eq!(both, dedup_records(&fx.state));
@@ -162,6 +150,52 @@ fn given_the_log_two_buckets_on_then_the_older_ids_are_dropped_for_good() {
     // A jump of several buckets at once keeps only the newest and the one before.
     fx.commit(append(vec![message("T", 0, "e", at(7))]));
     assert_eq!(vec![(7, "e".to_string())], dedup_records(&fx.state));
+}
+
+#[test]
+fn given_records_of_a_build_before_buckets_then_retries_within_their_window_are_found() {
+    let mut fx = Fixture::new();
+    // As an earlier build recorded a send of "old" at time 1_000 (queue 0, offset 7).
+    let record = pb::DedupEntry {
+        queue_id: 0,
+        queue_offset: 7,
+        store_timestamp_ms: 1_000,
+    };
+    let db = fx.state.db();
+    db.inner
+        .put_cf(
+            &db.cf(crate::db::CF_INDEX),
+            crate::keys::old_dedup_key("T", "old"),
+            record.encode_to_vec(),
+        )
+        .unwrap();
+    // The node restarts on this build.
+    fx.state = BrokerState::open(fx.state.db().clone()).unwrap();
+
+    let retry = appended(fx.commit(append(vec![message("T", 0, "old", 2_000)])));
+    assert!(retry[0].duplicate);
+    assert_eq!(
+        7, retry[0].queue_offset,
+        "the first result, from the old record"
+    );
+    assert_eq!(
+        0,
+        fx.state.queue_next_offset("T", 0),
+        "the retry stored nothing"
+    );
+
+    let past = 1_000 + DEDUP_WINDOW_MS + 1;
+    let late = appended(fx.commit(append(vec![message("T", 0, "old", past)])));
+    assert!(
+        !late[0].duplicate,
+        "past the old record's window the id is new"
+    );
+    let again = appended(fx.commit(append(vec![message("T", 0, "old", past + 1)])));
+    assert!(again[0].duplicate);
+    assert_eq!(
+        late[0].queue_offset, again[0].queue_offset,
+        "the bucketed record, newer, comes first"
+    );
 }
 
 #[test]
