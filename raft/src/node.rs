@@ -181,6 +181,10 @@ pub struct RaftNode {
     /// log (that is, outside a brand-new group's first election) until it follows a leader.
     rejoining: AtomicBool,
     timeline: Arc<Timeline>,
+    /// Set when the node begins to stop: the Raft server then refuses peers' calls and ends
+    /// their append streams, so that none reaches a stopped core (openraft logs each such
+    /// message at ERROR). Each open append stream holds a receiver until it ends.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl RaftNode {
@@ -249,7 +253,28 @@ impl RaftNode {
             network,
             timeline,
             rejoining: AtomicBool::new(empty_disk),
+            stopping: tokio::sync::watch::channel(false).0,
         }))
+    }
+
+    /// Stop the Raft core, after ending the peers' append streams and refusing their calls
+    /// (waiting at most `STREAMS_END_WITHIN` for the streams).
+    pub async fn shutdown(
+        &self,
+    ) -> Result<(), openraft::type_config::alias::JoinErrorOf<TypeConfig>> {
+        const STREAMS_END_WITHIN: Duration = Duration::from_millis(200);
+        self.stopping.send_replace(true);
+        let started = Instant::now();
+        while self.stopping.receiver_count() > 0 && started.elapsed() < STREAMS_END_WITHIN {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.raft.shutdown().await
+    }
+
+    /// Whether the node has begun to stop; an append stream keeps this receiver (or a clone)
+    /// until it ends, which `shutdown` waits for.
+    pub fn watch_stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stopping.subscribe()
     }
 
     /// Stop refusing votes once a leader is followed (see `rejoining`).

@@ -33,6 +33,16 @@ fn fatal(err: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("raft node stopped: {err}"))
 }
 
+impl RaftGrpc {
+    /// A stopping node takes no more calls from its peers (see `RaftNode::shutdown`).
+    fn refuse_if_stopping(&self) -> Result<(), Status> {
+        if *self.node.watch_stopping().borrow() {
+            return Err(Status::unavailable("raft node is stopping"));
+        }
+        Ok(())
+    }
+}
+
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -41,6 +51,7 @@ impl RaftService for RaftGrpc {
         &self,
         request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        self.refuse_if_stopping()?;
         let req = convert::transfer_leader_request_from_pb(request.get_ref())?;
         let refused = match self
             .node
@@ -59,6 +70,7 @@ impl RaftService for RaftGrpc {
         &self,
         request: Request<pb::VoteRequest>,
     ) -> Result<Response<pb::VoteResponse>, Status> {
+        self.refuse_if_stopping()?;
         let req = convert::vote_request_from_pb(request.get_ref())?;
         if let Some(refusal) = self.node.refuse_vote(&req) {
             return Ok(Response::new(convert::vote_response_to_pb(&refusal)));
@@ -71,6 +83,7 @@ impl RaftService for RaftGrpc {
         &self,
         request: Request<pb::VoteRequest>,
     ) -> Result<Response<pb::VoteResponse>, Status> {
+        self.refuse_if_stopping()?;
         let req = convert::vote_request_from_pb(request.get_ref())?;
         if let Some(refusal) = self.node.refuse_vote(&req) {
             return Ok(Response::new(convert::vote_response_to_pb(&refusal)));
@@ -83,6 +96,7 @@ impl RaftService for RaftGrpc {
         &self,
         request: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+        self.refuse_if_stopping()?;
         let req = convert::append_request_from_pb(request.into_inner())?;
         let resp = self.node.raft.append_entries(req).await.map_err(fatal)?;
         let mut reply = convert::append_response_to_pb(&resp);
@@ -96,6 +110,11 @@ impl RaftService for RaftGrpc {
         &self,
         request: Request<Streaming<pb::AppendEntriesRequest>>,
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        self.refuse_if_stopping()?;
+        // The input ends when the node begins to stop; the answers hold `stopping` until the
+        // last one is out, so that the node's shutdown waits for them.
+        let stopping = self.node.watch_stopping();
+        let mut until_stopping = stopping.clone();
         // Answers come in the order of the requests: pair them by position to time each one.
         let received_at = Arc::new(Mutex::new(VecDeque::new()));
         let received = received_at.clone();
@@ -116,13 +135,15 @@ impl RaftService for RaftGrpc {
             .inspect(move |_| {
                 let mut received = received.lock().expect("received-at lock poisoned");
                 received.push_back(Instant::now());
+            })
+            .take_until(async move {
+                let _ = until_stopping.wait_for(|stopping| *stopping).await;
             });
         let disk = self.node.disk.clone();
-        let output = self
-            .node
-            .raft
-            .stream_append(input)
-            .map(move |result| match result {
+        let output = self.node.raft.stream_append(input).map(move |result| {
+            // Owned by the answer stream, so dropped only when the stream ends.
+            let _open = &stopping;
+            match result {
                 Ok(result) => {
                     let received = received_at
                         .lock()
@@ -137,7 +158,8 @@ impl RaftService for RaftGrpc {
                     Ok(reply)
                 }
                 Err(e) => Err(fatal(e)),
-            });
+            }
+        });
         Ok(Response::new(Box::pin(output)))
     }
 
@@ -145,6 +167,7 @@ impl RaftService for RaftGrpc {
         &self,
         request: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::SnapshotResponse>, Status> {
+        self.refuse_if_stopping()?;
         let mut chunks = request.into_inner();
         let Some(first) = chunks.next().await.transpose()? else {
             return Err(Status::invalid_argument("empty snapshot stream"));
@@ -192,6 +215,7 @@ impl RaftService for RaftGrpc {
         &self,
         request: Request<pb::ProposeRequest>,
     ) -> Result<Response<pb::ProposeResponse>, Status> {
+        self.refuse_if_stopping()?;
         let command = request
             .into_inner()
             .command
@@ -227,6 +251,7 @@ impl RaftService for RaftGrpc {
         &self,
         _request: Request<pb::ReadIndexRequest>,
     ) -> Result<Response<pb::ReadIndexResponse>, Status> {
+        self.refuse_if_stopping()?;
         use pb::read_index_response::Outcome;
         let outcome = match self
             .node
@@ -251,6 +276,7 @@ impl RaftService for RaftGrpc {
         &self,
         _request: Request<pb::NodeStatusRequest>,
     ) -> Result<Response<pb::NodeStatusResponse>, Status> {
+        self.refuse_if_stopping()?;
         let initialized = self.node.raft.is_initialized().await.map_err(fatal)?;
         Ok(Response::new(pb::NodeStatusResponse {
             node_id: self.node.id,

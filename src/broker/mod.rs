@@ -334,12 +334,12 @@ pub async fn run(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "shutting down"
     );
-    if let Err(e) = node.raft.shutdown().await {
+    if let Err(e) = node.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
     }
-    // With the core stopped, what the Raft server still holds open are the peers' append
-    // streams, which never end on their own: waiting for them to drain only delays the stop
-    // (by the whole timeout, on every node of a group stopping together).
+    // With the core stopped, what the Raft server still holds open are the peers'
+    // connections, which they never close on their own: waiting for them only delays the
+    // stop (by the whole timeout, on every node of a group stopping together).
     if tokio::time::timeout(Duration::from_millis(200), &mut raft_task)
         .await
         .is_err()
