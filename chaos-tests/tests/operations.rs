@@ -341,17 +341,25 @@ fn logged_errors(cluster: &Cluster, node: u64) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
+/// The topic the SIGTERM tests send to, with 4 queues.
+const DRAIN_TOPIC: &str = "drain";
+
+/// A fresh group with a load running for 2 s on `DRAIN_TOPIC`, and its leader.
+async fn group_under_load() -> anyhow::Result<(Cluster, Arc<History>, Load, u64)> {
+    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    cluster.create_topic(DRAIN_TOPIC, 4).await?;
+    let history = Arc::new(History::default());
+    let load = Load::start(&cluster, &history, DRAIN_TOPIC);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(5)).await?;
+    Ok((cluster, history, load, leader))
+}
+
 /// SIGTERM to the leader under a steady load: it hands leadership to a follower before it
 /// stops, so no send fails and nothing acknowledged is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leader_stopped_with_sigterm_hands_over_and_no_send_fails() -> anyhow::Result<()> {
-    const TOPIC: &str = "drain";
-    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
-    cluster.create_topic(TOPIC, 4).await?;
-    let history = Arc::new(History::default());
-    let load = Load::start(&cluster, &history, TOPIC);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let leader = cluster.wait_for_leader(Duration::from_secs(5)).await?;
+    let (mut cluster, history, load, leader) = group_under_load().await?;
     let before = history.acked();
     let stopping = Instant::now();
     cluster.stop_node(leader);
@@ -375,7 +383,7 @@ async fn a_leader_stopped_with_sigterm_hands_over_and_no_send_fails() -> anyhow:
     assert!(history.acked() > before, "sends went on after the stop");
     assert_eq!(Vec::<String>::new(), logged_errors(&cluster, leader)?);
     cluster.wait_caught_up(Duration::from_secs(30)).await?;
-    check_every_node(&cluster, &history, TOPIC, 4).await?;
+    check_every_node(&cluster, &history, DRAIN_TOPIC, 4).await?;
     Ok(())
 }
 
@@ -384,13 +392,7 @@ async fn a_leader_stopped_with_sigterm_hands_over_and_no_send_fails() -> anyhow:
 /// core stops, instead of reaching a stopped core).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_follower_stopped_with_sigterm_logs_no_error_and_no_send_fails() -> anyhow::Result<()> {
-    const TOPIC: &str = "drain";
-    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
-    cluster.create_topic(TOPIC, 4).await?;
-    let history = Arc::new(History::default());
-    let load = Load::start(&cluster, &history, TOPIC);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let leader = cluster.wait_for_leader(Duration::from_secs(5)).await?;
+    let (mut cluster, history, load, leader) = group_under_load().await?;
     let follower = leader % 3 + 1;
     let before = history.acked();
     cluster.stop_node(follower);
@@ -406,7 +408,7 @@ async fn a_follower_stopped_with_sigterm_logs_no_error_and_no_send_fails() -> an
     assert!(history.acked() > before, "sends went on after the stop");
     cluster.start_node(follower)?;
     cluster.wait_caught_up(Duration::from_secs(30)).await?;
-    check_every_node(&cluster, &history, TOPIC, 4).await?;
+    check_every_node(&cluster, &history, DRAIN_TOPIC, 4).await?;
     Ok(())
 }
 

@@ -175,24 +175,9 @@ impl BrokerState {
             })?;
             cache.dedup_bucket = u64::from_be_bytes(bytes);
         }
-        cache.old_dedup_records = self.has_prefix(CF_INDEX, keys::OLD_DEDUP_PREFIX)?;
+        cache.old_dedup_records = self.scan_first(CF_INDEX, keys::OLD_DEDUP_PREFIX)?.is_some();
         *self.cache.lock().expect("state cache lock poisoned") = cache;
         Ok(())
-    }
-
-    fn has_prefix(&self, cf: &'static str, prefix: &[u8]) -> Result<bool, StorageError> {
-        let handle = self.db.cf(cf);
-        let mut iter = self
-            .db
-            .inner
-            .iterator_cf(&handle, IteratorMode::From(prefix, Direction::Forward));
-        match iter.next() {
-            None => Ok(false),
-            Some(item) => {
-                let (key, _) = item.map_err(|source| StorageError::Read { cf, source })?;
-                Ok(key.starts_with(prefix))
-            }
-        }
     }
 
     pub(crate) fn scan_prefix(
