@@ -271,8 +271,13 @@ impl RaftNode {
         self.raft.shutdown().await
     }
 
-    /// Whether the node has begun to stop; an append stream keeps this receiver (or a clone)
-    /// until it ends, which `shutdown` waits for.
+    /// Whether the node has begun to stop.
+    pub fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// Whether the node has begun to stop, for an append stream: it keeps this receiver (or a
+    /// clone) until it ends, which `shutdown` waits for.
     pub fn watch_stopping(&self) -> tokio::sync::watch::Receiver<bool> {
         self.stopping.subscribe()
     }

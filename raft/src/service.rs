@@ -36,7 +36,7 @@ fn fatal(err: impl std::fmt::Display) -> Status {
 impl RaftGrpc {
     /// A stopping node takes no more calls from its peers (see `RaftNode::shutdown`).
     fn refuse_if_stopping(&self) -> Result<(), Status> {
-        if *self.node.watch_stopping().borrow() {
+        if self.node.is_stopping() {
             return Err(Status::unavailable("raft node is stopping"));
         }
         Ok(())
