@@ -1,6 +1,8 @@
 //! `raftmq bench produce`: a load generator reporting acknowledged messages per second and
 //! ack latency percentiles, with a progress line every second.
 //! `raftmq bench fsync`: the disk's own write+fsync latency, the floor under every durable ack.
+//! `bench produce --fsync-probe DIR` measures the same beside the load, so that acks can be set
+//! against what the disk did during that very run.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -136,10 +138,22 @@ pub struct ProduceBench {
     /// How the load generator reaches the leader.
     #[arg(long, value_enum, default_value_t = Connection::Direct)]
     pub connection: Connection,
+    /// Also measure the disk's write+fsync latency in this folder while the load runs, as
+    /// `bench fsync` does but with a 2 ms pause between fsyncs so that the probe adds little
+    /// load. A disk's latency swings with the machine's load, so acks are best compared with
+    /// what the disk did during the same run.
+    #[arg(long, value_name = "DIR")]
+    pub fsync_probe: Option<std::path::PathBuf>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
 }
+
+/// Pause between two fsyncs of `bench produce --fsync-probe`: at most 500 fsyncs a second,
+/// a few thousand samples in a 10 s run, about 1 % of a core.
+const FSYNC_PROBE_PAUSE: Duration = Duration::from_millis(2);
+/// Bytes each fsync of a probe writes first, as `bench fsync` does by default.
+const FSYNC_PROBE_BYTES: usize = 4096;
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text
@@ -184,36 +198,52 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 fn fsync(bench: FsyncBench) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut file = tempfile::NamedTempFile::new_in(&bench.dir)?;
-    let block = vec![0xA5u8; bench.size.max(1)];
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let start = Instant::now();
-    while start.elapsed() < bench.duration {
+    let histogram = fsync_latencies(
+        &bench.dir,
+        bench.size,
+        start,
+        start + bench.duration,
+        Duration::ZERO,
+    )?;
+    if bench.json {
+        let mut result = json!({"fsyncs": histogram.len(), "size": bench.size});
+        result["fsync_latency_ms"] = latency_json(&histogram);
+        println!("{result}");
+    } else {
+        println!(
+            "{} fsyncs of {} bytes: {} ms",
+            histogram.len(),
+            bench.size,
+            latency_line(&histogram)
+        );
+    }
+    Ok(())
+}
+
+/// Append `size` bytes to a temporary file in `dir` and fsync it, over and over from `from`
+/// until `until` with `pause` between fsyncs; the latency of each write+fsync in microseconds.
+fn fsync_latencies(
+    dir: &std::path::Path,
+    size: usize,
+    from: Instant,
+    until: Instant,
+    pause: Duration,
+) -> anyhow::Result<Histogram<u64>> {
+    use std::io::Write;
+    let mut file = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|e| anyhow::anyhow!("cannot create a file in {}: {e}", dir.display()))?;
+    let block = vec![0xA5u8; size.max(1)];
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    std::thread::sleep(from.saturating_duration_since(Instant::now()));
+    while Instant::now() < until {
         let began = Instant::now();
         file.write_all(&block)?;
         file.as_file().sync_data()?;
         histogram.saturating_record(began.elapsed().as_micros() as u64);
+        std::thread::sleep(pause);
     }
-    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
-    if bench.json {
-        println!(
-            "{}",
-            json!({"fsyncs": histogram.len(), "size": bench.size,
-                   "fsync_latency_ms": {"p50": ms(0.5), "p99": ms(0.99), "p999": ms(0.999), "max": histogram.max() as f64 / 1000.0}})
-        );
-    } else {
-        println!(
-            "{} fsyncs of {} bytes: p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms  max {:.2} ms",
-            histogram.len(),
-            bench.size,
-            ms(0.5),
-            ms(0.99),
-            ms(0.999),
-            histogram.max() as f64 / 1000.0
-        );
-    }
-    Ok(())
+    Ok(histogram)
 }
 
 #[derive(Default)]
@@ -493,6 +523,14 @@ async fn produce(bench: ProduceBench) -> anyhow::Result<()> {
         calls_per_sec: bench.rate as f64 / batch as f64,
         messages_per_call: batch as u64,
     };
+    // The probe covers the measured duration only, like every other figure.
+    let probe = bench.fsync_probe.clone().map(|dir| {
+        let from = Instant::now() + bench.warmup;
+        let until = from + bench.duration;
+        std::thread::spawn(move || {
+            fsync_latencies(&dir, FSYNC_PROBE_BYTES, from, until, FSYNC_PROBE_PAUSE)
+        })
+    });
     let outcome = drive(&load, move || {
         let (caller, templates, next) = (caller.clone(), templates.clone(), next_template.clone());
         async move {
@@ -506,6 +544,14 @@ async fn produce(bench: ProduceBench) -> anyhow::Result<()> {
         }
     })
     .await?;
+    let probed = match probe {
+        Some(thread) => Some(
+            thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("the fsync probe panicked"))??,
+        ),
+        None => None,
+    };
     let rate = outcome.per_sec();
     let mb = rate * bench.size as f64 / 1_000_000.0;
     if bench.json {
@@ -523,6 +569,10 @@ async fn produce(bench: ProduceBench) -> anyhow::Result<()> {
         if let Some(from_schedule) = &outcome.from_schedule {
             result["ack_latency_from_schedule_ms"] = latency_json(from_schedule);
         }
+        if let Some(probed) = &probed {
+            result["fsyncs_during_run"] = probed.len().into();
+            result["fsync_latency_during_run_ms"] = latency_json(probed);
+        }
         println!("{result}");
     } else {
         println!(
@@ -536,6 +586,13 @@ async fn produce(bench: ProduceBench) -> anyhow::Result<()> {
             println!(
                 "from when each send was due: {}",
                 latency_line(from_schedule)
+            );
+        }
+        if let Some(probed) = &probed {
+            println!(
+                "disk write+fsync during the run ({} fsyncs): {}",
+                probed.len(),
+                latency_line(probed)
             );
         }
     }
@@ -603,5 +660,23 @@ mod tests {
         assert_eq!(Ok(Duration::from_secs(7)), parse_duration("7"));
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("3h").is_err());
+    }
+
+    #[test]
+    fn the_fsync_probe_times_every_fsync_and_names_a_missing_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = Instant::now();
+        let until = from + Duration::from_millis(100);
+        let probed = fsync_latencies(dir.path(), 4096, from, until, Duration::from_millis(2))
+            .expect("probe a writable folder");
+        // Each round trip sleeps 2 ms, so 100 ms hold at most 50 fsyncs.
+        assert!((1..=50).contains(&probed.len()), "{} fsyncs", probed.len());
+        assert!(probed.min() > 0);
+        // The probe's file is removed when it ends.
+        assert_eq!(0, std::fs::read_dir(dir.path()).unwrap().count());
+
+        let missing = dir.path().join("no-such-folder");
+        let err = fsync_latencies(&missing, 4096, from, until, Duration::ZERO).unwrap_err();
+        assert!(err.to_string().contains("no-such-folder"), "{err}");
     }
 }
