@@ -440,6 +440,42 @@ impl Cluster {
         crate::disk::repair_disk(&self.small_disk(id)?)
     }
 
+    /// Node `id`'s `/metrics` page.
+    pub async fn metrics(&self, id: u64) -> anyhow::Result<String> {
+        let url = format!("http://{}/metrics", self.node(id).http_addr);
+        let response = reqwest::Client::new()
+            .get(&url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        Ok(response.text().await?)
+    }
+
+    /// Node `id`'s WAL fsyncs so far: (count, seconds in all).
+    pub async fn wal_fsyncs(&self, id: u64) -> anyhow::Result<(f64, f64)> {
+        let text = self.metrics(id).await?;
+        let count = sample(&text, "raftmq_wal_fsync_seconds_count").unwrap_or(0.0);
+        let seconds = sample(&text, "raftmq_wal_fsync_seconds_sum").unwrap_or(0.0);
+        Ok((count, seconds))
+    }
+
+    /// Slow node `id`'s writes to its data dir to `writes_per_sec` (see
+    /// [`crate::disk::slow_down`]). Needs ext4 data dirs and a running node.
+    pub fn slow_disk(&self, id: u64, writes_per_sec: u32) -> anyhow::Result<()> {
+        let pid = self
+            .node(id)
+            .pid()
+            .with_context(|| format!("harness: node {id} is not running"))?;
+        crate::disk::slow_down(&self.small_disk(id)?, pid, writes_per_sec)
+    }
+
+    /// Undo [`Cluster::slow_disk`]; returns the writes node `id` made while slowed.
+    pub fn unslow_disk(&self, id: u64) -> anyhow::Result<u64> {
+        let pid = self.node(id).pid().unwrap_or(0);
+        crate::disk::speed_up(&self.small_disk(id)?, pid)
+    }
+
     fn small_disk(&self, id: u64) -> anyhow::Result<PathBuf> {
         let data = self.node(id).data_dir();
         if !self.small_disks.contains(&data) {
@@ -634,6 +670,17 @@ impl Cluster {
         }
         out
     }
+}
+
+/// The value of one sample line (`name{labels} value`) in Prometheus text.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 impl Drop for Cluster {

@@ -8,7 +8,9 @@
 //! A data dir can instead be an ext4 filesystem in an image file on a loop device, mounted with
 //! `errors=remount-ro`: [`fail_disk`] then raises a filesystem error in the kernel, which turns
 //! the filesystem read-only under the running node, as a failing disk does. [`repair_disk`]
-//! checks it and mounts it writable again, with what it held.
+//! checks it and mounts it writable again, with what it held. [`slow_down`] throttles one
+//! process's writes to such a disk instead, as a worn or overloaded disk is slow: its fsyncs
+//! then take tens of milliseconds while every other node's disk stays fast.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -80,18 +82,136 @@ fn mount_image(dir: &Path) -> anyhow::Result<()> {
 /// Raise an error in the ext4 filesystem on `dir` (the kernel's own test hook): it turns
 /// read-only at once, open files included, and every write on it fails with EROFS.
 pub fn fail_disk(dir: &Path) -> anyhow::Result<()> {
+    let device = loop_device(dir)?;
+    let hook = format!("/sys/fs/ext4/{device}/trigger_fs_error");
+    std::fs::write(&hook, "raftmq chaos test: disk failure\n")
+        .with_context(|| format!("harness: write {hook}"))
+}
+
+/// The loop device (`loop3`) an ext4 data dir is mounted from.
+fn loop_device(dir: &Path) -> anyhow::Result<String> {
     let out = std::process::Command::new("findmnt")
         .args(["-n", "-o", "SOURCE", "--mountpoint", path_text(dir)?])
         .output()
         .context("harness: run findmnt")?;
     let source = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let device = source
+    source
         .strip_prefix("/dev/")
         .filter(|name| name.starts_with("loop"))
-        .with_context(|| format!("harness: {} is not an ext4 loop mount", dir.display()))?;
-    let hook = format!("/sys/fs/ext4/{device}/trigger_fs_error");
-    std::fs::write(&hook, "raftmq chaos test: disk failure\n")
-        .with_context(|| format!("harness: write {hook}"))
+        .map(str::to_string)
+        .with_context(|| format!("harness: {} is not an ext4 loop mount", dir.display()))
+}
+
+/// Where the kernel throttles a group of processes' block I/O: cgroup v1's `blkio`
+/// controller, or v2's `io` controller.
+enum IoControl {
+    V1(PathBuf),
+    V2(PathBuf),
+}
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+impl IoControl {
+    fn find() -> anyhow::Result<IoControl> {
+        let root = Path::new(CGROUP_ROOT);
+        let v1 = root.join("blkio");
+        if v1.join("blkio.throttle.write_iops_device").exists() {
+            return Ok(IoControl::V1(v1));
+        }
+        let controllers =
+            std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+        if controllers.split_whitespace().any(|c| c == "io") {
+            return Ok(IoControl::V2(root.to_path_buf()));
+        }
+        bail!(
+            "harness: slow disks need root and the kernel's block I/O throttling (cgroup v1 \
+             blkio or v2 io controller under {CGROUP_ROOT})"
+        )
+    }
+
+    fn root(&self) -> &Path {
+        match self {
+            IoControl::V1(root) | IoControl::V2(root) => root,
+        }
+    }
+}
+
+fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text)
+        .with_context(|| format!("harness: write {text:?} to {}", path.display()))
+}
+
+/// The cgroup that slows writes to the disk of `dir`, and the device's `major:minor`.
+fn slow_group(dir: &Path) -> anyhow::Result<(IoControl, PathBuf, String)> {
+    let device = loop_device(dir)?;
+    let numbers = std::fs::read_to_string(format!("/sys/block/{device}/dev"))
+        .with_context(|| format!("harness: read the device numbers of {device}"))?;
+    let control = IoControl::find()?;
+    let group = control.root().join(format!("raftmq-chaos-{device}"));
+    Ok((control, group, numbers.trim().to_string()))
+}
+
+/// Let process `pid` write at most `writes_per_sec` times a second to the disk of the ext4
+/// data dir `dir` (its reads, and every other process, are untouched). The writes an fsync
+/// issues wait their turn in the kernel, so each of the node's fsyncs takes tens of
+/// milliseconds or more.
+pub fn slow_down(dir: &Path, pid: u32, writes_per_sec: u32) -> anyhow::Result<()> {
+    let (control, group, device) = slow_group(dir)?;
+    if let IoControl::V2(root) = &control {
+        write_file(&root.join("cgroup.subtree_control"), "+io")?;
+    }
+    if !group.exists() {
+        std::fs::create_dir(&group)
+            .with_context(|| format!("harness: create the cgroup {}", group.display()))?;
+    }
+    match &control {
+        IoControl::V1(_) => write_file(
+            &group.join("blkio.throttle.write_iops_device"),
+            &format!("{device} {writes_per_sec}"),
+        )?,
+        IoControl::V2(_) => write_file(
+            &group.join("io.max"),
+            &format!("{device} wiops={writes_per_sec}"),
+        )?,
+    }
+    write_file(&group.join("cgroup.procs"), &pid.to_string())
+}
+
+/// Undo [`slow_down`] for process `pid` (gone already is fine). Returns how many writes to
+/// the disk the process made while slowed.
+pub fn speed_up(dir: &Path, pid: u32) -> anyhow::Result<u64> {
+    let (control, group, device) = slow_group(dir)?;
+    let writes = match &control {
+        IoControl::V1(_) => {
+            // Lines like `7:0 Write 267`.
+            let served = std::fs::read_to_string(group.join("blkio.throttle.io_serviced"))?;
+            served
+                .lines()
+                .filter_map(|line| line.strip_prefix(&format!("{device} Write ")))
+                .filter_map(|n| n.trim().parse::<u64>().ok())
+                .sum()
+        }
+        IoControl::V2(_) => {
+            // Lines like `7:0 rbytes=0 wbytes=4096 rios=0 wios=1 ...`.
+            let stat = std::fs::read_to_string(group.join("io.stat"))?;
+            stat.lines()
+                .filter(|line| line.starts_with(&format!("{device} ")))
+                .flat_map(str::split_whitespace)
+                .filter_map(|field| field.strip_prefix("wios="))
+                .filter_map(|n| n.parse::<u64>().ok())
+                .sum()
+        }
+    };
+    // Back to the root group; a process that has exited is no longer listed anywhere.
+    let moved = std::fs::write(control.root().join("cgroup.procs"), pid.to_string());
+    if let Err(e) = moved
+        && e.raw_os_error() != Some(nix::libc::ESRCH)
+    {
+        return Err(e).context("harness: move the node out of its slow-disk cgroup");
+    }
+    std::fs::remove_dir(&group)
+        .with_context(|| format!("harness: remove the cgroup {}", group.display()))?;
+    Ok(writes)
 }
 
 /// Unmount the failed filesystem on `dir`, check and fix it (`e2fsck -fy`), and mount it

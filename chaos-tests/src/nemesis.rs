@@ -48,9 +48,14 @@ pub enum Fault {
     /// A majority's disks (the leader's among them) filled below `min_free_disk`: new messages
     /// are refused with a clear error until space comes back.
     DiskLowMajority,
+    /// The leader's disk slowed to `SLOW_DISK_WRITES_PER_SEC` writes: each of its fsyncs takes
+    /// tens of milliseconds; the followers' disks stay fast.
+    SlowDiskLeader,
+    /// A follower's disk slowed the same way.
+    SlowDiskFollower,
 }
 
-pub const ALL: [Fault; 16] = [
+pub const ALL: [Fault; 18] = [
     Fault::KillLeader,
     Fault::KillFollower,
     Fault::KillMajority,
@@ -67,6 +72,8 @@ pub const ALL: [Fault; 16] = [
     Fault::DiskFullFollower,
     Fault::DiskFullLeader,
     Fault::DiskLowMajority,
+    Fault::SlowDiskLeader,
+    Fault::SlowDiskFollower,
 ];
 
 /// Size of each node's data dir when a run has disk faults: room for a run's messages plus
@@ -75,6 +82,11 @@ pub const ALL: [Fault; 16] = [
 pub const SMALL_DISK_MB: u64 = 512;
 /// The nodes' `min_free_disk` in runs with disk faults.
 pub const SMALL_DISK_MIN_FREE_MB: u64 = 128;
+/// Writes a second a slowed disk takes from its node: a WAL fsync needs at least one, so a
+/// slowed node fsyncs about this often at best, against thousands a second on a fast disk.
+pub const SLOW_DISK_WRITES_PER_SEC: u32 = 20;
+/// The least mean WAL fsync time that shows a slowed disk was slowed.
+const SLOW_DISK_MIN_FSYNC_MS: f64 = 10.0;
 
 impl Fault {
     pub fn name(self) -> &'static str {
@@ -95,6 +107,8 @@ impl Fault {
             Fault::DiskFullFollower => "disk-full-follower",
             Fault::DiskFullLeader => "disk-full-leader",
             Fault::DiskLowMajority => "disk-low-majority",
+            Fault::SlowDiskLeader => "slow-disk-leader",
+            Fault::SlowDiskFollower => "slow-disk-follower",
         }
     }
 
@@ -104,6 +118,12 @@ impl Fault {
             self,
             Fault::DiskFullFollower | Fault::DiskFullLeader | Fault::DiskLowMajority
         )
+    }
+
+    /// Faults that need each node's data dir on an ext4 filesystem of its own, on a block
+    /// device whose writes can be throttled per process.
+    pub fn needs_slow_disks(self) -> bool {
+        matches!(self, Fault::SlowDiskLeader | Fault::SlowDiskFollower)
     }
 
     /// Faults that need the nodes in network namespaces.
@@ -190,6 +210,8 @@ pub struct Injected {
     pub paused: Vec<u64>,
     /// Nodes whose data dir was filled.
     pub filled: Vec<u64>,
+    /// Nodes whose disk was slowed, with their WAL fsyncs (count, seconds) until then.
+    pub slowed: Vec<(u64, (f64, f64))>,
     pub network: bool,
     /// Human-readable: which nodes, which filter.
     pub description: String,
@@ -318,6 +340,18 @@ pub async fn inject(cluster: &mut Cluster, step: &Step) -> anyhow::Result<Inject
                 leave >> 20
             );
         }
+        Fault::SlowDiskLeader | Fault::SlowDiskFollower => {
+            let victim = if step.fault == Fault::SlowDiskLeader {
+                leader
+            } else {
+                pick_one(&followers, step.pick)?
+            };
+            let fsyncs = cluster.wal_fsyncs(victim).await?;
+            cluster.slow_disk(victim, SLOW_DISK_WRITES_PER_SEC)?;
+            done.slowed = vec![(victim, fsyncs)];
+            done.description =
+                format!("node {victim} disk slowed to {SLOW_DISK_WRITES_PER_SEC} writes/s");
+        }
     }
     for &id in &done.killed {
         cluster.kill_node(id);
@@ -337,8 +371,14 @@ pub async fn inject(cluster: &mut Cluster, step: &Step) -> anyhow::Result<Inject
 }
 
 /// Undo a fault: heal the network, resume paused nodes, restart killed ones (in a
-/// seed-drawn order with short gaps, so restarts are not always simultaneous).
-pub async fn heal(cluster: &mut Cluster, injected: &Injected, pick: u64) -> anyhow::Result<()> {
+/// seed-drawn order with short gaps, so restarts are not always simultaneous). Returns what
+/// the fault was seen to do, where that is worth a note in the report.
+pub async fn heal(
+    cluster: &mut Cluster,
+    injected: &Injected,
+    pick: u64,
+) -> anyhow::Result<Option<String>> {
+    let mut seen = None;
     if injected.network
         && let Some(network) = &cluster.network
     {
@@ -350,6 +390,26 @@ pub async fn heal(cluster: &mut Cluster, injected: &Injected, pick: u64) -> anyh
     for &id in &injected.filled {
         cluster.unfill_disk(id)?;
     }
+    for &(id, (count_before, seconds_before)) in &injected.slowed {
+        let (count, seconds) = cluster.wal_fsyncs(id).await?;
+        let writes = cluster.unslow_disk(id)?;
+        // A node that wrote nothing while slowed was not slowed: the fault would prove nothing.
+        if writes == 0 || count <= count_before {
+            bail!("harness: node {id} made no write or WAL fsync while its disk was slowed");
+        }
+        let mean_ms = (seconds - seconds_before) / (count - count_before) * 1000.0;
+        // A fast disk fsyncs in well under a millisecond, a slowed one in tens: a throttle the
+        // kernel did not apply would make the run prove nothing.
+        if mean_ms < SLOW_DISK_MIN_FSYNC_MS {
+            bail!(
+                "harness: node {id}'s disk was not slowed (its WAL fsyncs took {mean_ms:.1} ms on average)"
+            );
+        }
+        seen = Some(format!(
+            "its {} WAL fsyncs took {mean_ms:.0} ms on average",
+            count - count_before
+        ));
+    }
     let mut rng = StdRng::seed_from_u64(pick ^ 0x9e37_79b9);
     let mut order = injected.killed.clone();
     order.shuffle(&mut rng);
@@ -358,5 +418,5 @@ pub async fn heal(cluster: &mut Cluster, injected: &Injected, pick: u64) -> anyh
         let gap = *[0u64, 100, 400].choose(&mut rng).unwrap_or(&0);
         tokio::time::sleep(Duration::from_millis(gap)).await;
     }
-    Ok(())
+    Ok(seen)
 }

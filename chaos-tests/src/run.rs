@@ -17,6 +17,7 @@ use raftmq_proto::rocketmq::v2::Code;
 use raftmq_storage::db::UNSAFE_LOSE_UNSYNCED_ENV;
 
 use crate::cluster::{Cluster, ClusterOptions};
+use crate::disk::SmallDisk;
 use crate::history::{self, History, Stored};
 use crate::nemesis::{self, Fault, Step};
 use crate::report::{self, FaultWindow, Op, RunReport};
@@ -108,11 +109,17 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<RunReport> {
     // Disk faults fill each node's own small filesystem; the min_free_disk mark scales down
     // with it. Runs without them keep the data dirs on the real disk.
     let small_disks = options.faults.iter().any(|f| f.needs_small_disks());
+    // Slow-disk faults throttle a block device: the data dirs are then ext4 images on loop
+    // devices, which the disk-full faults (on tmpfs, which fills and frees at once) do not use.
+    let slow_disks = options.faults.iter().any(|f| f.needs_slow_disks());
+    if small_disks && slow_disks {
+        anyhow::bail!("harness: run the disk-full and the slow-disk faults in separate runs");
+    }
     let mut env = Vec::new();
     if options.lose_unsynced {
         env.push((UNSAFE_LOSE_UNSYNCED_ENV.to_string(), "1".to_string()));
     }
-    if small_disks {
+    if small_disks || slow_disks {
         env.push((
             "RAFTMQ_MIN_FREE_DISK_MB".to_string(),
             nemesis::SMALL_DISK_MIN_FREE_MB.to_string(),
@@ -126,7 +133,12 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<RunReport> {
         netns: options.netns,
         root: Some(options.out.join("nodes")),
         env,
-        data_dir_mb: small_disks.then_some(nemesis::SMALL_DISK_MB),
+        data_dir_mb: (small_disks || slow_disks).then_some(nemesis::SMALL_DISK_MB),
+        data_dir_fs: if slow_disks {
+            SmallDisk::Ext4
+        } else {
+            SmallDisk::Tmpfs
+        },
         ..Default::default()
     };
     let mut cluster = Cluster::start(cluster_options).await?;
@@ -230,7 +242,7 @@ async fn run_step(
     ));
     tokio::time::sleep(step.duration).await;
     let healed_ms = workload.now_ms();
-    nemesis::heal(cluster, &injected, step.pick).await?;
+    let seen = nemesis::heal(cluster, &injected, step.pick).await?;
     let recovered = cluster.wait_caught_up(Duration::from_secs(60)).await;
     let recovered_ms = workload.now_ms();
     // Give the watcher a moment after recovery in case the election came late.
@@ -251,7 +263,10 @@ async fn run_step(
     }
     Ok(FaultWindow {
         fault: step.fault,
-        description: injected.description,
+        description: match seen {
+            Some(seen) => format!("{}; {seen}", injected.description),
+            None => injected.description,
+        },
         old_leader: injected.old_leader,
         injected_ms,
         healed_ms,

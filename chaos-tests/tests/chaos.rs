@@ -55,12 +55,12 @@ fn assert_every_fault_ran(report: &chaos_tests::report::RunReport, faults: &[Fau
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_fault_on_three_nodes_loses_no_acknowledged_message() {
-    // Disk faults run on small tmpfs data dirs: they have their own test below, so that
-    // these faults keep the nodes on the real disk.
+    // Disk faults run on small data dirs of their own: they have their own tests below, so
+    // that these faults keep the nodes on the real disk.
     let faults: Vec<Fault> = ALL
         .iter()
         .copied()
-        .filter(|f| *f != Fault::Bridge && !f.needs_small_disks())
+        .filter(|f| *f != Fault::Bridge && !f.needs_small_disks() && !f.needs_slow_disks())
         .collect();
     let options = options("three-nodes", 3, 20261201, faults.clone());
     let report = run_and_print(&options).await;
@@ -144,6 +144,31 @@ async fn full_disks_refuse_cleanly_and_recover_by_themselves() {
             "no send was acknowledged after {} ({}) healed",
             window.fault,
             window.description
+        );
+    }
+}
+
+/// Slow disks: the leader's, then a follower's, may write only 20 times a second, so that each
+/// of its fsyncs waits tens of milliseconds while the other disks stay fast. The fast majority
+/// commits without the slow node: sends go on being acknowledged, none is lost, and the slow
+/// node ends with the same messages once its disk is fast again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_disks_lose_nothing_while_the_fast_majority_goes_on() {
+    let faults = vec![Fault::SlowDiskLeader, Fault::SlowDiskFollower];
+    let mut options = options("slow-disks", 3, 5, faults.clone());
+    options.rounds = 2;
+    let report = run_and_print(&options).await;
+    assert_every_fault_ran(&report, &faults);
+    assert_clean(&report, &options);
+    for fault in faults {
+        let row = report
+            .faults
+            .iter()
+            .find(|r| r.fault == fault.name())
+            .unwrap_or_else(|| panic!("no row for {fault}"));
+        assert!(
+            row.acknowledged > 0,
+            "nothing was acknowledged while a disk was slow ({fault})"
         );
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chaos_tests::cluster::{Cluster, ClusterOptions, raftmq_binary};
+use chaos_tests::cluster::{Cluster, ClusterOptions, raftmq_binary, sample};
 use chaos_tests::history::{History, check_every_node};
 use raftmq::client::message;
 
@@ -21,17 +21,6 @@ async fn get(http: &reqwest::Client, addr: &str, path: &str) -> anyhow::Result<(
         .with_context(|| format!("GET http://{addr}{path}"))?;
     let status = response.status().as_u16();
     Ok((status, response.text().await?))
-}
-
-/// The value of one sample line (`name{labels} value`) in Prometheus text.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        line.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
 }
 
 /// Wait until `path` answers `status` on `addr`.

@@ -82,7 +82,8 @@ struct RunArgs {
     /// Every choice of the run derives from it; a random one is printed when omitted.
     #[arg(long)]
     seed: Option<u64>,
-    /// Comma-separated faults, or `all` (every fault that fits the group size).
+    /// Comma-separated faults, or `all` (every fault that fits the group size, but the slow
+    /// disks, which need a run of their own).
     #[arg(long, default_value = "all")]
     faults: String,
     /// Passes over the fault list, each in a new seeded order.
@@ -156,6 +157,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .filter(|f| !args.no_netns || !f.needs_network())
             // Small data dirs are tmpfs mounts: root, as the namespaces.
             .filter(|f| !args.no_netns || !f.needs_small_disks())
+            // Slow disks need ext4 data dirs, the disk-full faults tmpfs: name them apart
+            // (`--faults slow-disk-leader,slow-disk-follower`).
+            .filter(|f| !f.needs_slow_disks())
             .collect()
     } else {
         args.faults
