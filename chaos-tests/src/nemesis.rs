@@ -53,9 +53,12 @@ pub enum Fault {
     SlowDiskLeader,
     /// A follower's disk slowed the same way.
     SlowDiskFollower,
+    /// A majority's disks (the leader's among them) slowed: no fast majority is left, so every
+    /// commit waits for a slow fsync, and nothing may fail or be lost for it.
+    SlowDiskMajority,
 }
 
-pub const ALL: [Fault; 18] = [
+pub const ALL: [Fault; 19] = [
     Fault::KillLeader,
     Fault::KillFollower,
     Fault::KillMajority,
@@ -74,6 +77,7 @@ pub const ALL: [Fault; 18] = [
     Fault::DiskLowMajority,
     Fault::SlowDiskLeader,
     Fault::SlowDiskFollower,
+    Fault::SlowDiskMajority,
 ];
 
 /// Size of each node's data dir when a run has disk faults: room for a run's messages plus
@@ -109,6 +113,7 @@ impl Fault {
             Fault::DiskLowMajority => "disk-low-majority",
             Fault::SlowDiskLeader => "slow-disk-leader",
             Fault::SlowDiskFollower => "slow-disk-follower",
+            Fault::SlowDiskMajority => "slow-disk-majority",
         }
     }
 
@@ -123,7 +128,10 @@ impl Fault {
     /// Faults that need each node's data dir on an ext4 filesystem of its own, on a block
     /// device whose writes can be throttled per process.
     pub fn needs_slow_disks(self) -> bool {
-        matches!(self, Fault::SlowDiskLeader | Fault::SlowDiskFollower)
+        matches!(
+            self,
+            Fault::SlowDiskLeader | Fault::SlowDiskFollower | Fault::SlowDiskMajority
+        )
     }
 
     /// Faults that need the nodes in network namespaces.
@@ -340,17 +348,27 @@ pub async fn inject(cluster: &mut Cluster, step: &Step) -> anyhow::Result<Inject
                 leave >> 20
             );
         }
-        Fault::SlowDiskLeader | Fault::SlowDiskFollower => {
-            let victim = if step.fault == Fault::SlowDiskLeader {
-                leader
-            } else {
-                pick_one(&followers, step.pick)?
+        Fault::SlowDiskLeader | Fault::SlowDiskFollower | Fault::SlowDiskMajority => {
+            let victims = match step.fault {
+                Fault::SlowDiskLeader => vec![leader],
+                Fault::SlowDiskFollower => vec![pick_one(&followers, step.pick)?],
+                _ => {
+                    let mut others = followers.clone();
+                    others.shuffle(&mut rng);
+                    let mut victims = vec![leader];
+                    victims.extend(others.into_iter().take(ids.len() / 2));
+                    victims
+                }
             };
-            let fsyncs = cluster.wal_fsyncs(victim).await?;
-            cluster.slow_disk(victim, SLOW_DISK_WRITES_PER_SEC)?;
-            done.slowed = vec![(victim, fsyncs)];
-            done.description =
-                format!("node {victim} disk slowed to {SLOW_DISK_WRITES_PER_SEC} writes/s");
+            for &victim in &victims {
+                let fsyncs = cluster.wal_fsyncs(victim).await?;
+                cluster.slow_disk(victim, SLOW_DISK_WRITES_PER_SEC)?;
+                done.slowed.push((victim, fsyncs));
+            }
+            done.description = match victims.as_slice() {
+                [one] => format!("node {one} disk slowed to {SLOW_DISK_WRITES_PER_SEC} writes/s"),
+                all => format!("nodes {all:?} disks slowed to {SLOW_DISK_WRITES_PER_SEC} writes/s"),
+            };
         }
     }
     for &id in &done.killed {
@@ -390,6 +408,7 @@ pub async fn heal(
     for &id in &injected.filled {
         cluster.unfill_disk(id)?;
     }
+    let mut slowed_fsyncs = Vec::new();
     for &(id, (count_before, seconds_before)) in &injected.slowed {
         let (count, seconds) = cluster.wal_fsyncs(id).await?;
         let writes = cluster.unslow_disk(id)?;
@@ -405,10 +424,13 @@ pub async fn heal(
                 "harness: node {id}'s disk was not slowed (its WAL fsyncs took {mean_ms:.1} ms on average)"
             );
         }
-        seen = Some(format!(
-            "its {} WAL fsyncs took {mean_ms:.0} ms on average",
+        slowed_fsyncs.push(format!(
+            "node {id} fsynced {} times, in {mean_ms:.0} ms on average",
             count - count_before
         ));
+    }
+    if !slowed_fsyncs.is_empty() {
+        seen = Some(slowed_fsyncs.join(", "));
     }
     let mut rng = StdRng::seed_from_u64(pick ^ 0x9e37_79b9);
     let mut order = injected.killed.clone();

@@ -148,13 +148,18 @@ async fn full_disks_refuse_cleanly_and_recover_by_themselves() {
     }
 }
 
-/// Slow disks: the leader's, then a follower's, may write only 20 times a second, so that each
-/// of its fsyncs waits tens of milliseconds while the other disks stay fast. The fast majority
-/// commits without the slow node: sends go on being acknowledged, none is lost, and the slow
-/// node ends with the same messages once its disk is fast again.
+/// Slow disks: the leader's, a follower's, or a majority's may write only 20 times a second,
+/// so that each of their fsyncs waits tens of milliseconds. With one slow node, the fast
+/// majority commits without it; with a slow majority, every commit waits for a slow fsync.
+/// Either way sends go on being acknowledged, none is lost, and every node ends with the same
+/// messages once the disks are fast again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn slow_disks_lose_nothing_while_the_fast_majority_goes_on() {
-    let faults = vec![Fault::SlowDiskLeader, Fault::SlowDiskFollower];
+async fn slow_disks_lose_nothing_and_sends_go_on() {
+    let faults = vec![
+        Fault::SlowDiskLeader,
+        Fault::SlowDiskFollower,
+        Fault::SlowDiskMajority,
+    ];
     let mut options = options("slow-disks", 3, 5, faults.clone());
     options.rounds = 2;
     let report = run_and_print(&options).await;

@@ -158,7 +158,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             // Small data dirs are tmpfs mounts: root, as the namespaces.
             .filter(|f| !args.no_netns || !f.needs_small_disks())
             // Slow disks need ext4 data dirs, the disk-full faults tmpfs: name them apart
-            // (`--faults slow-disk-leader,slow-disk-follower`).
+            // (`--faults slow-disk-leader,slow-disk-follower,slow-disk-majority`).
             .filter(|f| !f.needs_slow_disks())
             .collect()
     } else {
