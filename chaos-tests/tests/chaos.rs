@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chaos_tests::nemesis::{ALL, Fault};
+use chaos_tests::report::{FaultRow, RunReport};
 use chaos_tests::run::{RunOptions, run};
 
 fn options(name: &str, nodes: u64, seed: u64, faults: Vec<Fault>) -> RunOptions {
@@ -26,7 +27,7 @@ fn options(name: &str, nodes: u64, seed: u64, faults: Vec<Fault>) -> RunOptions 
     }
 }
 
-async fn run_and_print(options: &RunOptions) -> chaos_tests::report::RunReport {
+async fn run_and_print(options: &RunOptions) -> RunReport {
     let report = run(options)
         .await
         .unwrap_or_else(|e| panic!("harness error: {e:#}\nreplay: {}", options.replay_command()));
@@ -35,7 +36,7 @@ async fn run_and_print(options: &RunOptions) -> chaos_tests::report::RunReport {
     report
 }
 
-fn assert_clean(report: &chaos_tests::report::RunReport, options: &RunOptions) {
+fn assert_clean(report: &RunReport, options: &RunOptions) {
     assert!(
         report.clean,
         "the checker found problems; replay: {}",
@@ -43,7 +44,26 @@ fn assert_clean(report: &chaos_tests::report::RunReport, options: &RunOptions) {
     );
 }
 
-fn assert_every_fault_ran(report: &chaos_tests::report::RunReport, faults: &[Fault]) {
+/// Three nodes, each of `faults` twice: every fault ran and the checker found nothing.
+async fn run_each_twice_and_assert_clean(name: &str, seed: u64, faults: &[Fault]) -> RunReport {
+    let mut options = options(name, 3, seed, faults.to_vec());
+    options.rounds = 2;
+    let report = run_and_print(&options).await;
+    assert_every_fault_ran(&report, faults);
+    assert_clean(&report, &options);
+    report
+}
+
+/// The report's table row of `fault`.
+fn fault_row(report: &RunReport, fault: Fault) -> &FaultRow {
+    report
+        .faults
+        .iter()
+        .find(|r| r.fault == fault.name())
+        .unwrap_or_else(|| panic!("no row for {fault}"))
+}
+
+fn assert_every_fault_ran(report: &RunReport, faults: &[Fault]) {
     for fault in faults {
         let row = report.faults.iter().find(|r| r.fault == fault.name());
         assert!(
@@ -109,18 +129,8 @@ async fn full_disks_refuse_cleanly_and_recover_by_themselves() {
         Fault::DiskFullLeader,
         Fault::DiskLowMajority,
     ];
-    let mut options = options("disks", 3, 11, faults.clone());
-    options.rounds = 2;
-    let report = run_and_print(&options).await;
-    assert_every_fault_ran(&report, &faults);
-    assert_clean(&report, &options);
-    let row = |fault: Fault| {
-        report
-            .faults
-            .iter()
-            .find(|r| r.fault == fault.name())
-            .unwrap_or_else(|| panic!("no row for {fault}"))
-    };
+    let report = run_each_twice_and_assert_clean("disks", 11, &faults).await;
+    let row = |fault: Fault| fault_row(&report, fault);
     // A majority has room while one disk is full: sends go on being acknowledged.
     assert!(
         row(Fault::DiskFullFollower).acknowledged > 0,
@@ -160,19 +170,10 @@ async fn slow_disks_lose_nothing_and_sends_go_on() {
         Fault::SlowDiskFollower,
         Fault::SlowDiskMajority,
     ];
-    let mut options = options("slow-disks", 3, 5, faults.clone());
-    options.rounds = 2;
-    let report = run_and_print(&options).await;
-    assert_every_fault_ran(&report, &faults);
-    assert_clean(&report, &options);
+    let report = run_each_twice_and_assert_clean("slow-disks", 5, &faults).await;
     for fault in faults {
-        let row = report
-            .faults
-            .iter()
-            .find(|r| r.fault == fault.name())
-            .unwrap_or_else(|| panic!("no row for {fault}"));
         assert!(
-            row.acknowledged > 0,
+            fault_row(&report, fault).acknowledged > 0,
             "nothing was acknowledged while a disk was slow ({fault})"
         );
     }
