@@ -470,8 +470,8 @@ impl Cluster {
         crate::disk::slow_down(&self.small_disk(id)?, pid, writes_per_sec)
     }
 
-    /// Undo [`Cluster::slow_disk`]; returns the writes node `id` made while slowed.
-    pub fn unslow_disk(&self, id: u64) -> anyhow::Result<u64> {
+    /// Undo [`Cluster::slow_disk`].
+    pub fn unslow_disk(&self, id: u64) -> anyhow::Result<()> {
         let pid = self.node(id).pid().unwrap_or(0);
         crate::disk::speed_up(&self.small_disk(id)?, pid)
     }
