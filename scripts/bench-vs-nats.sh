@@ -2,14 +2,18 @@
 # raftmq and NATS JetStream side by side on this machine, as recorded in docs/BENCHMARKS.md.
 #
 # Both run three nodes on 127.0.0.1 with an fsync before a write counts as stored (raftmq
-# `flush = sync`; NATS `sync_interval: always`) and three replicas, and both are driven the same
-# way: CONCURRENCY workers on one connection, each sending a SIZE-byte message and waiting for
-# its acknowledgement before the next (`raftmq bench produce`, and `nats-bench` from
-# chaos-tests, which measures NATS publishes with the same loop, histogram and JSON). The runs
-# alternate between the two, RUNS times, and the medians are printed with their ratio.
+# `flush = sync`; NATS `sync_interval: always`) and three replicas, and both are driven by the
+# same load driver (`raftmq bench produce`, and `nats-bench` from chaos-tests, which publishes
+# to NATS through the very code that paces, warms up and measures raftmq's sends):
+# CONCURRENCY workers on one connection, each sending a SIZE-byte message and waiting for its
+# acknowledgement before the next. RUNS rounds at a fixed RATE (RATE=0 skips them), with the
+# disk's write+fsync timed beside the load in the system's own data folder, since issue 2's
+# latency aim sets the ack p99 at that rate against the disk's fsync p99 of the same run; then
+# RUNS rounds flat out. The runs alternate between the two systems, and the medians are
+# printed with their ratios.
 #
 #   scripts/bench-vs-nats.sh
-#   RUNS=5 SECONDS_PER_RUN=20 CONCURRENCY=1024 scripts/bench-vs-nats.sh
+#   RUNS=5 SECONDS_PER_RUN=20 CONCURRENCY=1024 RATE=5000 scripts/bench-vs-nats.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
@@ -17,8 +21,11 @@ cd "$(dirname "$0")/.."
 
 RUNS=${RUNS:-3}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
+# Load before each measured run that no figure counts (new connections, first writes).
+WARMUP=${WARMUP:-2s}
 CONCURRENCY=${CONCURRENCY:-1024}
 SIZE=${SIZE:-1024}
+RATE=${RATE:-10000}
 NATS_VERSION=${NATS_VERSION:-2.15.1}
 WORK=${WORK:-$(mktemp -d /tmp/raftmq-vs-nats.XXXXXX)}
 mkdir -p "$WORK"
@@ -88,22 +95,45 @@ pids+=("$local_group_pid")
 # The NATS stream is created by the first nats-bench once JetStream has elected its leader.
 echo "=== waiting for JetStream"
 for attempt in $(seq 60); do
-  if "$nats_bench" --servers "$nats_servers" --concurrency 1 --seconds 1 --json >/dev/null 2>&1; then
+  if "$nats_bench" --servers "$nats_servers" --concurrency 1 --duration 1s --json >/dev/null 2>&1; then
     break
   fi
   [ "$attempt" = 60 ] && { echo "JetStream did not come up; see $WORK/nats/n*/server.log" >&2; exit 1; }
   sleep 1
 done
 
-: >"$WORK/raftmq.jsonl"
-: >"$WORK/nats.jsonl"
+for system in raftmq nats; do
+  : >"$WORK/$system.jsonl"
+  : >"$WORK/$system-rate.jsonl"
+done
+# bench SYSTEM OUT [ARGS...]: one run of SYSTEM's load generator, its JSON appended to OUT.
+bench() {
+  local system=$1 out=$2
+  shift 2
+  if [ "$system" = raftmq ]; then
+    "$raftmq" bench produce --endpoints "$endpoints" --topic bench "$@" --json | tee -a "$out"
+  else
+    "$nats_bench" --servers "$nats_servers" --replicas 3 "$@" --json | tee -a "$out"
+  fi
+}
+# The fixed-rate rounds come first, on fresh stores: after a flat-out run a store still works
+# off that burst (raftmq's RocksDB compacts it for seconds), which would fall on whichever
+# system's fixed-rate run came next.
+if [ "$RATE" -gt 0 ]; then
+  for run in $(seq "$RUNS"); do
+    for system in raftmq nats; do
+      echo "--- run $run/$RUNS: $system at $RATE msgs/s, the disk's fsync timed beside it"
+      bench "$system" "$WORK/$system-rate.jsonl" --concurrency "$CONCURRENCY" --size "$SIZE" \
+        --duration "${SECONDS_PER_RUN}s" --warmup "$WARMUP" --rate "$RATE" --fsync-probe "$WORK/$system"
+    done
+  done
+fi
 for run in $(seq "$RUNS"); do
-  echo "--- run $run/$RUNS: raftmq, $CONCURRENCY in flight, $SIZE-byte messages, ${SECONDS_PER_RUN}s"
-  "$raftmq" bench produce --endpoints "$endpoints" --topic bench --concurrency "$CONCURRENCY" \
-    --size "$SIZE" --duration "${SECONDS_PER_RUN}s" --json | tee -a "$WORK/raftmq.jsonl"
-  echo "--- run $run/$RUNS: NATS JetStream, the same"
-  "$nats_bench" --servers "$nats_servers" --replicas 3 --concurrency "$CONCURRENCY" \
-    --size "$SIZE" --seconds "$SECONDS_PER_RUN" --json | tee -a "$WORK/nats.jsonl"
+  for system in raftmq nats; do
+    echo "--- run $run/$RUNS: $system, $CONCURRENCY in flight, $SIZE-byte messages, ${SECONDS_PER_RUN}s"
+    bench "$system" "$WORK/$system.jsonl" --concurrency "$CONCURRENCY" --size "$SIZE" \
+      --duration "${SECONDS_PER_RUN}s" --warmup "$WARMUP"
+  done
 done
 
 summary() { # name file
@@ -114,6 +144,14 @@ summary() { # name file
     "$(jq .ack_latency_ms.p999 "$2" | median)" \
     "$(jq .failed "$2" | median)"
 }
+# fsync_summary NAME FILE: the disk during the fixed-rate runs, and the ack p99 over its fsync
+# p99 (median of each run's ratio; issue 2's aim for raftmq: at most 2).
+fsync_summary() {
+  printf '%-16s disk fsync during the runs: p50 %s ms, p99 %s ms; ack p99 / fsync p99: %s\n' "$1" \
+    "$(jq .fsync_latency_during_run_ms.p50 "$2" | median)" \
+    "$(jq .fsync_latency_during_run_ms.p99 "$2" | median)" \
+    "$(jq '.ack_latency_ms.p99 / .fsync_latency_during_run_ms.p99 * 10 | round / 10' "$2" | median)"
+}
 echo
 echo "=== medians of $RUNS runs ($CONCURRENCY in flight, $SIZE-byte messages, 3 nodes, fsync per write)"
 summary raftmq "$WORK/raftmq.jsonl"
@@ -121,4 +159,12 @@ summary "NATS JetStream" "$WORK/nats.jsonl"
 raftmq_rate=$(jq .msgs_per_sec "$WORK/raftmq.jsonl" | median)
 nats_rate=$(jq .msgs_per_sec "$WORK/nats.jsonl" | median)
 awk -v r="$raftmq_rate" -v n="$nats_rate" 'BEGIN { printf "raftmq / NATS throughput: %.2f\n", r / n }'
+if [ "$RATE" -gt 0 ]; then
+  echo
+  echo "=== at $RATE msgs/s: medians of $RUNS runs"
+  summary raftmq "$WORK/raftmq-rate.jsonl"
+  summary "NATS JetStream" "$WORK/nats-rate.jsonl"
+  fsync_summary raftmq "$WORK/raftmq-rate.jsonl"
+  fsync_summary "NATS JetStream" "$WORK/nats-rate.jsonl"
+fi
 echo "results in $WORK"

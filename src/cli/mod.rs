@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod bench;
 pub mod bench_connection;
+pub mod bench_load;
 pub mod consume;
 pub mod local;
 pub mod produce;

@@ -1,21 +1,21 @@
 //! `nats-bench`: the NATS JetStream side of `scripts/bench-vs-nats.sh`.
 //!
-//! It measures publishes the way `raftmq bench produce` measures sends, so that the two
-//! figures compare: `--concurrency` workers on one connection, each publishing one message and
-//! waiting for the stream's acknowledgement before the next; the same latency histogram; the
-//! same JSON fields (`msgs_per_sec`, `ack_latency_ms`, ...).
+//! It drives publishes with the very load driver `raftmq bench produce` drives sends with
+//! (`raftmq::cli::bench_load`), so that the two figures compare: `--concurrency` workers on
+//! one connection, each publishing one message and waiting for the stream's acknowledgement
+//! before the next (and, with `--rate`, not before its turn); the same warmup, histogram,
+//! fsync probe and JSON fields (`msgs_per_sec`, `ack_latency_ms`, ...).
 //!
-//!   nats-bench --servers 127.0.0.1:4222 --replicas 3 --concurrency 1024 --seconds 10 --json
+//!   nats-bench --servers 127.0.0.1:4222 --replicas 3 --concurrency 1024 --duration 10s --json
+//!   nats-bench --servers ... --rate 10000 --warmup 2s --fsync-probe /path/on/the/disk --json
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::jetstream::{self, stream};
 use clap::Parser;
-use hdrhistogram::Histogram;
-use serde_json::json;
+
+use raftmq::cli::bench_load::{self, Load, measure, parse_duration};
 
 #[derive(Parser, Debug, Clone)]
 struct Args {
@@ -33,11 +33,22 @@ struct Args {
     /// Payload size in bytes.
     #[arg(long, default_value_t = 1024)]
     size: usize,
-    #[arg(long, default_value_t = 10)]
-    seconds: u64,
+    /// How long to publish, e.g. `10s`.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Load before the measured duration, left out of every figure.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Target publishes per second over all workers; 0 publishes as fast as acks allow.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
     /// Threads the load generator runs on; the same default as `raftmq bench produce`.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Also time a write+fsync in this folder every 2 ms while the load runs (as `raftmq
+    /// bench produce --fsync-probe` does).
+    #[arg(long, value_name = "DIR")]
+    fsync_probe: Option<std::path::PathBuf>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -45,15 +56,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    anyhow::ensure!(args.threads > 0, "--threads must be at least 1");
-    let mut runtime = if args.threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.worker_threads(args.threads);
-        builder
-    };
-    runtime.enable_all().build()?.block_on(run(args))
+    bench_load::runtime(args.threads)?.block_on(run(args))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -83,85 +86,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
     .await
     .context("create the stream")?;
 
-    let acked = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let payload = bytes::Bytes::from(vec![b'x'; args.size]);
-    let start = Instant::now();
-    let end = start + Duration::from_secs(args.seconds);
-    let mut workers = Vec::new();
-    for _ in 0..args.concurrency {
-        let (js, subject, payload) = (js.clone(), subject.clone(), payload.clone());
-        let (acked, failed) = (acked.clone(), failed.clone());
-        workers.push(tokio::spawn(async move {
-            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-                .expect("valid histogram bounds");
-            while Instant::now() < end {
-                let sent = Instant::now();
-                let ack = match js.publish(subject.clone(), payload.clone()).await {
-                    Ok(pending) => pending.await.map(|_| ()).map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                };
-                match ack {
-                    Ok(()) => {
-                        histogram.saturating_record(sent.elapsed().as_micros() as u64);
-                        acked.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(_) => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            histogram
-        }));
-    }
-    let progress = {
-        let acked = acked.clone();
-        tokio::spawn(async move {
-            let mut last = 0;
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let now = acked.load(Ordering::Relaxed);
-                eprintln!(
-                    "[{:>4.0}s] acked {now} ({}/s)",
-                    start.elapsed().as_secs_f64(),
-                    now - last
-                );
-                last = now;
-            }
-        })
+    let load = Load {
+        concurrency: args.concurrency,
+        warmup: args.warmup,
+        duration: args.duration,
+        calls_per_sec: args.rate as f64,
+        messages_per_call: 1,
     };
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    for worker in workers {
-        histogram.add(worker.await?)?;
-    }
-    progress.abort();
-    let elapsed = start.elapsed().as_secs_f64();
-    let (acked, failed) = (
-        acked.load(Ordering::Relaxed),
-        failed.load(Ordering::Relaxed),
-    );
-    let rate = acked as f64 / elapsed;
-    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    let payload = bytes::Bytes::from(vec![b'x'; args.size]);
+    let measured = measure(&load, args.fsync_probe.clone(), move || {
+        let (js, subject, payload) = (js.clone(), subject.clone(), payload.clone());
+        async move {
+            match js.publish(subject, payload).await {
+                Ok(pending) => pending.await.is_ok(),
+                Err(_) => false,
+            }
+        }
+    })
+    .await?;
     if args.json {
-        println!(
-            "{}",
-            json!({
-                "acked": acked, "failed": failed, "seconds": elapsed,
-                "msgs_per_sec": rate, "mb_per_sec": rate * args.size as f64 / 1_000_000.0,
-                "ack_latency_ms": {"p50": ms(0.5), "p99": ms(0.99), "p999": ms(0.999), "max": histogram.max() as f64 / 1000.0},
-                "concurrency": args.concurrency, "size": args.size, "replicas": args.replicas,
-                "threads": args.threads,
-            })
-        );
+        let mut result = measured.json(&load, args.size);
+        result["replicas"] = args.replicas.into();
+        result["threads"] = args.threads.into();
+        println!("{result}");
     } else {
-        println!(
-            "acked {acked} publishes in {elapsed:.1}s: {rate:.0} msgs/s; failed {failed}\n\
-             ack latency ms: p50 {:.2}  p99 {:.2}  p999 {:.2}  max {:.2}",
-            ms(0.5),
-            ms(0.99),
-            ms(0.999),
-            histogram.max() as f64 / 1000.0
-        );
+        println!("{}", measured.text(args.size, "publishes"));
     }
     Ok(())
 }
