@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Produce benchmark on a local three-node group (release build), as recorded in
 # docs/BENCHMARKS.md. For each flush mode it starts a fresh group, measures the disk's fsync
-# latency, runs `raftmq bench produce` flat out, at a fixed rate, and flat out with BATCH
-# messages per SendMessage call (BATCH_CONCURRENCY calls in flight), RUNS times each, and
-# prints the median of every figure. The disk's fsync latency is measured twice: on the idle
-# group before each round, and beside the fixed-rate run (`--fsync-probe`), since it swings
-# with the machine's load; the ack p99 at the fixed rate is set against both.
+# latency, runs `raftmq bench produce` at a fixed rate (all RUNS rounds first, on the fresh
+# group), then flat out and flat out with BATCH messages per SendMessage call
+# (BATCH_CONCURRENCY calls in flight), RUNS times each, and prints the median of every figure.
+# The disk's fsync latency is measured twice: on the idle group before each fixed-rate round,
+# and beside the fixed-rate run (`--fsync-probe`), since it swings with the machine's load;
+# the ack p99 at the fixed rate is set against both.
 #
 #   scripts/bench-produce.sh                 # defaults below
 #   RUNS=5 DURATION=20s CONCURRENCY=1024 scripts/bench-produce.sh
@@ -42,16 +43,20 @@ for mode in $MODES; do
   : >"$WORK/$mode-rate.jsonl"
   : >"$WORK/$mode-fsync.jsonl"
   : >"$WORK/$mode-batch.jsonl"
+  # The fixed-rate rounds come first, on the fresh group: after a flat-out run RocksDB still
+  # compacts that burst for seconds, which would fall on a fixed-rate run that came next.
   for run in $(seq "$RUNS"); do
     echo "--- flush=$mode run $run/$RUNS: disk fsync latency"
     "$bin" bench fsync --dir "$dir" --duration 3s --json | tee -a "$WORK/$mode-fsync.jsonl"
-    echo "--- flush=$mode run $run/$RUNS: flat out, $CONCURRENCY in flight, $SIZE-byte bodies, $DURATION"
-    "$bin" bench produce --endpoints "$endpoints" --topic bench --concurrency "$CONCURRENCY" \
-      --size "$SIZE" --duration "$DURATION" --warmup "$WARMUP" --json | tee -a "$WORK/$mode-max.jsonl"
     echo "--- flush=$mode run $run/$RUNS: fixed rate $RATE msgs/s"
     "$bin" bench produce --endpoints "$endpoints" --topic bench --concurrency "$CONCURRENCY" \
       --size "$SIZE" --duration "$DURATION" --warmup "$WARMUP" --rate "$RATE" \
       --fsync-probe "$dir" --json | tee -a "$WORK/$mode-rate.jsonl"
+  done
+  for run in $(seq "$RUNS"); do
+    echo "--- flush=$mode run $run/$RUNS: flat out, $CONCURRENCY in flight, $SIZE-byte bodies, $DURATION"
+    "$bin" bench produce --endpoints "$endpoints" --topic bench --concurrency "$CONCURRENCY" \
+      --size "$SIZE" --duration "$DURATION" --warmup "$WARMUP" --json | tee -a "$WORK/$mode-max.jsonl"
     if [ "$BATCH" -gt 1 ]; then
       echo "--- flush=$mode run $run/$RUNS: flat out, $BATCH_CONCURRENCY calls of $BATCH messages in flight"
       "$bin" bench produce --endpoints "$endpoints" --topic bench --concurrency "$BATCH_CONCURRENCY" \

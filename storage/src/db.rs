@@ -22,6 +22,9 @@ pub const DEFAULT_MEMORY_BYTES: usize = 512 << 20;
 
 /// The log's memtable size, the largest of all column families.
 const LOG_WRITE_BUFFER_BYTES: usize = 64 << 20;
+/// Spent WAL files kept to be written over: as many as become spent at once when the WAL
+/// reaches `max_total_wal_size` (256 MiB, a file per 64 MiB log memtable, and some smaller).
+const WAL_FILES_RECYCLED: usize = 8;
 /// Free space a write must leave on the disk, or it waits as on a full disk. RocksDB needs
 /// room of its own: memtable flushes, new WAL files. Once it meets ENOSPC it stops all writes
 /// and resumes only when a write buffer's worth is free again (and a wrong step meanwhile stops
@@ -250,6 +253,13 @@ impl Db {
         // ext4 a WAL fsync that lands behind 64 MiB of dirty file data waits for all of it
         // (spikes of 100 ms and more in the ack latency).
         opts.set_bytes_per_sync(1 << 20);
+        // WAL files no longer needed are kept and written over instead of deleted. Deleting one
+        // frees 64-220 MB at once, and on a disk mounted with `discard` (as this project's
+        // development VM is) the discard of that range held the device for 25-55 ms per
+        // request: every fsync of all three nodes waited behind it (docs/BENCHMARKS.md,
+        // 2026-12-06). Overwriting also spares each fsync the file size update. Recovery tells
+        // a recycled file's old records from new ones by the log number each record carries.
+        opts.set_recycle_log_file_num(WAL_FILES_RECYCLED);
         let cfs = ALL_CFS.iter().map(|name| {
             let mut cf_opts = Options::default();
             let mut table = BlockBasedOptions::default();

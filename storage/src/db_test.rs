@@ -68,3 +68,120 @@ fn memtables_index_and_filter_blocks_all_count_in_the_shared_cache() {
         memory.block_cache
     );
 }
+
+/// Names the folder `wal_crash_writer` writes to; without it that test does nothing.
+const WAL_CRASH_DIR_ENV: &str = "RAFTMQ_TEST_WAL_CRASH_DIR";
+/// Synced appends between two flushes of every column family, which make the WAL file in use
+/// spent: the next WAL file is then a recycled one, written over.
+const APPENDS_PER_WAL_FILE: u64 = 500;
+
+/// A 1 KiB log record whose bytes say which index it is for.
+fn crash_record(index: u64) -> Vec<u8> {
+    index.to_be_bytes().repeat(128)
+}
+
+/// The writer half of `a_writer_killed_on_recycled_wal_files_loses_no_synced_entry`, run by
+/// it in a child process: appends records through the log store with `flush = sync`, one at a
+/// time, prints `durable N` once record N is synced, and makes its WAL file spent every
+/// `APPENDS_PER_WAL_FILE` records, until it is killed.
+#[test]
+#[ignore = "started by a_writer_killed_on_recycled_wal_files_loses_no_synced_entry"]
+fn wal_crash_writer() {
+    use std::io::Write;
+    let Some(dir) = std::env::var_os(WAL_CRASH_DIR_ENV) else {
+        return;
+    };
+    let db = Db::open(Path::new(&dir), FlushMode::Sync).expect("open");
+    let log = crate::log::LogStore::new(db.clone());
+    let mut out = std::io::stdout().lock();
+    for index in 1.. {
+        let record = crate::log::LogRecord {
+            index,
+            bytes: crash_record(index).into(),
+        };
+        let (durable, synced) = std::sync::mpsc::channel();
+        log.append_records(
+            &[record],
+            Box::new(move |result| durable.send(result).expect("the writer waits")),
+        )
+        .expect("append");
+        synced
+            .recv()
+            .expect("the sync thread answers")
+            .expect("sync");
+        writeln!(out, "durable {index}").expect("stdout");
+        out.flush().expect("stdout");
+        if index % APPENDS_PER_WAL_FILE == 0 {
+            for name in ALL_CFS {
+                db.inner.flush_cf(&db.cf(name)).expect("flush");
+            }
+        }
+    }
+}
+
+/// kill -9 while the WAL is written over recycled files: after reopening, every record
+/// reported synced is there, byte for byte, and no stale record of a file's earlier life is
+/// taken for a new one (the log holds nothing but a gapless run of this writer's records).
+#[test]
+fn a_writer_killed_on_recycled_wal_files_loses_no_synced_entry() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut writer = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "db::tests::wal_crash_writer",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(WAL_CRASH_DIR_ENV, dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the writer");
+    let mut lines = std::io::BufReader::new(writer.stdout.take().expect("piped")).lines();
+    let durable_index = |line: &str| line.strip_prefix("durable ")?.parse::<u64>().ok();
+    // Past six spent WAL files, and mid-way through the next one, the writer is killed.
+    let kill_after = 6 * APPENDS_PER_WAL_FILE + APPENDS_PER_WAL_FILE / 3;
+    let mut last_durable = 0;
+    for line in lines.by_ref() {
+        if let Some(index) = durable_index(&line.expect("read the writer")) {
+            last_durable = index;
+            if index >= kill_after {
+                break;
+            }
+        }
+    }
+    assert!(
+        last_durable >= kill_after,
+        "the writer stopped at {last_durable}"
+    );
+    writer.kill().expect("SIGKILL the writer");
+    // Lines the writer printed before it died are still in the pipe.
+    for line in lines.map_while(Result::ok) {
+        last_durable = durable_index(&line).unwrap_or(last_durable);
+    }
+    writer.wait().expect("reap the writer");
+
+    let info_log = std::fs::read_to_string(dir.path().join("LOG")).expect("RocksDB's info log");
+    let reused = info_log.matches("from recycle list").count();
+    assert!(
+        reused >= 3,
+        "the writer wrote over {reused} spent WAL files; the test needs at least 3"
+    );
+    let db = Db::open(dir.path(), FlushMode::Sync).expect("reopen after the kill");
+    let mut index = 1;
+    while let Some(bytes) = db.get(CF_LOG, &keys::log_key(index)).expect("read") {
+        assert_eq!(crash_record(index), bytes, "record {index}");
+        index += 1;
+    }
+    let stored = index - 1;
+    assert!(
+        stored >= last_durable,
+        "records {} to {last_durable} were reported synced and are lost",
+        stored + 1
+    );
+    let log_keys = db
+        .inner
+        .iterator_cf(&db.cf(CF_LOG), rocksdb::IteratorMode::Start)
+        .count() as u64;
+    assert_eq!(stored, log_keys, "the log holds records past a gap");
+}
