@@ -306,22 +306,19 @@ async fn produce(bench: ProduceBench) -> anyhow::Result<()> {
     if bench.json {
         let mut result = measured.json(&load, bench.size);
         result["batch"] = bench.batch.into();
-        result["body"] = bench
-            .body
-            .to_possible_value()
-            .map(|v| v.get_name().to_string())
-            .into();
+        result["body"] = option_name(bench.body).into();
         result["threads"] = bench.threads.into();
-        result["connection"] = bench
-            .connection
-            .to_possible_value()
-            .map(|v| v.get_name().to_string())
-            .into();
+        result["connection"] = option_name(bench.connection).into();
         println!("{result}");
     } else {
         println!("{}", measured.text(bench.size, "messages"));
     }
     Ok(())
+}
+
+/// The name a command-line option's value is given by, as the JSON reports it.
+fn option_name(value: impl ValueEnum) -> Option<String> {
+    value.to_possible_value().map(|v| v.get_name().to_string())
 }
 
 /// A copy of `template` with its own message id and birth time.
