@@ -8,6 +8,7 @@
 #
 #   scripts/bench-seconds.sh                               # one round, default policy
 #   ROUNDS=3 POLICIES="normal idle" scripts/bench-seconds.sh
+#   BIN=path/to/raftmq scripts/bench-seconds.sh          # a given build instead
 #
 # POLICIES: `normal` leaves RocksDB's flush and compaction threads alone; `idle` moves them to
 # SCHED_IDLE and `nice` to nice 19 (in every broker, right after the group starts).
@@ -26,7 +27,7 @@ POLICIES=${POLICIES:-normal}
 WORK=${WORK:-$(mktemp -d /tmp/raftmq-seconds.XXXXXX)}
 mkdir -p "$WORK"
 
-bin=$(build_release)
+bin=${BIN:-$(build_release)}
 trap stop_local_group EXIT
 
 # set_thread_policy DIR POLICY: apply POLICY to the RocksDB threads of every broker in DIR.
@@ -75,7 +76,7 @@ for round in $(seq "$ROUNDS"); do
     cpu=$!
     "$bin" bench produce --endpoints "$BENCH_ENDPOINTS" --topic bench --size 1024 \
       --concurrency "$CONCURRENCY" --rate "$RATE" --warmup "${WARMUP}s" --duration "${DURATION}s" \
-      --json >"$run.json" 2>"$run.progress"
+      --fsync-probe "$run" --json >"$run.json" 2>"$run.progress"
     wait "$cpu" || true
     stop_local_group
     rm -rf "$run"
@@ -89,10 +90,12 @@ for round in $(seq "$ROUNDS"); do
       awk 'NF == 7 {printf "  %3d %8.1f   %s/%s/%s/%s/%s\n", $1, $2, $3, $4, $5, $6, $7}'
     slow=$(grep -o 'slowest [0-9.]*' "$run.progress" | awk -v limit="$SLOW_MS" '$2 > limit {n++} END {print n + 0}')
     worst=$(grep -o 'slowest [0-9.]*' "$run.progress" | awk '$2 > m {m = $2} END {print m + 0}')
-    printf '  %s msgs/s, ack p50 %s ms, p99 %s ms; seconds over %s ms: %s, worst %s ms; disk fsync p50 %s / p99 %s ms\n' \
+    printf '  %s msgs/s, ack p50 %s p99 %s p999 %s ms; seconds over %s ms: %s, worst %s ms; disk fsync idle p99 %s ms, in the run p99 %s max %s ms; ack p99 / in-run fsync p99 %s\n' \
       "$(jq '.msgs_per_sec | floor' "$run.json")" "$(jq .ack_latency_ms.p50 "$run.json")" \
-      "$(jq .ack_latency_ms.p99 "$run.json")" "$SLOW_MS" "$slow" "$worst" \
-      "$(jq .fsync_latency_ms.p50 "$run.fsync.json")" "$(jq .fsync_latency_ms.p99 "$run.fsync.json")" | tee -a "$WORK/summary"
+      "$(jq .ack_latency_ms.p99 "$run.json")" "$(jq .ack_latency_ms.p999 "$run.json")" "$SLOW_MS" "$slow" "$worst" \
+      "$(jq .fsync_latency_ms.p99 "$run.fsync.json")" "$(jq .fsync_latency_during_run_ms.p99 "$run.json")" \
+      "$(jq .fsync_latency_during_run_ms.max "$run.json")" \
+      "$(jq '(.ack_latency_ms.p99 / .fsync_latency_during_run_ms.p99 * 10 | round) / 10' "$run.json")" | tee -a "$WORK/summary"
   done
 done
 echo "=== summary (also in $WORK/summary)"

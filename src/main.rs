@@ -62,7 +62,20 @@ fn broker_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     builder.enable_all().build()
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // One line with the chain of causes. Returning the error from `main` would print
+            // its Debug form instead, which adds a backtrace whenever RUST_BACKTRACE is set
+            // (common where Rust programs are run), burying the one line the user needs.
+            eprintln!("Error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = match &cli.command {
         // The load generator sizes its own runtime (see `raftmq bench produce --threads`).

@@ -131,3 +131,27 @@ async fn local_cluster_survives_a_kill_and_stops_cleanly() -> anyhow::Result<()>
     }
     Ok(())
 }
+
+/// A bad flag is reported in one line that names it, with exit code 1, also when
+/// RUST_BACKTRACE is set (as it often is where Rust programs run), and the broker writes
+/// nothing to its data dir.
+#[test]
+fn a_config_error_is_one_clear_line_without_a_backtrace() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().join("data");
+    let output = Command::new(raftmq_binary()?)
+        .args(["broker", "--node-id", "1", "--data-dir"])
+        .arg(&data_dir)
+        .args(["--members", "1=127.0.0.1:19091"])
+        .env("RUST_BACKTRACE", "1")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "Error: members: `1=127.0.0.1:19091` is not ID=RAFT_HOST:PORT/CLIENT_HOST:PORT",
+        "the whole of stderr"
+    );
+    assert!(!data_dir.exists(), "a refused config created {data_dir:?}");
+    Ok(())
+}
