@@ -206,6 +206,7 @@ impl RaftNode {
             &config.data_dir.join("rocksdb"),
             config.flush,
             config.storage_memory,
+            config.node_id,
         )?;
         let log = LogStore::new(db.clone());
         let empty_disk = check_identity(&log, &config)?;

@@ -20,10 +20,24 @@ pub(crate) const NO_SPACE_RETRY: Duration = Duration::from_millis(200);
 /// otherwise (`storage_memory_mb`).
 pub const DEFAULT_MEMORY_BYTES: usize = 512 << 20;
 
-/// The log's memtable size, the largest of all column families.
+/// The log's memtable size, the largest of all column families (on the nodes of flush step 0,
+/// see `FLUSH_STEPS`).
 const LOG_WRITE_BUFFER_BYTES: usize = 64 << 20;
+/// The WAL's size past which every column family is flushed (on the nodes of flush step 0).
+const MAX_TOTAL_WAL_BYTES: u64 = 256 << 20;
+/// The nodes of a group store the same bytes in the same order: with equal sizes their log
+/// memtables fill, and flush, at the same moment on every node, and their WALs reach the limit
+/// together, when every column family is flushed at once. All nodes then stall together and
+/// every ack waits. So node `id` takes flush step `(id - 1) % FLUSH_STEPS`, and each step makes
+/// its log memtable `LOG_WRITE_BUFFER_STEP` and its WAL limit `WAL_LIMIT_STEP` smaller: the
+/// nodes flush at different moments, and the leader and one follower commit while the other
+/// flushes (at 10,000 sends/s the median ack p99 halved, docs/BENCHMARKS.md, 2026-12-06). The
+/// steps go down, never up, so that `DISK_RESERVE_BYTES` still holds the largest memtable.
+const FLUSH_STEPS: u64 = 3;
+const LOG_WRITE_BUFFER_STEP: usize = 12 << 20;
+const WAL_LIMIT_STEP: u64 = 48 << 20;
 /// Spent WAL files kept to be written over: as many as become spent at once when the WAL
-/// reaches `max_total_wal_size` (256 MiB, a file per 64 MiB log memtable, and some smaller).
+/// reaches its limit (at most 256 MiB, a file per log memtable, and some smaller).
 const WAL_FILES_RECYCLED: usize = 8;
 /// Free space a write must leave on the disk, or it waits as on a full disk. RocksDB needs
 /// room of its own: memtable flushes, new WAL files. Once it meets ENOSPC it stops all writes
@@ -209,9 +223,9 @@ fn write_wal_every_few_seconds(db: std::sync::Weak<rocksdb::DB>) {
 }
 
 impl Db {
-    /// Open with the default memory budget (`DEFAULT_MEMORY_BYTES`).
+    /// Open with the default memory budget (`DEFAULT_MEMORY_BYTES`), as node 1.
     pub fn open(path: &Path, flush: FlushMode) -> Result<Db, StorageError> {
-        Db::open_with_memory(path, flush, DEFAULT_MEMORY_BYTES)
+        Db::open_with_memory(path, flush, DEFAULT_MEMORY_BYTES, 1)
     }
 
     /// Open with `memory_bytes` for RocksDB's block cache and memtables together: one cache
@@ -219,11 +233,23 @@ impl Db {
     /// data blocks, and is charged for the memtables, which may take half of it. Without it
     /// each column family had a cache of its own and every open file's index and filter
     /// stayed in memory outside any cache, so a node's memory grew with the log it stores.
+    /// `node_id` sets where this node's memtables flush (see `FLUSH_STEPS`).
     pub fn open_with_memory(
         path: &Path,
         mut flush: FlushMode,
         memory_bytes: usize,
+        node_id: u64,
     ) -> Result<Db, StorageError> {
+        let flush_step = node_id.saturating_sub(1) % FLUSH_STEPS;
+        let log_write_buffer_bytes =
+            LOG_WRITE_BUFFER_BYTES - flush_step as usize * LOG_WRITE_BUFFER_STEP;
+        let max_total_wal_bytes = MAX_TOTAL_WAL_BYTES - flush_step * WAL_LIMIT_STEP;
+        tracing::debug!(
+            flush_step,
+            log_memtable_mib = log_write_buffer_bytes >> 20,
+            wal_limit_mib = max_total_wal_bytes >> 20,
+            "RocksDB flush points of this node"
+        );
         let cache = Cache::new_lru_cache(memory_bytes);
         // Past their half, the memtables are flushed early. Writers are not stalled for it: a
         // stalled write waits inside RocksDB for a flush, which on a full disk never comes,
@@ -248,7 +274,7 @@ impl Db {
         opts.create_missing_column_families(true);
         opts.increase_parallelism(2);
         // Bounded WAL: old WAL files are dropped once every column family has flushed them.
-        opts.set_max_total_wal_size(256 << 20);
+        opts.set_max_total_wal_size(max_total_wal_bytes);
         // Write flushed and compacted files out as they grow instead of all at their end: on
         // ext4 a WAL fsync that lands behind 64 MiB of dirty file data waits for all of it
         // (spikes of 100 ms and more in the ack latency).
@@ -270,7 +296,7 @@ impl Db {
             // their index and filter blocks stay in the cache.
             table.set_pin_l0_filter_and_index_blocks_in_cache(true);
             if *name == CF_LOG {
-                cf_opts.set_write_buffer_size(LOG_WRITE_BUFFER_BYTES);
+                cf_opts.set_write_buffer_size(log_write_buffer_bytes);
                 // One compression for every level: the log's keys only grow, so its flushed
                 // files never overlap and move down the levels as they are, unless the
                 // compression differs at the next level, which would decompress and rewrite

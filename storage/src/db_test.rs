@@ -32,7 +32,7 @@ fn dedup_id(n: u64) -> Vec<u8> {
 fn memtables_index_and_filter_blocks_all_count_in_the_shared_cache() {
     let dir = tempfile::tempdir().expect("temp dir");
     let budget: u64 = 64 << 20;
-    let db = Db::open_with_memory(dir.path(), FlushMode::Async, budget as usize).expect("open");
+    let db = Db::open_with_memory(dir.path(), FlushMode::Async, budget as usize, 1).expect("open");
     assert_eq!(budget, db.memory().budget);
 
     // 8 MiB, far from any flush: all of it in memtables, and charged to the cache.
@@ -184,4 +184,37 @@ fn a_writer_killed_on_recycled_wal_files_loses_no_synced_entry() {
         .iterator_cf(&db.cf(CF_LOG), rocksdb::IteratorMode::Start)
         .count() as u64;
     assert_eq!(stored, log_keys, "the log holds records past a gap");
+}
+
+/// The nodes of a group flush their log at different points (see `FLUSH_STEPS`): after the
+/// same 46 MiB of log, node 3's 40 MiB memtable has gone to a file, while nodes 1 and 2 (64
+/// and 52 MiB) still hold all of it in memory. Node 4 flushes where node 1 does.
+#[test]
+fn the_nodes_of_a_group_flush_their_log_at_different_points() {
+    let flushed: Vec<u64> = (1..=4)
+        .map(|node_id| {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let db =
+                Db::open_with_memory(dir.path(), FlushMode::Async, DEFAULT_MEMORY_BYTES, node_id)
+                    .expect("open");
+            write_log(&db, 0, 46);
+            // A full memtable is flushed in the background: wait until none is left to flush.
+            let give_up = Instant::now() + Duration::from_secs(30);
+            while db.int_property(CF_LOG, "rocksdb.num-immutable-mem-table") > 0 {
+                assert!(
+                    Instant::now() < give_up,
+                    "node {node_id}: the log's flush never ended"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            db.int_property(CF_LOG, "rocksdb.total-sst-files-size")
+        })
+        .collect();
+    assert_eq!(flushed[0], 0, "node 1 flushed its log early: {flushed:?}");
+    assert_eq!(flushed[1], 0, "node 2 flushed its log early: {flushed:?}");
+    assert!(
+        flushed[2] > 32 << 20,
+        "node 3 did not flush its log: {flushed:?}"
+    );
+    assert_eq!(flushed[3], 0, "node 4 flushed its log early: {flushed:?}");
 }
