@@ -10,7 +10,7 @@
 # disk's write+fsync timed beside the load in the system's own data folder, since issue 2's
 # latency aim sets the ack p99 at that rate against the disk's fsync p99 of the same run; then
 # RUNS rounds flat out. The runs alternate between the two systems, and the medians are
-# printed with their ratios.
+# printed with their ratios and the CPU each message cost the servers and the load generator.
 #
 #   scripts/bench-vs-nats.sh
 #   RUNS=5 SECONDS_PER_RUN=20 CONCURRENCY=1024 RATE=5000 scripts/bench-vs-nats.sh
@@ -85,6 +85,7 @@ EOF
   "$nats_server" -c "$dir/nats.conf" >"$dir/server.log" 2>&1 &
   pids+=($!)
 done
+nats_pids=("${pids[@]}")
 nats_servers=127.0.0.1:14221,127.0.0.1:14222,127.0.0.1:14223
 
 echo "=== starting a raftmq local group in $WORK/raftmq (flush = sync)"
@@ -106,15 +107,43 @@ for system in raftmq nats; do
   : >"$WORK/$system.jsonl"
   : >"$WORK/$system-rate.jsonl"
 done
-# bench SYSTEM OUT [ARGS...]: one run of SYSTEM's load generator, its JSON appended to OUT.
+# cpu_ticks PID...: clock ticks of user + system CPU these processes have used so far.
+cpu_ticks() {
+  local pid total=0
+  for pid in "$@"; do total=$(( total + $(awk '{print $14 + $15}' /proc/"$pid"/stat) )); done
+  echo "$total"
+}
+ticks_per_sec=$(getconf CLK_TCK)
+# bench SYSTEM OUT [ARGS...]: one run of SYSTEM's load generator, its JSON appended to OUT with
+# the CPU each message cost over the measured seconds (after the warmup): the three servers'
+# together (`cpu_us_per_msg.servers`) and the load generator's.
 bench() {
   local system=$1 out=$2
   shift 2
+  local servers generator
   if [ "$system" = raftmq ]; then
-    "$raftmq" bench produce --endpoints "$endpoints" --topic bench "$@" --json | tee -a "$out"
+    mapfile -t servers < <(jq -r '.nodes[].pid' "$WORK/raftmq/cluster.json")
+    /usr/bin/time -f '%U %S' -o "$WORK/generator.time" \
+      "$raftmq" bench produce --endpoints "$endpoints" --topic bench "$@" --json >"$WORK/run.json" &
   else
-    "$nats_bench" --servers "$nats_servers" --replicas 3 "$@" --json | tee -a "$out"
+    servers=("${nats_pids[@]}")
+    /usr/bin/time -f '%U %S' -o "$WORK/generator.time" \
+      "$nats_bench" --servers "$nats_servers" --replicas 3 "$@" --json >"$WORK/run.json" &
   fi
+  generator=$!
+  sleep "${WARMUP%s}"
+  local servers_before generator_before
+  servers_before=$(cpu_ticks "${servers[@]}")
+  generator_before=$(cpu_ticks "$(pgrep -P "$generator")")
+  wait "$generator"
+  local servers_ticks=$(( $(cpu_ticks "${servers[@]}") - servers_before ))
+  jq -c --argjson servers_ticks "$servers_ticks" --argjson tick "$ticks_per_sec" \
+    --argjson generator_seconds "$(awk '{print $1 + $2}' "$WORK/generator.time")" \
+    --argjson generator_before "$generator_before" \
+    '. + {cpu_us_per_msg: {
+        servers: ($servers_ticks / $tick * 1e6 / .acked * 10 | round / 10),
+        load_generator: (($generator_seconds - $generator_before / $tick) * 1e6 / .acked * 10 | round / 10)}}' \
+    "$WORK/run.json" | tee -a "$out"
 }
 # The fixed-rate rounds come first, on fresh stores: after a flat-out run a store still works
 # off that burst (raftmq's RocksDB compacts it for seconds), which would fall on whichever
@@ -143,6 +172,8 @@ summary() { # name file
     "$(jq .ack_latency_ms.p99 "$2" | median)" \
     "$(jq .ack_latency_ms.p999 "$2" | median)" \
     "$(jq .failed "$2" | median)"
+  printf '%-16s CPU per message: servers %s us, load generator %s us\n' "" \
+    "$(jq .cpu_us_per_msg.servers "$2" | median)" "$(jq .cpu_us_per_msg.load_generator "$2" | median)"
 }
 # fsync_summary NAME FILE: the disk during the fixed-rate runs, and the ack p99 over its fsync
 # p99 (median of each run's ratio; issue 2's aim for raftmq: at most 2).
