@@ -14,6 +14,19 @@ build_release() {
   echo target/release/raftmq
 }
 
+# require_time: the CPU figures take the load generator's from /usr/bin/time.
+require_time() {
+  [ -x /usr/bin/time ] || { echo "/usr/bin/time is missing (Debian: apt-get install time)" >&2; exit 1; }
+}
+
+# cpu_ticks PID...: clock ticks (`getconf CLK_TCK` a second) of user + system CPU these
+# processes have used so far, together.
+cpu_ticks() {
+  local pid total=0
+  for pid in "$@"; do total=$(( total + $(awk '{print $14 + $15}' "/proc/$pid/stat") )); done
+  echo "$total"
+}
+
 # The local group the benchmarks run against: `raftmq local` on its own ports, so that a
 # group a user already runs on the default ports is left alone.
 BENCH_ENDPOINTS=127.0.0.1:18081,127.0.0.1:18082,127.0.0.1:18083

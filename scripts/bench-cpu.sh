@@ -28,7 +28,7 @@ WORK=${WORK:-$(mktemp -d /tmp/raftmq-bench-cpu.XXXXXX)}
 mkdir -p "$WORK"
 
 command -v jq >/dev/null || { echo "jq is missing (Debian: apt-get install jq)" >&2; exit 1; }
-[ -x /usr/bin/time ] || { echo "/usr/bin/time is missing (Debian: apt-get install time)" >&2; exit 1; }
+require_time
 [ -n "${BIN:-}" ] || BIN=$(build_release)
 
 
@@ -45,7 +45,6 @@ leader=$("$BIN" admin cluster --json --endpoints "$endpoints" | jq -r '.nodes[] 
 node_pids=()
 for n in 1 2 3; do node_pids+=("$(cat "$WORK/cluster/node-$n/broker.pid")"); done
 ticks=$(getconf CLK_TCK)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 peak_rss_mb() { awk '/^VmHWM:/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
 
 # measure NAME COUNT_FIELD COMMAND...: run the command, then print one JSON line with its rate

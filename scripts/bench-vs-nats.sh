@@ -33,6 +33,7 @@ mkdir -p "$WORK"
 ensure_build_deps
 use_cached_rocksdb
 command -v jq >/dev/null || { echo "jq is missing (Debian: apt-get install jq)" >&2; exit 1; }
+require_time
 echo "=== building raftmq and nats-bench (release)"
 cargo build --release --bin raftmq -p raftmq
 cargo build --release --bin nats-bench -p chaos-tests
@@ -107,13 +108,16 @@ for system in raftmq nats; do
   : >"$WORK/$system.jsonl"
   : >"$WORK/$system-rate.jsonl"
 done
-# cpu_ticks PID...: clock ticks of user + system CPU these processes have used so far.
-cpu_ticks() {
-  local pid total=0
-  for pid in "$@"; do total=$(( total + $(awk '{print $14 + $15}' /proc/"$pid"/stat) )); done
-  echo "$total"
-}
 ticks_per_sec=$(getconf CLK_TCK)
+# seconds_of DURATION: a duration as the load generators take it (500ms, 2s, 2, 1m), in seconds.
+seconds_of() {
+  case $1 in
+    *ms) awk -v n="${1%ms}" 'BEGIN {print n / 1000}' ;;
+    *s) echo "${1%s}" ;;
+    *m) echo $(( ${1%m} * 60 )) ;;
+    *) echo "$1" ;;
+  esac
+}
 # bench SYSTEM OUT [ARGS...]: one run of SYSTEM's load generator, its JSON appended to OUT with
 # the CPU each message cost over the measured seconds (after the warmup): the three servers'
 # together (`cpu_us_per_msg.servers`) and the load generator's.
@@ -131,7 +135,7 @@ bench() {
       "$nats_bench" --servers "$nats_servers" --replicas 3 "$@" --json >"$WORK/run.json" &
   fi
   generator=$!
-  sleep "${WARMUP%s}"
+  sleep "$(seconds_of "$WARMUP")"
   local servers_before generator_before
   servers_before=$(cpu_ticks "${servers[@]}")
   generator_before=$(cpu_ticks "$(pgrep -P "$generator")")
