@@ -155,3 +155,24 @@ fn a_config_error_is_one_clear_line_without_a_backtrace() -> anyhow::Result<()> 
     assert!(!data_dir.exists(), "a refused config created {data_dir:?}");
     Ok(())
 }
+
+/// A topic asked for with no queues, or more than a broker allows, is refused by the command
+/// line itself, before any call: it never becomes the broker's default number.
+#[test]
+fn a_topic_with_an_impossible_number_of_queues_is_refused_before_any_call() -> anyhow::Result<()> {
+    for queues in ["0", "1025"] {
+        let output = Command::new(raftmq_binary()?)
+            .args(["admin", "topic", "create", "orders", "--queues", queues])
+            // Nothing listens here: a call would fail with a connection error instead.
+            .args(["--endpoints", "127.0.0.1:9"])
+            .output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "--queues {queues}: {stderr}");
+        assert!(
+            stderr.contains(&format!("invalid value '{queues}' for '--queues <QUEUES>'"))
+                && stderr.contains("1..=1024"),
+            "--queues {queues}: {stderr}"
+        );
+    }
+    Ok(())
+}

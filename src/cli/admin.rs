@@ -102,9 +102,9 @@ pub enum GroupCommand {
 pub enum TopicCommand {
     Create {
         name: String,
-        /// Number of queues (default: the broker's default_queues).
-        #[arg(long, default_value_t = 0)]
-        queues: u32,
+        /// Number of queues, 1 to 1024 (default: the broker's default_queues).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=crate::config::MAX_QUEUES as i64))]
+        queues: Option<u32>,
         /// The one message type the topic accepts: normal, fifo, delay, transaction, or mixed
         /// (every type, the default). A message of another type gets
         /// MESSAGE_PROPERTY_CONFLICT_WITH_TYPE, as in RocketMQ 5.
@@ -308,7 +308,8 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                     .admin(|mut c| {
                         let request = admin::CreateTopicRequest {
                             name: name.clone(),
-                            queues,
+                            // 0 asks for the broker's default.
+                            queues: queues.unwrap_or(0),
                             message_type: message_type.clone(),
                         };
                         async move { c.create_topic(request).await.map(|r| r.into_inner()) }
