@@ -282,7 +282,8 @@ async fn the_cli_produces_consumes_and_reports() -> anyhow::Result<()> {
     );
 
     // Over both of the load generator's connections: bare calls, and a send the broker
-    // refuses (a body over the 4 MiB limit), which counts as failed, not acked.
+    // refuses (a body over the 4 MiB limit), which counts as failed, not acked: with nothing
+    // acknowledged the run fails, naming the broker's reason, and still reports its figures.
     for connection in ["direct", "channel"] {
         let bench = |args: &[&str]| -> anyhow::Result<serde_json::Value> {
             let mut all = vec!["bench"];
@@ -295,17 +296,41 @@ async fn the_cli_produces_consumes_and_reports() -> anyhow::Result<()> {
         assert_eq!(report["failed"], 0, "{report}");
 
         let too_large = (4 * 1024 * 1024 + 1).to_string();
-        let report = bench(&[
-            "produce",
-            "--topic",
-            "bench-cli",
-            "--size",
-            &too_large,
-            "--concurrency",
-            "1",
-        ])?;
+        let output = Command::new(&binary)
+            .args([
+                "bench",
+                "produce",
+                "--topic",
+                "bench-cli",
+                "--size",
+                &too_large,
+            ])
+            .args([
+                "--concurrency",
+                "1",
+                "--duration",
+                "1s",
+                "--connection",
+                connection,
+            ])
+            .args(["--json", "--endpoints", &endpoints])
+            .output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        let cause = "rejected with MessageBodyTooLarge";
+        assert!(
+            stderr.contains("nothing was acknowledged") && stderr.contains(cause),
+            "{stderr}"
+        );
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout)?;
         assert_eq!(report["acked"], 0, "{report}");
         assert!(report["failed"].as_u64() > Some(0), "{report}");
+        assert!(
+            report["first_failure"]
+                .as_str()
+                .is_some_and(|first| first.starts_with(cause)),
+            "{report}"
+        );
     }
     Ok(())
 }

@@ -232,26 +232,35 @@ impl Caller {
         })
     }
 
-    async fn send(self, messages: Vec<v2::Message>) -> bool {
+    /// One send; the error says why it failed.
+    async fn send(self, messages: Vec<v2::Message>) -> Result<(), String> {
         match self {
-            Caller::Channel(client) => client.send(messages).await.is_ok(),
-            Caller::Direct(leader) => leader
-                .unary::<_, v2::SendMessageResponse>(
-                    SEND_MESSAGE_PATH,
-                    &v2::SendMessageRequest { messages },
-                )
+            Caller::Channel(client) => client
+                .send(messages)
                 .await
-                .is_ok_and(|reply| check(reply.status.as_ref()).is_ok()),
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Caller::Direct(leader) => {
+                let request = v2::SendMessageRequest { messages };
+                let reply: v2::SendMessageResponse = leader
+                    .unary(SEND_MESSAGE_PATH, &request)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                check(reply.status.as_ref()).map_err(|e| e.to_string())
+            }
         }
     }
 
-    async fn heartbeat(self) -> bool {
+    async fn heartbeat(self) -> Result<(), String> {
         match self {
-            Caller::Channel(client) => client.heartbeat().await.is_ok(),
-            Caller::Direct(leader) => leader
-                .unary::<_, v2::HeartbeatResponse>(HEARTBEAT_PATH, &producer_heartbeat())
-                .await
-                .is_ok_and(|reply| check(reply.status.as_ref()).is_ok()),
+            Caller::Channel(client) => client.heartbeat().await.map_err(|e| e.to_string()),
+            Caller::Direct(leader) => {
+                let reply: v2::HeartbeatResponse = leader
+                    .unary(HEARTBEAT_PATH, &producer_heartbeat())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                check(reply.status.as_ref()).map_err(|e| e.to_string())
+            }
         }
     }
 }
@@ -313,7 +322,7 @@ async fn produce(bench: ProduceBench) -> anyhow::Result<()> {
     } else {
         println!("{}", measured.text(bench.size, "messages"));
     }
-    Ok(())
+    measured.outcome.ensure_some_succeeded()
 }
 
 /// The name a command-line option's value is given by, as the JSON reports it.
@@ -355,6 +364,7 @@ async fn rpc(bench: RpcBench) -> anyhow::Result<()> {
                 "latency_ms": outcome.latency_json(),
                 "concurrency": bench.concurrency, "threads": bench.threads,
                 "warmup_seconds": bench.warmup.as_secs_f64(),
+                "first_failure": outcome.first_failure,
             })
         );
     } else {
@@ -366,6 +376,9 @@ async fn rpc(bench: RpcBench) -> anyhow::Result<()> {
             outcome.failed,
             outcome.latency_line()
         );
+        if let Some(first) = outcome.first_failure.as_ref().filter(|_| outcome.acked > 0) {
+            println!("first failed call: {first}");
+        }
     }
-    Ok(())
+    outcome.ensure_some_succeeded()
 }

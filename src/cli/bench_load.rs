@@ -77,6 +77,9 @@ pub fn fsync_latencies(
 struct Counters {
     acked: AtomicU64,
     failed: AtomicU64,
+    /// Why the first call that failed failed: a run whose every call fails (a body over the
+    /// broker's limit, a topic that does not exist) must say why, not just count.
+    first_failure: std::sync::OnceLock<String>,
     /// Slowest answer since the last progress line, in microseconds.
     slowest_us: AtomicU64,
 }
@@ -98,6 +101,8 @@ pub struct Load {
 pub struct Outcome {
     pub acked: u64,
     pub failed: u64,
+    /// The error of the first call that failed, warmup included.
+    pub first_failure: Option<String>,
     pub elapsed: Duration,
     /// Latency of each answered call from when it was sent.
     pub histogram: Histogram<u64>,
@@ -113,12 +118,12 @@ struct Latencies {
 }
 
 /// Run `call` from `load.concurrency` workers until the duration is over, printing a progress
-/// line every second. `call()` makes one call and says whether it succeeded; the latency of
-/// each successful call is recorded.
+/// line every second. `call()` makes one call and returns why it failed, if it did; the
+/// latency of each successful call is recorded, and the first failure is printed once.
 pub async fn drive<F, Fut>(load: &Load, call: F) -> anyhow::Result<Outcome>
 where
     F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = bool> + Send,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
 {
     let counters = Arc::new(Counters::default());
     let start = Instant::now() + load.warmup;
@@ -153,11 +158,16 @@ where
                     tokio::time::sleep_until(due.into()).await;
                 }
                 let called = Instant::now();
-                let ok = call().await;
+                let result = call().await;
+                if let Err(error) = &result
+                    && counters.first_failure.set(error.clone()).is_ok()
+                {
+                    eprintln!("first failed call: {error}");
+                }
                 if called < start {
                     continue;
                 }
-                if ok {
+                if result.is_ok() {
                     let micros = called.elapsed().as_micros() as u64;
                     let mut latencies = latencies.lock().expect("latency histogram lock poisoned");
                     latencies.from_send.saturating_record(micros);
@@ -213,6 +223,7 @@ where
     Ok(Outcome {
         acked: counters.acked.load(Ordering::Relaxed),
         failed: counters.failed.load(Ordering::Relaxed),
+        first_failure: counters.first_failure.get().cloned(),
         elapsed: start.elapsed(),
         histogram: latencies.from_send,
         from_schedule: per_worker_interval.map(|_| latencies.from_schedule),
@@ -222,6 +233,19 @@ where
 impl Outcome {
     pub fn per_sec(&self) -> f64 {
         self.acked as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// A run in which calls were made and none succeeded is an error, naming the first cause.
+    pub fn ensure_some_succeeded(&self) -> anyhow::Result<()> {
+        match &self.first_failure {
+            Some(first) if self.acked == 0 && self.failed > 0 => {
+                anyhow::bail!(
+                    "nothing was acknowledged ({} failed in the measured time); the first failure: {first}",
+                    self.failed
+                )
+            }
+            _ => Ok(()),
+        }
     }
 
     pub fn latency_json(&self) -> serde_json::Value {
@@ -269,7 +293,7 @@ pub async fn measure<F, Fut>(
 ) -> anyhow::Result<Measured>
 where
     F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = bool> + Send,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
 {
     let probe = fsync_probe.map(|dir| {
         let from = Instant::now() + load.warmup;
@@ -307,6 +331,9 @@ impl Measured {
         if let Some(from_schedule) = &self.outcome.from_schedule {
             result["ack_latency_from_schedule_ms"] = latency_json(from_schedule);
         }
+        if let Some(first) = &self.outcome.first_failure {
+            result["first_failure"] = first.as_str().into();
+        }
         if let Some(fsyncs) = &self.fsyncs {
             result["fsyncs_during_run"] = fsyncs.len().into();
             result["fsync_latency_during_run_ms"] = latency_json(fsyncs);
@@ -334,6 +361,15 @@ impl Measured {
                 fsyncs.len(),
                 latency_line(fsyncs)
             );
+        }
+        // With nothing acknowledged the run ends in an error that names it instead.
+        if let Some(first) = self
+            .outcome
+            .first_failure
+            .as_ref()
+            .filter(|_| self.outcome.acked > 0)
+        {
+            text += &format!("\nfirst failed call: {first}");
         }
         text
     }
@@ -368,7 +404,10 @@ mod tests {
             async move {
                 tokio::time::sleep(Duration::from_millis(1)).await;
                 // Every fourth call fails.
-                turn.fetch_add(1, Ordering::Relaxed) % 4 != 3
+                match turn.fetch_add(1, Ordering::Relaxed) % 4 {
+                    3 => Err(format!("call {turn:?} refused")),
+                    _ => Ok(()),
+                }
             }
         })
         .await
@@ -382,6 +421,16 @@ mod tests {
             outcome.failed
         );
         assert_eq!(outcome.acked / 2, outcome.histogram.len());
+        assert!(
+            outcome
+                .first_failure
+                .as_deref()
+                .is_some_and(|e| e.ends_with("refused"))
+        );
+        assert!(
+            outcome.ensure_some_succeeded().is_ok(),
+            "some calls succeeded"
+        );
         // Each call sleeps 1 ms, and none waited for its turn long.
         assert!(outcome.histogram.min() >= 1_000);
         let from_schedule = outcome
@@ -389,6 +438,32 @@ mod tests {
             .expect("a target rate times from the due time");
         assert_eq!(outcome.histogram.len(), from_schedule.len());
         assert!(from_schedule.value_at_quantile(0.5) < 50_000);
+    }
+
+    #[tokio::test]
+    async fn a_run_in_which_every_call_fails_is_an_error_that_names_the_cause() {
+        let load = Load {
+            concurrency: 2,
+            warmup: Duration::ZERO,
+            duration: Duration::from_millis(50),
+            calls_per_sec: 200.0,
+            messages_per_call: 1,
+        };
+        let outcome = drive(&load, || async {
+            Err("rejected with MessageBodyTooLarge: body of 5000000 bytes".to_string())
+        })
+        .await
+        .unwrap();
+        assert_eq!(outcome.acked, 0);
+        assert!(outcome.failed > 0);
+        let error = outcome.ensure_some_succeeded().unwrap_err().to_string();
+        assert!(
+            error.starts_with("nothing was acknowledged")
+                && error.ends_with(
+                    "the first failure: rejected with MessageBodyTooLarge: body of 5000000 bytes"
+                ),
+            "{error}"
+        );
     }
 
     #[test]

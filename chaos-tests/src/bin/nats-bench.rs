@@ -97,10 +97,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let measured = measure(&load, args.fsync_probe.clone(), move || {
         let (js, subject, payload) = (js.clone(), subject.clone(), payload.clone());
         async move {
-            match js.publish(subject, payload).await {
-                Ok(pending) => pending.await.is_ok(),
-                Err(_) => false,
-            }
+            let pending = js
+                .publish(subject, payload)
+                .await
+                .map_err(|e| e.to_string())?;
+            pending.await.map(drop).map_err(|e| e.to_string())
         }
     })
     .await?;
@@ -112,5 +113,5 @@ async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         println!("{}", measured.text(args.size, "publishes"));
     }
-    Ok(())
+    measured.outcome.ensure_some_succeeded()
 }
