@@ -37,7 +37,8 @@ local_group_dir=
 # and create the topic `bench` (8 queues).
 start_local_group() {
   local bin=$1 dir=$2 flush=$3 log=$4
-  "$bin" local --dir "$dir" --flush "$flush" --client-port 18081 --raft-port 19091 >"$log" 2>&1 &
+  "$bin" local --dir "$dir" --flush "$flush" --client-port 18081 --raft-port 19091 \
+    --http-port 18091 >"$log" 2>&1 &
   local_group_pid=$!
   local_group_dir=$dir
   for _ in $(seq 100); do

@@ -40,6 +40,8 @@ async fn local_cluster_survives_a_kill_and_stops_cleanly() -> anyhow::Result<()>
             &client_port.to_string(),
             "--raft-port",
             &raft_port.to_string(),
+            "--http-port",
+            "28091",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -174,5 +176,64 @@ fn a_topic_with_an_impossible_number_of_queues_is_refused_before_any_call() -> a
             "--queues {queues}: {stderr}"
         );
     }
+    Ok(())
+}
+
+/// A port already taken (here node 2's Raft address) stops `raftmq local` before any node
+/// starts, with the address and the flags that move the ports.
+#[test]
+fn a_taken_port_is_named_before_any_node_starts() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (client_port, raft_port, http_port) = (38181u16, 39191u16, 38191u16);
+    let _taken = std::net::TcpListener::bind(("127.0.0.2", raft_port + 1))?;
+    let output = Command::new(raftmq_binary()?)
+        .args(["local", "--dir"])
+        .arg(dir.path())
+        .args(["--client-port", &client_port.to_string()])
+        .args(["--raft-port", &raft_port.to_string()])
+        .args(["--http-port", &http_port.to_string()])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "node 2's raft address 127.0.0.2:{} cannot be used",
+            raft_port + 1
+        )) && stderr.contains("--raft-port"),
+        "{stderr}"
+    );
+    assert!(pids(dir.path()).is_empty(), "a node was started");
+    Ok(())
+}
+
+/// A node that cannot start (its data path is a file) makes `raftmq local` fail with that
+/// node's own error, and stop the nodes that did start.
+#[test]
+fn a_node_that_fails_to_start_is_reported_and_the_others_are_stopped() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::create_dir_all(dir.path().join("node-2"))?;
+    std::fs::write(dir.path().join("node-2/data"), "not a folder")?;
+    let output = Command::new(raftmq_binary()?)
+        .args(["local", "--dir"])
+        .arg(dir.path())
+        .args([
+            "--client-port",
+            "38281",
+            "--raft-port",
+            "39291",
+            "--http-port",
+            "38291",
+        ])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("node 2 could not start")
+            && stderr.contains("create data dir")
+            && stderr.contains("node-2/broker.log"),
+        "{stderr}"
+    );
+    // Stopped, not left behind: their pid files go with them.
+    assert!(pids(dir.path()).is_empty(), "nodes left running");
     Ok(())
 }

@@ -70,6 +70,23 @@ impl LocalNode {
         )
     }
 
+    /// The exit status of our child process for this node if it has exited (once).
+    fn reap(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status)
+    }
+
+    fn report_exit(&self, status: std::process::ExitStatus) {
+        let cause = logged_error(&self.log_file()).map(|e| format!(": {e}"));
+        println!(
+            "node {} exited ({status}){}; restart it with:\n  {}",
+            self.id,
+            cause.unwrap_or_default(),
+            self.restart_command()
+        );
+    }
+
     fn start(&mut self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -120,6 +137,18 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         args.nodes >= 1 && args.nodes <= 9,
         "--nodes must be within 1..=9"
     );
+    for (flag, first) in [
+        ("--client-port", args.client_port),
+        ("--raft-port", args.raft_port),
+        ("--http-port", args.http_port),
+    ] {
+        anyhow::ensure!(
+            first > 0 && u64::from(first) + args.nodes - 1 <= u64::from(u16::MAX),
+            "{flag} {first} leaves no room for {} nodes: node N listens on {flag} + N - 1, \
+             which must be within 1..=65535",
+            args.nodes
+        );
+    }
     std::fs::create_dir_all(&args.dir).with_context(|| format!("create {}", args.dir.display()))?;
     let dir = args.dir.canonicalize()?;
     let exe = std::env::current_exe().context("find the raftmq executable")?;
@@ -168,7 +197,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         })
         .collect();
 
-    for node in &mut nodes {
+    for node in &nodes {
         std::fs::create_dir_all(&node.dir)?;
         if let Some(pid) = read_pid(&node.pid_file())
             && is_running(pid)
@@ -179,6 +208,9 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
                 node.pid_file().display()
             );
         }
+    }
+    ensure_addresses_free(&nodes)?;
+    for node in &mut nodes {
         node.start()?;
     }
     write_cluster_json(&dir, &nodes)?;
@@ -190,12 +222,16 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         dir.display()
     );
     let client = Client::new(&endpoints)?;
-    match wait_for_leader(&client, Duration::from_secs(30)).await {
-        Some(leader) => println!("leader elected: node {leader}"),
-        None => println!(
+    match wait_for_leader(&client, &nodes, Duration::from_secs(30)).await {
+        Ok(Some(leader)) => println!("leader elected: node {leader}"),
+        Ok(None) => println!(
             "no leader yet after 30 s; see the logs in {}",
             dir.display()
         ),
+        Err(exited) => {
+            stop_all(&mut nodes).await;
+            return Err(exited);
+        }
     }
     let endpoint_list = endpoints.join(",");
     println!(
@@ -220,11 +256,8 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
             _ = &mut stop => break,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
                 for node in &mut nodes {
-                    if let Some(child) = node.child.as_mut()
-                        && let Ok(Some(status)) = child.try_wait()
-                    {
-                        println!("node {} exited ({status}); restart it with:\n  {}", node.id, node.restart_command());
-                        node.child = None;
+                    if let Some(status) = node.reap() {
+                        node.report_exit(status);
                     }
                 }
             }
@@ -235,19 +268,71 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_leader(client: &Client, timeout: Duration) -> Option<u64> {
+/// Every address the nodes are to listen on, tried before any node starts. A node whose port
+/// is taken (most often by another `raftmq local`) would exit at once, and the leader check
+/// would meanwhile have been answered by whatever holds the port.
+fn ensure_addresses_free(nodes: &[LocalNode]) -> anyhow::Result<()> {
+    for node in nodes {
+        for (what, addr) in [
+            ("client", &node.client_addr),
+            ("raft", &node.raft_addr),
+            ("http", &node.http_addr),
+        ] {
+            if let Err(error) = std::net::TcpListener::bind(addr.as_str()) {
+                anyhow::bail!(
+                    "node {}'s {what} address {addr} cannot be used ({error}): is another raftmq \
+                     local running (`raftmq admin cluster` shows it)? Stop it, or choose other \
+                     ports with --client-port, --raft-port and --http-port",
+                    node.id
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The leader's id once one is elected; `None` after `timeout`. A node that stops on an error
+/// meanwhile (its log ends with `Error: `) could not start: that is an error naming the cause.
+/// A node killed from outside logs no error, and the watch after the start reports it.
+async fn wait_for_leader(
+    client: &Client,
+    nodes: &[LocalNode],
+    timeout: Duration,
+) -> anyhow::Result<Option<u64>> {
     let give_up = Instant::now() + timeout;
     while Instant::now() < give_up {
+        for node in nodes {
+            let Some(pid) = node.child.as_ref().and_then(|child| child.id()) else {
+                continue;
+            };
+            if !is_running(pid as i32)
+                && let Some(cause) = logged_error(&node.log_file())
+            {
+                anyhow::bail!(
+                    "node {} could not start: {cause}\n(its log: {})",
+                    node.id,
+                    node.log_file().display()
+                );
+            }
+        }
         for (_, status) in client.cluster_status().await {
             if let Ok(status) = status
                 && status.role == "leader"
             {
-                return Some(status.node_id);
+                return Ok(Some(status.node_id));
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    None
+    Ok(None)
+}
+
+/// The error a broker's log ends with, if it ended with one: a broker that stops on an error
+/// prints `Error: <cause>` as its last line (one killed by a signal prints nothing).
+fn logged_error(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let last = text.lines().rev().map(str::trim).find(|l| !l.is_empty())?;
+    last.strip_prefix("Error: ").map(str::to_string)
 }
 
 fn write_cluster_json(dir: &Path, nodes: &[LocalNode]) -> anyhow::Result<()> {
