@@ -376,8 +376,8 @@ async fn rpc(bench: RpcBench) -> anyhow::Result<()> {
             outcome.failed,
             outcome.latency_line()
         );
-        if let Some(first) = outcome.first_failure.as_ref().filter(|_| outcome.acked > 0) {
-            println!("first failed call: {first}");
+        if let Some(line) = outcome.first_failure_line() {
+            println!("{line}");
         }
     }
     outcome.ensure_some_succeeded()

@@ -235,6 +235,13 @@ impl Outcome {
         self.acked as f64 / self.elapsed.as_secs_f64()
     }
 
+    /// The line naming the first failure, for a run in which some calls succeeded: with none,
+    /// [`Outcome::ensure_some_succeeded`] names it in its error instead.
+    pub fn first_failure_line(&self) -> Option<String> {
+        let first = self.first_failure.as_ref().filter(|_| self.acked > 0)?;
+        Some(format!("first failed call: {first}"))
+    }
+
     /// A run in which calls were made and none succeeded is an error, naming the first cause.
     pub fn ensure_some_succeeded(&self) -> anyhow::Result<()> {
         match &self.first_failure {
@@ -362,14 +369,8 @@ impl Measured {
                 latency_line(fsyncs)
             );
         }
-        // With nothing acknowledged the run ends in an error that names it instead.
-        if let Some(first) = self
-            .outcome
-            .first_failure
-            .as_ref()
-            .filter(|_| self.outcome.acked > 0)
-        {
-            text += &format!("\nfirst failed call: {first}");
+        if let Some(line) = self.outcome.first_failure_line() {
+            text += &format!("\n{line}");
         }
         text
     }
