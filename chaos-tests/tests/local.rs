@@ -27,25 +27,46 @@ fn pids(dir: &std::path::Path) -> Vec<i32> {
         .collect()
 }
 
+/// Kills `raftmq local` and every node it lists when a test ends early. A node restarted by
+/// hand is not `local`'s child, and a dropped `Child` is not killed: without this, a failed
+/// run left a group on the test's ports, and the next run failed on them.
+struct StopOnDrop<'a> {
+    local: std::process::Child,
+    dir: &'a std::path::Path,
+}
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.local.kill();
+        let _ = self.local.wait();
+        for pid in pids(self.dir) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn local_cluster_survives_a_kill_and_stops_cleanly() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     // Ports away from the defaults so a developer's own local cluster does not collide.
     let (client_port, raft_port) = (28081u16, 29091u16);
-    let mut local = Command::new(raftmq_binary()?)
-        .args(["local", "--dir"])
-        .arg(dir.path())
-        .args([
-            "--client-port",
-            &client_port.to_string(),
-            "--raft-port",
-            &raft_port.to_string(),
-            "--http-port",
-            "28091",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let mut local = StopOnDrop {
+        local: Command::new(raftmq_binary()?)
+            .args(["local", "--dir"])
+            .arg(dir.path())
+            .args([
+                "--client-port",
+                &client_port.to_string(),
+                "--raft-port",
+                &raft_port.to_string(),
+                "--http-port",
+                "28091",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+        dir: dir.path(),
+    };
     let endpoints: Vec<String> = (0..3)
         .map(|i| format!("127.0.0.1:{}", client_port + i))
         .collect();
@@ -119,8 +140,8 @@ async fn local_cluster_survives_a_kill_and_stops_cleanly() -> anyhow::Result<()>
     // SIGTERM to `raftmq local` stops every node, the restarted one included.
     let running = pids(dir.path());
     assert_eq!(running.len(), 3);
-    kill(Pid::from_raw(local.id() as i32), Signal::SIGTERM)?;
-    let exit = tokio::task::spawn_blocking(move || local.wait()).await??;
+    kill(Pid::from_raw(local.local.id() as i32), Signal::SIGTERM)?;
+    let exit = tokio::task::block_in_place(|| local.local.wait())?;
     assert!(exit.success(), "raftmq local exited with {exit}");
     let stop_deadline = Instant::now() + Duration::from_secs(15);
     while running.iter().any(|p| alive(*p)) {
