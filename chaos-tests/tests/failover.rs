@@ -297,3 +297,46 @@ async fn retried_sends_across_a_leader_kill_are_stored_once() -> anyhow::Result<
     }
     Ok(())
 }
+
+/// `raftmq bench produce`, on its default direct connection to the leader, goes on through a
+/// leader kill: it moves to the new leader, so the sends after the failover are acknowledged
+/// instead of every call after the kill failing on the dead connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_produce_benchmark_follows_a_new_leader() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
+    cluster.create_topic("bench-failover", 2).await?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let (rate, seconds, kill_after) = (200u64, 6u64, 2u64);
+    let bench = tokio::process::Command::new(chaos_tests::cluster::raftmq_binary()?)
+        .args(["bench", "produce", "--topic", "bench-failover"])
+        .args(["--concurrency", "16", "--rate", &rate.to_string()])
+        .args([
+            "--warmup",
+            "0s",
+            "--duration",
+            &format!("{seconds}s"),
+            "--json",
+        ])
+        .args(["--endpoints", &cluster.endpoints().join(",")])
+        .kill_on_drop(true)
+        .output();
+    let bench = tokio::spawn(bench);
+    tokio::time::sleep(Duration::from_secs(kill_after)).await;
+    cluster.kill_node(leader);
+
+    let output = bench.await??;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let acked = report["acked"].as_u64().expect("acked count");
+    // Before the kill it can have sent at most `rate * kill_after`; the rest came after it.
+    assert!(
+        acked > rate * (kill_after + 1) + 16,
+        "too few sends acknowledged after the leader was killed: {report}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("now sending to"),
+        "no move to another node reported: {stderr}"
+    );
+    Ok(())
+}

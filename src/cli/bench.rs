@@ -14,7 +14,7 @@ use serde_json::json;
 use raftmq_proto::rocketmq::v2;
 
 use super::EndpointArgs;
-use super::bench_connection::BenchConnection;
+use super::bench_connection::LeaderConnection;
 use super::bench_load::{
     self, Load, drive, fsync_latencies, latency_json, latency_line, measure, parse_duration,
 };
@@ -63,7 +63,7 @@ pub struct RpcBench {
 pub enum Connection {
     /// One HTTP/2 connection to the leader, each call its headers and one gRPC frame on the
     /// `h2` crate, without a general client's per-call tasks and buffers: the least CPU per
-    /// call.
+    /// call. When the leader's node goes away it moves to the new leader.
     Direct,
     /// The CLI's tonic channel: a queue and a worker task per call, and failover to the other
     /// nodes.
@@ -215,7 +215,7 @@ async fn leader_first_client(endpoints: &EndpointArgs) -> anyhow::Result<Arc<Cli
 #[derive(Clone)]
 enum Caller {
     Channel(Arc<Client>),
-    Direct(BenchConnection),
+    Direct(Arc<LeaderConnection>),
 }
 
 const SEND_MESSAGE_PATH: &str = "/apache.rocketmq.v2.MessagingService/SendMessage";
@@ -226,9 +226,9 @@ impl Caller {
         Ok(match connection {
             Connection::Channel => Caller::Channel(client),
             // The leader is the client's first endpoint.
-            Connection::Direct => Caller::Direct(
-                BenchConnection::connect(&client.endpoints()[0], client.timeout).await?,
-            ),
+            Connection::Direct => {
+                Caller::Direct(Arc::new(LeaderConnection::connect(client).await?))
+            }
         })
     }
 

@@ -8,14 +8,18 @@
 //! one gRPC frame (a 5-byte prefix and the protobuf message) and, in the reply, one frame and
 //! the `grpc-status` trailer; here each call is exactly that, on the `h2` crate's connection.
 //! Whatever the layers cost is CPU the brokers on the same machine do not get. A connection
-//! error fails the call (the bench counts it as failed); nothing is retried.
+//! error fails the call (the bench counts it as failed); nothing is retried, but a
+//! [`LeaderConnection`] moves to the new leader when its node goes away.
 
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, TE};
 use http::uri::{Authority, PathAndQuery, Scheme};
+
+use crate::client::Client;
 
 // Built once, not parsed again on every call.
 const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
@@ -37,6 +41,13 @@ pub enum CallError {
     Request(String),
     #[error("malformed reply: {0}")]
     Malformed(String),
+}
+
+impl CallError {
+    /// The connection itself is gone (its node was killed or stopped), not only this call.
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(self, CallError::Http2(e) if e.is_io() || e.is_go_away())
+    }
 }
 
 #[derive(Clone)]
@@ -153,5 +164,142 @@ fn grpc_status(headers: &http::HeaderMap) -> Result<(), CallError> {
                 .map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned())
                 .unwrap_or_default(),
         }),
+    }
+}
+
+/// How long a [`LeaderConnection`] waits for the group to name a new leader before it settles
+/// for any node that answers (a follower forwards each send to the leader, one hop more).
+const LEADER_WAIT: Duration = Duration::from_secs(3);
+
+/// After a search that found no node, the calls failing meanwhile do not search again before
+/// this: they fail at once, and the run still ends on time.
+const SEARCH_AGAIN_AFTER: Duration = Duration::from_secs(1);
+
+/// A [`BenchConnection`] to the group's leader that follows it. The first call to find the
+/// connection lost (its node killed or stopped) moves it to the node the group names leader,
+/// or after [`LEADER_WAIT`] to any node that answers; the calls that fail meanwhile count as
+/// failed, so a run through a failover measures the gap instead of failing every later call.
+pub struct LeaderConnection {
+    client: Arc<Client>,
+    /// Behind an `Arc`: each call takes a reference, not a copy of the connection.
+    current: RwLock<Arc<Current>>,
+    /// One move at a time: the calls that failed with the same connection wait for it. Holds
+    /// when the last search that found no node ended.
+    moving: tokio::sync::Mutex<Option<Instant>>,
+}
+
+struct Current {
+    connection: BenchConnection,
+    endpoint: String,
+    /// Counts the moves, so that a call that failed on an older connection moves nothing.
+    generation: u64,
+}
+
+impl LeaderConnection {
+    /// Connect to the client's first endpoint (the caller puts the leader first).
+    pub async fn connect(client: Arc<Client>) -> anyhow::Result<LeaderConnection> {
+        let endpoint = client
+            .endpoints()
+            .first()
+            .context("no endpoint to connect to")?
+            .clone();
+        let connection = BenchConnection::connect(&endpoint, client.timeout).await?;
+        Ok(LeaderConnection {
+            client,
+            current: RwLock::new(Arc::new(Current {
+                connection,
+                endpoint,
+                generation: 0,
+            })),
+            moving: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// [`BenchConnection::unary`] on the current connection; a lost connection is replaced
+    /// before the error is returned.
+    pub async fn unary<Request: prost::Message, Reply: prost::Message + Default>(
+        &self,
+        path: &'static str,
+        request: &Request,
+    ) -> Result<Reply, CallError> {
+        let current = self.current.read().expect("connection lock").clone();
+        let result = current.connection.unary(path, request).await;
+        if let Err(err) = &result
+            && err.is_connection_lost()
+        {
+            self.move_on(&current, err).await;
+        }
+        result
+    }
+
+    async fn move_on(&self, lost: &Current, err: &CallError) {
+        let mut found_none_at = self.moving.lock().await;
+        if self.current.read().expect("connection lock").generation != lost.generation {
+            return; // another call has moved it already
+        }
+        if found_none_at.is_some_and(|at| at.elapsed() < SEARCH_AGAIN_AFTER) {
+            return;
+        }
+        let give_up = Instant::now() + LEADER_WAIT;
+        let (connection, endpoint, how) = loop {
+            let leader = self
+                .client
+                .cluster_status()
+                .await
+                .into_iter()
+                .find(|(_, status)| status.as_ref().is_ok_and(|s| s.role == "leader"))
+                .map(|(endpoint, _)| endpoint);
+            if let Some(leader) = leader
+                && let Ok(connection) = self.connect_to(&leader).await
+            {
+                break (connection, leader, "the leader");
+            }
+            if Instant::now() >= give_up {
+                let mut answered = None;
+                for endpoint in self.client.endpoints() {
+                    if let Ok(connection) = self.connect_to(endpoint).await {
+                        answered = Some((connection, endpoint.clone()));
+                        break;
+                    }
+                }
+                match answered {
+                    Some((connection, endpoint)) => {
+                        break (connection, endpoint, "no leader named; it forwards");
+                    }
+                    // Nothing answers: a call failing later tries again.
+                    None => {
+                        if found_none_at.is_none() {
+                            eprintln!(
+                                "connection to {} lost ({err}); no node answers yet",
+                                lost.endpoint
+                            );
+                        }
+                        *found_none_at = Some(Instant::now());
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        eprintln!(
+            "connection to {} lost ({err}); now sending to {endpoint} ({how})",
+            lost.endpoint
+        );
+        *found_none_at = None;
+        *self.current.write().expect("connection lock") = Arc::new(Current {
+            connection,
+            endpoint,
+            generation: lost.generation + 1,
+        });
+    }
+
+    /// A connection that gives up as soon as a call would (a node cut off does not answer).
+    async fn connect_to(&self, endpoint: &str) -> anyhow::Result<BenchConnection> {
+        tokio::time::timeout(
+            self.client.timeout,
+            BenchConnection::connect(endpoint, self.client.timeout),
+        )
+        .await
+        .context("connect timed out")?
     }
 }
