@@ -454,6 +454,15 @@ impl Client {
         futures::future::join_all(asks).await
     }
 
+    /// The endpoint of the node that reports itself leader, if one does.
+    pub async fn leader_endpoint(&self) -> Option<String> {
+        self.cluster_status()
+            .await
+            .into_iter()
+            .find(|(_, status)| status.as_ref().is_ok_and(|s| s.role == "leader"))
+            .map(|(endpoint, _)| endpoint)
+    }
+
     /// Run an admin call on the first node that answers.
     pub async fn admin<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
     where

@@ -197,13 +197,7 @@ fn fsync(bench: FsyncBench) -> anyhow::Result<()> {
 async fn leader_first_client(endpoints: &EndpointArgs) -> anyhow::Result<Arc<Client>> {
     let mut endpoints = endpoints.list();
     let probe = Client::new(&endpoints)?;
-    if let Some(leader) = probe
-        .cluster_status()
-        .await
-        .into_iter()
-        .find(|(_, s)| s.as_ref().is_ok_and(|s| s.role == "leader"))
-        .map(|(e, _)| e)
-    {
+    if let Some(leader) = probe.leader_endpoint().await {
         endpoints.retain(|e| *e != leader);
         endpoints.insert(0, leader);
     }

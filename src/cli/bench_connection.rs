@@ -240,46 +240,16 @@ impl LeaderConnection {
         if found_none_at.is_some_and(|at| at.elapsed() < SEARCH_AGAIN_AFTER) {
             return;
         }
-        let give_up = Instant::now() + LEADER_WAIT;
-        let (connection, endpoint, how) = loop {
-            let leader = self
-                .client
-                .cluster_status()
-                .await
-                .into_iter()
-                .find(|(_, status)| status.as_ref().is_ok_and(|s| s.role == "leader"))
-                .map(|(endpoint, _)| endpoint);
-            if let Some(leader) = leader
-                && let Ok(connection) = self.connect_to(&leader).await
-            {
-                break (connection, leader, "the leader");
+        let Some((connection, endpoint, how)) = self.find_a_node().await else {
+            // Nothing answers: a call failing later tries again.
+            if found_none_at.is_none() {
+                eprintln!(
+                    "connection to {} lost ({err}); no node answers yet",
+                    lost.endpoint
+                );
             }
-            if Instant::now() >= give_up {
-                let mut answered = None;
-                for endpoint in self.client.endpoints() {
-                    if let Ok(connection) = self.connect_to(endpoint).await {
-                        answered = Some((connection, endpoint.clone()));
-                        break;
-                    }
-                }
-                match answered {
-                    Some((connection, endpoint)) => {
-                        break (connection, endpoint, "no leader named; it forwards");
-                    }
-                    // Nothing answers: a call failing later tries again.
-                    None => {
-                        if found_none_at.is_none() {
-                            eprintln!(
-                                "connection to {} lost ({err}); no node answers yet",
-                                lost.endpoint
-                            );
-                        }
-                        *found_none_at = Some(Instant::now());
-                        return;
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            *found_none_at = Some(Instant::now());
+            return;
         };
         eprintln!(
             "connection to {} lost ({err}); now sending to {endpoint} ({how})",
@@ -291,6 +261,26 @@ impl LeaderConnection {
             endpoint,
             generation: lost.generation + 1,
         });
+    }
+
+    /// A connection to the node the group names leader, waiting up to [`LEADER_WAIT`] for one;
+    /// then to the first node that answers. Says which of the two it found.
+    async fn find_a_node(&self) -> Option<(BenchConnection, String, &'static str)> {
+        let give_up = Instant::now() + LEADER_WAIT;
+        while Instant::now() < give_up {
+            if let Some(leader) = self.client.leader_endpoint().await
+                && let Ok(connection) = self.connect_to(&leader).await
+            {
+                return Some((connection, leader, "the leader"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for endpoint in self.client.endpoints() {
+            if let Ok(connection) = self.connect_to(endpoint).await {
+                return Some((connection, endpoint.clone(), "no leader named; it forwards"));
+            }
+        }
+        None
     }
 
     /// A connection that gives up as soon as a call would (a node cut off does not answer).
