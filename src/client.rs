@@ -454,13 +454,18 @@ impl Client {
         futures::future::join_all(asks).await
     }
 
-    /// The endpoint of the node that reports itself leader, if one does.
+    /// The endpoint of the node that reports itself leader, if one does; of two (an old leader
+    /// cut off from the rest has not yet heard of the new one), the one with the higher term.
     pub async fn leader_endpoint(&self) -> Option<String> {
         self.cluster_status()
             .await
             .into_iter()
-            .find(|(_, status)| status.as_ref().is_ok_and(|s| s.role == "leader"))
-            .map(|(endpoint, _)| endpoint)
+            .filter_map(|(endpoint, status)| match status {
+                Ok(status) if status.role == "leader" => Some((status.term, endpoint)),
+                _ => None,
+            })
+            .max_by_key(|(term, _)| *term)
+            .map(|(_, endpoint)| endpoint)
     }
 
     /// Run an admin call on the first node that answers.

@@ -303,36 +303,57 @@ async fn retried_sends_across_a_leader_kill_are_stored_once() -> anyhow::Result<
 /// instead of every call after the kill failing on the dead connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_produce_benchmark_follows_a_new_leader() -> anyhow::Result<()> {
+    bench_through_a_leader_fault(LeaderFault::Kill).await
+}
+
+/// The same through a paused (SIGSTOP) leader, whose connection stays open and never answers:
+/// the calls time out, and the first to do so finds the group's new leader and moves there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_produce_benchmark_leaves_a_paused_leader() -> anyhow::Result<()> {
+    bench_through_a_leader_fault(LeaderFault::Pause).await
+}
+
+enum LeaderFault {
+    Kill,
+    Pause,
+}
+
+async fn bench_through_a_leader_fault(fault: LeaderFault) -> anyhow::Result<()> {
     let mut cluster = Cluster::start(ClusterOptions::default()).await?;
     cluster.create_topic("bench-failover", 2).await?;
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
-    let (rate, seconds, kill_after) = (200u64, 6u64, 2u64);
+    // A paused leader costs a call timeout (1 s) and a status query that waits for it (2 s).
+    let (rate, seconds, fault_after) = match fault {
+        LeaderFault::Kill => (200u64, 6u64, 2u64),
+        LeaderFault::Pause => (200, 9, 2),
+    };
     let bench = tokio::process::Command::new(chaos_tests::cluster::raftmq_binary()?)
         .args(["bench", "produce", "--topic", "bench-failover"])
         .args(["--concurrency", "16", "--rate", &rate.to_string()])
-        .args([
-            "--warmup",
-            "0s",
-            "--duration",
-            &format!("{seconds}s"),
-            "--json",
-        ])
+        .args(["--warmup", "0s", "--timeout", "1s", "--json"])
+        .args(["--duration", &format!("{seconds}s")])
         .args(["--endpoints", &cluster.endpoints().join(",")])
         .kill_on_drop(true)
         .output();
     let bench = tokio::spawn(bench);
-    tokio::time::sleep(Duration::from_secs(kill_after)).await;
-    cluster.kill_node(leader);
+    tokio::time::sleep(Duration::from_secs(fault_after)).await;
+    match fault {
+        LeaderFault::Kill => cluster.kill_node(leader),
+        LeaderFault::Pause => cluster.pause_node(leader, true)?,
+    }
 
     let output = bench.await??;
+    if let LeaderFault::Pause = fault {
+        cluster.pause_node(leader, false)?;
+    }
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "bench failed: {stderr}");
     let report: serde_json::Value = serde_json::from_slice(&output.stdout)?;
     let acked = report["acked"].as_u64().expect("acked count");
-    // Before the kill it can have sent at most `rate * kill_after`; the rest came after it.
+    // Before the fault it can have sent at most `rate * fault_after`; the rest came after it.
     assert!(
-        acked > rate * (kill_after + 1) + 16,
-        "too few sends acknowledged after the leader was killed: {report}\n{stderr}"
+        acked > rate * (fault_after + 1) + 16,
+        "too few sends acknowledged after the leader's fault: {report}\n{stderr}"
     );
     assert!(
         stderr.contains("now sending to"),

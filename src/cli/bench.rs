@@ -54,6 +54,10 @@ pub struct RpcBench {
     /// How the load generator reaches the leader.
     #[arg(long, value_enum, default_value_t = Connection::Direct)]
     pub connection: Connection,
+    /// A call unanswered this long fails (and counts as failed), e.g. `2s`. With the default
+    /// direct connection, a call that times out also asks the group whether the leader moved.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -140,6 +144,10 @@ pub struct ProduceBench {
     /// How the load generator reaches the leader.
     #[arg(long, value_enum, default_value_t = Connection::Direct)]
     pub connection: Connection,
+    /// A call unanswered this long fails (and counts as failed), e.g. `2s`. With the default
+    /// direct connection, a call that times out also asks the group whether the leader moved.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
     /// Also measure the disk's write+fsync latency in this folder while the load runs, as
     /// `bench fsync` does but with a 2 ms pause between fsyncs so that the probe adds little
     /// load. A disk's latency swings with the machine's load, so acks are best compared with
@@ -194,18 +202,24 @@ fn fsync(bench: FsyncBench) -> anyhow::Result<()> {
 
 /// A client whose first endpoint is the group's leader: a follower would forward every
 /// send (an extra hop).
-async fn leader_first_client(endpoints: &EndpointArgs) -> anyhow::Result<Arc<Client>> {
+async fn leader_first_client(
+    endpoints: &EndpointArgs,
+    timeout: Duration,
+) -> anyhow::Result<Arc<Client>> {
+    anyhow::ensure!(!timeout.is_zero(), "the timeout must be more than 0");
     let mut endpoints = endpoints.list();
     let probe = Client::new(&endpoints)?;
     if let Some(leader) = probe.leader_endpoint().await {
         endpoints.retain(|e| *e != leader);
         endpoints.insert(0, leader);
     }
-    Ok(Arc::new(Client::new(&endpoints)?))
+    let mut client = Client::new(&endpoints)?;
+    client.timeout = timeout;
+    Ok(Arc::new(client))
 }
 
 /// What the workers call through: the CLI's client, or a direct connection to the leader
-/// (calls still carry the client's timeout).
+/// (calls still carry and keep the client's timeout).
 #[derive(Clone)]
 enum Caller {
     Channel(Arc<Client>),
@@ -264,7 +278,7 @@ async fn produce(bench: ProduceBench) -> anyhow::Result<()> {
         bench.concurrency > 0 && bench.batch > 0 && bench.size > 0,
         "concurrency, batch and size must be > 0"
     );
-    let client = leader_first_client(&bench.endpoints).await?;
+    let client = leader_first_client(&bench.endpoints, bench.timeout).await?;
     client.route(&bench.topic).await?;
     let caller = Caller::new(client, bench.connection).await?;
     // Built once: each send only stamps a fresh message id and birth time on a copy of a
@@ -338,7 +352,7 @@ fn restamped(template: &v2::Message) -> v2::Message {
 /// the client, the HTTP/2 stack and tonic on this machine, the floor under every send.
 async fn rpc(bench: RpcBench) -> anyhow::Result<()> {
     anyhow::ensure!(bench.concurrency > 0, "concurrency must be > 0");
-    let client = leader_first_client(&bench.endpoints).await?;
+    let client = leader_first_client(&bench.endpoints, bench.timeout).await?;
     let caller = Caller::new(client, bench.connection).await?;
     let load = Load {
         concurrency: bench.concurrency,

@@ -8,8 +8,9 @@
 //! one gRPC frame (a 5-byte prefix and the protobuf message) and, in the reply, one frame and
 //! the `grpc-status` trailer; here each call is exactly that, on the `h2` crate's connection.
 //! Whatever the layers cost is CPU the brokers on the same machine do not get. A connection
-//! error fails the call (the bench counts it as failed); nothing is retried, but a
-//! [`LeaderConnection`] moves to the new leader when its node goes away.
+//! error, or no reply within the call's timeout, fails the call (the bench counts it as
+//! failed); nothing is retried, but a [`LeaderConnection`] moves to the new leader when its
+//! node goes away or stops answering.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -41,6 +42,8 @@ pub enum CallError {
     Request(String),
     #[error("malformed reply: {0}")]
     Malformed(String),
+    #[error("no reply within {0:?}")]
+    TimedOut(Duration),
 }
 
 impl CallError {
@@ -56,7 +59,10 @@ pub struct BenchConnection {
     /// The node's `host:port`, in each call's URI.
     authority: Authority,
     /// The `grpc-timeout` every call carries, as tonic's clients send it.
-    timeout: HeaderValue,
+    timeout_header: HeaderValue,
+    /// The same timeout, kept by this end too: a node that cannot answer (paused, cut off)
+    /// cannot enforce it either.
+    timeout: Duration,
 }
 
 impl BenchConnection {
@@ -82,11 +88,12 @@ impl BenchConnection {
                 eprintln!("connection to {peer} ended: {err}");
             }
         });
-        let timeout = HeaderValue::from_str(&format!("{}m", timeout.as_millis().max(1)))
+        let timeout_header = HeaderValue::from_str(&format!("{}m", timeout.as_millis().max(1)))
             .context("grpc-timeout header")?;
         Ok(BenchConnection {
             sender,
             authority,
+            timeout_header,
             timeout,
         })
     }
@@ -111,6 +118,12 @@ impl BenchConnection {
     /// Call `path` with `frame`, the request's bytes as they go on the wire (a gRPC prefix and
     /// the message; tests send malformed ones), and return the reply's message bytes.
     pub async fn call(&self, path: &'static str, frame: Bytes) -> Result<Bytes, CallError> {
+        tokio::time::timeout(self.timeout, self.call_unbounded(path, frame))
+            .await
+            .map_err(|_| CallError::TimedOut(self.timeout))?
+    }
+
+    async fn call_unbounded(&self, path: &'static str, frame: Bytes) -> Result<Bytes, CallError> {
         let uri = http::Uri::builder()
             .scheme(Scheme::HTTP)
             .authority(self.authority.clone())
@@ -120,7 +133,7 @@ impl BenchConnection {
         let head = http::Request::post(uri)
             .header(CONTENT_TYPE, APPLICATION_GRPC)
             .header(TE, TRAILERS)
-            .header(GRPC_TIMEOUT, self.timeout.clone())
+            .header(GRPC_TIMEOUT, self.timeout_header.clone())
             .body(())
             .map_err(|e| CallError::Request(e.to_string()))?;
         let mut sender = self.sender.clone().ready().await?;
@@ -177,15 +190,26 @@ const SEARCH_AGAIN_AFTER: Duration = Duration::from_secs(1);
 
 /// A [`BenchConnection`] to the group's leader that follows it. The first call to find the
 /// connection lost (its node killed or stopped) moves it to the node the group names leader,
-/// or after [`LEADER_WAIT`] to any node that answers; the calls that fail meanwhile count as
-/// failed, so a run through a failover measures the gap instead of failing every later call.
+/// or after [`LEADER_WAIT`] to any node that answers. A call that times out moves it only if
+/// the group names another node leader (its node paused or cut off, a new leader elected);
+/// a slow leader keeps its callers. The calls that fail meanwhile count as failed, so a run
+/// through a failover measures the gap instead of failing every later call.
 pub struct LeaderConnection {
     client: Arc<Client>,
     /// Behind an `Arc`: each call takes a reference, not a copy of the connection.
     current: RwLock<Arc<Current>>,
-    /// One move at a time: the calls that failed with the same connection wait for it. Holds
-    /// when the last search that found no node ended.
+    /// One search at a time: the calls that failed with the same connection wait for it.
+    /// Holds when the last search that moved nothing ended.
     moving: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// Why a call on the current connection failed, as far as moving it goes.
+#[derive(Clone, Copy)]
+enum Failure {
+    /// The connection is gone: its node was killed or stopped.
+    Lost,
+    /// No reply in time: its node may be paused or cut off, or only slow.
+    Unanswered,
 }
 
 struct Current {
@@ -215,8 +239,8 @@ impl LeaderConnection {
         })
     }
 
-    /// [`BenchConnection::unary`] on the current connection; a lost connection is replaced
-    /// before the error is returned.
+    /// [`BenchConnection::unary`] on the current connection; a lost or unanswering connection
+    /// is replaced before the error is returned.
     pub async fn unary<Request: prost::Message, Reply: prost::Message + Default>(
         &self,
         path: &'static str,
@@ -224,43 +248,70 @@ impl LeaderConnection {
     ) -> Result<Reply, CallError> {
         let current = self.current.read().expect("connection lock").clone();
         let result = current.connection.unary(path, request).await;
-        if let Err(err) = &result
-            && err.is_connection_lost()
-        {
-            self.move_on(&current, err).await;
+        match &result {
+            Err(err) if err.is_connection_lost() => {
+                self.move_on(&current, err, Failure::Lost).await
+            }
+            Err(err @ CallError::TimedOut(_)) => {
+                self.move_on(&current, err, Failure::Unanswered).await
+            }
+            _ => {}
         }
         result
     }
 
-    async fn move_on(&self, lost: &Current, err: &CallError) {
-        let mut found_none_at = self.moving.lock().await;
-        if self.current.read().expect("connection lock").generation != lost.generation {
+    /// Move away from `failed`: to the leader, or when its node is gone to any node that
+    /// answers. When it only did not answer in time, only another leader will do.
+    async fn move_on(&self, failed: &Current, err: &CallError, failure: Failure) {
+        let mut searched_in_vain_at = self.moving.lock().await;
+        if self.current.read().expect("connection lock").generation != failed.generation {
             return; // another call has moved it already
         }
-        if found_none_at.is_some_and(|at| at.elapsed() < SEARCH_AGAIN_AFTER) {
+        if searched_in_vain_at.is_some_and(|at| at.elapsed() < SEARCH_AGAIN_AFTER) {
             return;
         }
-        let Some((connection, endpoint, how)) = self.find_a_node().await else {
-            // Nothing answers: a call failing later tries again.
-            if found_none_at.is_none() {
+        let found = match failure {
+            Failure::Lost => self.find_a_node().await,
+            Failure::Unanswered => self.find_another_leader(&failed.endpoint).await,
+        };
+        let Some((connection, endpoint, how)) = found else {
+            // A call failing later tries again.
+            if let (Failure::Lost, None) = (failure, *searched_in_vain_at) {
                 eprintln!(
                     "connection to {} lost ({err}); no node answers yet",
-                    lost.endpoint
+                    failed.endpoint
                 );
             }
-            *found_none_at = Some(Instant::now());
+            *searched_in_vain_at = Some(Instant::now());
             return;
         };
+        let what = match failure {
+            Failure::Lost => "lost",
+            Failure::Unanswered => "not answering",
+        };
         eprintln!(
-            "connection to {} lost ({err}); now sending to {endpoint} ({how})",
-            lost.endpoint
+            "connection to {} {what} ({err}); now sending to {endpoint} ({how})",
+            failed.endpoint
         );
-        *found_none_at = None;
+        *searched_in_vain_at = None;
         *self.current.write().expect("connection lock") = Arc::new(Current {
             connection,
             endpoint,
-            generation: lost.generation + 1,
+            generation: failed.generation + 1,
         });
+    }
+
+    /// A connection to the node the group names leader, if that is not `endpoint`.
+    async fn find_another_leader(
+        &self,
+        endpoint: &str,
+    ) -> Option<(BenchConnection, String, &'static str)> {
+        let leader = self.client.leader_endpoint().await?;
+        if leader == endpoint {
+            return None;
+        }
+        let connection = self.connect_to(&leader).await.ok()?;
+        Some((connection, leader, "the new leader"))
     }
 
     /// A connection to the node the group names leader, waiting up to [`LEADER_WAIT`] for one;
