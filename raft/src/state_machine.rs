@@ -4,9 +4,14 @@
 //! Messages stay in the log: the log is never purged by snapshots
 //! (`max_in_snapshot_log_to_keep = u64::MAX`), so a follower, even one with an empty disk,
 //! catches up by plain log replication and ends with every message the leader retains.
+//!
+//! A snapshot is made only when one is asked for: a node offers none until it has built or
+//! installed one, so that a restart does not read the whole derived state, which grows with
+//! every message stored (one consume-queue entry each), only to be asked whether it has one.
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::StreamExt;
 use openraft::storage::{EntryResponder, RaftStateMachine};
@@ -28,11 +33,26 @@ const APPLY_CHUNK: usize = 512;
 pub struct StateMachine {
     state: Arc<BrokerState>,
     timeline: Arc<Timeline>,
+    /// This process has built or installed a snapshot (shared with the snapshot builders).
+    has_snapshot: Arc<AtomicBool>,
 }
 
 impl StateMachine {
     pub fn new(state: Arc<BrokerState>, timeline: Arc<Timeline>) -> StateMachine {
-        StateMachine { state, timeline }
+        StateMachine {
+            state,
+            timeline,
+            has_snapshot: Arc::default(),
+        }
+    }
+
+    /// The derived state as it is now, read on a blocking thread: it can be large.
+    async fn export_now(&self) -> io::Result<StateExport> {
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || state.export())
+            .await
+            .map_err(io::Error::other)?
+            .map_err(io::Error::from)
     }
 
     fn snapshot_from_export(export: StateExport) -> io::Result<Snapshot> {
@@ -124,11 +144,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         tokio::task::spawn_blocking(move || state.import(&snapshot))
             .await
             .map_err(io::Error::other)??;
+        self.has_snapshot.store(true, Ordering::Release);
         Ok(())
     }
 
+    /// None until this process has built or installed a snapshot (openraft asks at every
+    /// start, and builds one itself when the log has been purged); then the state as it is
+    /// now, which covers at least as much as the last one.
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
-        let export = self.state.export()?;
+        if !self.has_snapshot.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let export = self.export_now().await?;
         if export.applied.is_none() {
             return Ok(None);
         }
@@ -140,10 +167,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
-        let state = self.state.clone();
-        let export = tokio::task::spawn_blocking(move || state.export())
-            .await
-            .map_err(io::Error::other)??;
-        Self::snapshot_from_export(export)
+        let snapshot = Self::snapshot_from_export(self.export_now().await?)?;
+        self.has_snapshot.store(true, Ordering::Release);
+        Ok(snapshot)
     }
 }
