@@ -19,6 +19,12 @@ require_time() {
   [ -x /usr/bin/time ] || { echo "/usr/bin/time is missing (Debian: apt-get install time)" >&2; exit 1; }
 }
 
+# require_command COMMAND [DEBIAN_PACKAGE]: stop with what to install when COMMAND is missing.
+require_command() {
+  command -v "$1" >/dev/null ||
+    { echo "$1 is missing (Debian: apt-get install ${2:-$1})" >&2; exit 1; }
+}
+
 # cpu_ticks PID...: clock ticks (`getconf CLK_TCK` a second) of user + system CPU these
 # processes have used so far, together.
 cpu_ticks() {

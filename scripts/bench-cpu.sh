@@ -27,7 +27,7 @@ read -r -a produce_flags <<<"${PRODUCE_FLAGS:-}"
 WORK=${WORK:-$(mktemp -d /tmp/raftmq-bench-cpu.XXXXXX)}
 mkdir -p "$WORK"
 
-command -v jq >/dev/null || { echo "jq is missing (Debian: apt-get install jq)" >&2; exit 1; }
+require_command jq
 require_time
 [ -n "${BIN:-}" ] || BIN=$(build_release)
 

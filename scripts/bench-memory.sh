@@ -19,8 +19,8 @@ SECONDS_PER_ROUND=${SECONDS_PER_ROUND:-20}
 WORK=${WORK:-$(mktemp -d /tmp/raftmq-bench-memory.XXXXXX)}
 mkdir -p "$WORK"
 
-command -v jq >/dev/null || { echo "jq is missing (Debian: apt-get install jq)" >&2; exit 1; }
-command -v curl >/dev/null || { echo "curl is missing (Debian: apt-get install curl)" >&2; exit 1; }
+require_command jq
+require_command curl
 [ -n "${BIN:-}" ] || BIN=$(build_release)
 
 trap stop_local_group EXIT

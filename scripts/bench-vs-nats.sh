@@ -32,7 +32,7 @@ mkdir -p "$WORK"
 
 ensure_build_deps
 use_cached_rocksdb
-command -v jq >/dev/null || { echo "jq is missing (Debian: apt-get install jq)" >&2; exit 1; }
+require_command jq
 require_time
 echo "=== building raftmq and nats-bench (release)"
 cargo build --release --bin raftmq -p raftmq

@@ -20,8 +20,8 @@ read -r -a bench_flags <<<"${BENCH_FLAGS:---concurrency 1024}"
 WORK=${WORK:-$(mktemp -d /tmp/raftmq-profile.XXXXXX)}
 mkdir -p "$WORK"
 
-command -v perf >/dev/null || { echo "perf is missing (Debian: apt-get install linux-perf)" >&2; exit 1; }
-command -v jq >/dev/null || { echo "jq is missing (Debian: apt-get install jq)" >&2; exit 1; }
+require_command perf linux-perf
+require_command jq
 [ -n "${BIN:-}" ] || BIN=$(build_release)
 
 trap stop_local_group EXIT
