@@ -2,13 +2,15 @@
 # How long a node with a full store takes to come back from a restart, and the memory it
 # peaks at meanwhile, as recorded in docs/BENCHMARKS.md: on a fresh local three-node group
 # (release build, flush = sync), `raftmq bench produce` stores FILL_SECONDS of 1 KiB messages
-# (16 per call, flat out); then one follower is stopped (SIGTERM) and started again RESTARTS
-# times with its own restart command, and each time the script prints how long until its
-# `/readyz` answers 200 and its peak resident memory (VmHWM) by then. With OTHER_BIN the
-# restarts alternate between BIN and OTHER_BIN on the same data, to compare two builds.
+# (16 per call, flat out); then one follower is stopped (SIGTERM, or SIGNAL=KILL for a crash)
+# and started again RESTARTS times with its own restart command, and each time the script
+# prints how long until its `/readyz` answers 200 and its peak resident memory (VmHWM) by
+# then. With OTHER_BIN the restarts alternate between BIN and OTHER_BIN on the same data, to
+# compare two builds.
 #
 #   scripts/bench-restart.sh
 #   FILL_SECONDS=60 RESTARTS=6 scripts/bench-restart.sh
+#   SIGNAL=KILL scripts/bench-restart.sh    # after a crash: RocksDB replays its WAL
 #   BIN=path/to/raftmq OTHER_BIN=path/to/older/raftmq scripts/bench-restart.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +19,7 @@ cd "$(dirname "$0")/.."
 
 FILL_SECONDS=${FILL_SECONDS:-40}
 RESTARTS=${RESTARTS:-4}
+SIGNAL=${SIGNAL:-TERM}
 WORK=${WORK:-$(mktemp -d /tmp/raftmq-bench-restart.XXXXXX)}
 mkdir -p "$WORK"
 
@@ -47,9 +50,9 @@ http_addr=$(jq -r --argjson id "$node" '.nodes[] | select(.id == $id) | .http_ad
 pid_file=$(jq -r --argjson id "$node" '.nodes[] | select(.id == $id) | .pid_file' "$cluster_json")
 echo "store of node $node: $(du -sh "$WORK/cluster/node-$node/data" | cut -f1)"
 
-# stop_node PID: SIGTERM and wait (bounded) until it is gone.
+# stop_node PID: send SIGNAL and wait (bounded) until it is gone.
 stop_node() {
-  kill -TERM "$1"
+  kill -"$SIGNAL" "$1"
   for _ in $(seq 300); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
   echo "node $node did not stop within 30 s" >&2
   exit 1
