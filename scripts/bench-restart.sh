@@ -44,10 +44,14 @@ echo "stored $(jq .acked "$WORK/fill.json") messages"
 node=$("$BIN" admin cluster --json --endpoints "$BENCH_ENDPOINTS" |
   jq -r '[.nodes[] | select(.role == "follower") | .node_id] | first')
 [ "$node" != null ] || { echo "no follower to restart" >&2; exit 1; }
-cluster_json=$WORK/cluster/cluster.json
-restart_command=$(jq -r --argjson id "$node" '.nodes[] | select(.id == $id) | .restart_command' "$cluster_json")
-http_addr=$(jq -r --argjson id "$node" '.nodes[] | select(.id == $id) | .http_addr' "$cluster_json")
-pid_file=$(jq -r --argjson id "$node" '.nodes[] | select(.id == $id) | .pid_file' "$cluster_json")
+# node_field NAME: that field of the restarted node's entry in cluster.json.
+node_field() {
+  jq -r --argjson id "$node" --arg name "$1" '.nodes[] | select(.id == $id) | .[$name]' \
+    "$WORK/cluster/cluster.json"
+}
+restart_command=$(node_field restart_command)
+http_addr=$(node_field http_addr)
+pid_file=$(node_field pid_file)
 echo "store of node $node: $(du -sh "$WORK/cluster/node-$node/data" | cut -f1)"
 
 # stop_node PID: send SIGNAL and wait (bounded) until it is gone.

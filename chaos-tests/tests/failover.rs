@@ -322,10 +322,11 @@ async fn bench_through_a_leader_fault(fault: LeaderFault) -> anyhow::Result<()> 
     let mut cluster = Cluster::start(ClusterOptions::default()).await?;
     cluster.create_topic("bench-failover", 2).await?;
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let (rate, fault_after) = (200u64, 2u64);
     // A paused leader costs a call timeout (1 s) and a status query that waits for it (2 s).
-    let (rate, seconds, fault_after) = match fault {
-        LeaderFault::Kill => (200u64, 6u64, 2u64),
-        LeaderFault::Pause => (200, 9, 2),
+    let seconds = match fault {
+        LeaderFault::Kill => 6,
+        LeaderFault::Pause => 9,
     };
     let bench = tokio::process::Command::new(chaos_tests::cluster::raftmq_binary()?)
         .args(["bench", "produce", "--topic", "bench-failover"])

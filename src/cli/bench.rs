@@ -36,6 +36,18 @@ pub enum BenchCommand {
     Fsync(FsyncBench),
 }
 
+/// How the load generator's calls reach the group, for `bench produce` and `bench rpc`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CallArgs {
+    /// How the load generator reaches the leader.
+    #[arg(long, value_enum, default_value_t = Connection::Direct)]
+    pub connection: Connection,
+    /// A call unanswered this long fails (and counts as failed), e.g. `2s`. With the default
+    /// direct connection, a call that times out also asks the group whether the leader moved.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct RpcBench {
     #[command(flatten)]
@@ -51,13 +63,8 @@ pub struct RpcBench {
     /// Threads the load generator runs on (see `bench produce --threads`).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
-    /// How the load generator reaches the leader.
-    #[arg(long, value_enum, default_value_t = Connection::Direct)]
-    pub connection: Connection,
-    /// A call unanswered this long fails (and counts as failed), e.g. `2s`. With the default
-    /// direct connection, a call that times out also asks the group whether the leader moved.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    pub timeout: Duration,
+    #[command(flatten)]
+    pub calls: CallArgs,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -141,13 +148,8 @@ pub struct ProduceBench {
     /// itself.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
-    /// How the load generator reaches the leader.
-    #[arg(long, value_enum, default_value_t = Connection::Direct)]
-    pub connection: Connection,
-    /// A call unanswered this long fails (and counts as failed), e.g. `2s`. With the default
-    /// direct connection, a call that times out also asks the group whether the leader moved.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    pub timeout: Duration,
+    #[command(flatten)]
+    pub calls: CallArgs,
     /// Also measure the disk's write+fsync latency in this folder while the load runs, as
     /// `bench fsync` does but with a 2 ms pause between fsyncs so that the probe adds little
     /// load. A disk's latency swings with the machine's load, so acks are best compared with
@@ -278,9 +280,9 @@ async fn produce(bench: ProduceBench) -> anyhow::Result<()> {
         bench.concurrency > 0 && bench.batch > 0 && bench.size > 0,
         "concurrency, batch and size must be > 0"
     );
-    let client = leader_first_client(&bench.endpoints, bench.timeout).await?;
+    let client = leader_first_client(&bench.endpoints, bench.calls.timeout).await?;
     client.route(&bench.topic).await?;
-    let caller = Caller::new(client, bench.connection).await?;
+    let caller = Caller::new(client, bench.calls.connection).await?;
     // Built once: each send only stamps a fresh message id and birth time on a copy of a
     // template, and every copy shares its template's body buffer.
     let templates: Arc<[v2::Message]> = match bench.body {
@@ -325,7 +327,7 @@ async fn produce(bench: ProduceBench) -> anyhow::Result<()> {
         result["batch"] = bench.batch.into();
         result["body"] = option_name(bench.body).into();
         result["threads"] = bench.threads.into();
-        result["connection"] = option_name(bench.connection).into();
+        result["connection"] = option_name(bench.calls.connection).into();
         println!("{result}");
     } else {
         println!("{}", measured.text(bench.size, "messages"));
@@ -352,8 +354,8 @@ fn restamped(template: &v2::Message) -> v2::Message {
 /// the client, the HTTP/2 stack and tonic on this machine, the floor under every send.
 async fn rpc(bench: RpcBench) -> anyhow::Result<()> {
     anyhow::ensure!(bench.concurrency > 0, "concurrency must be > 0");
-    let client = leader_first_client(&bench.endpoints, bench.timeout).await?;
-    let caller = Caller::new(client, bench.connection).await?;
+    let client = leader_first_client(&bench.endpoints, bench.calls.timeout).await?;
+    let caller = Caller::new(client, bench.calls.connection).await?;
     let load = Load {
         concurrency: bench.concurrency,
         warmup: bench.warmup,
