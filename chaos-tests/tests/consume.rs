@@ -334,3 +334,33 @@ async fn the_cli_produces_consumes_and_reports() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `admin cluster` prints every node it asked, and fails when none of them answered, so that a
+/// script can tell a group that is down (or a wrong endpoint list) from a healthy one.
+#[test]
+fn admin_cluster_fails_when_no_node_answers() -> anyhow::Result<()> {
+    // A port nothing listens on: bound, then released.
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .to_string();
+    for (format, unreachable_shown) in [
+        (None, "unreachable"),
+        (Some("--json"), "\"reachable\": false"),
+    ] {
+        let output = Command::new(raftmq_binary()?)
+            .args(["admin", "cluster", "--endpoints", &nobody])
+            .args(format)
+            .output()?;
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+        assert!(!output.status.success(), "{format:?}: exited 0\n{stdout}");
+        assert!(stdout.contains(unreachable_shown), "{format:?}: {stdout}");
+        assert!(
+            stderr.contains("no node answered") && stderr.contains(&nobody),
+            "{format:?}: {stderr}"
+        );
+    }
+    Ok(())
+}

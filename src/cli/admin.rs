@@ -166,6 +166,18 @@ fn print_members(
     Ok(())
 }
 
+/// The status is printed either way; a script can still tell from the exit code that no node
+/// answered (a wrong endpoint list, or the whole group down).
+fn all_unreachable_is_an_error(
+    statuses: &[(String, Result<admin::NodeStatus, String>)],
+) -> anyhow::Result<()> {
+    if statuses.iter().all(|(_, status)| status.is_err()) {
+        let endpoints: Vec<&str> = statuses.iter().map(|(e, _)| e.as_str()).collect();
+        anyhow::bail!("no node answered (endpoints: {})", endpoints.join(", "));
+    }
+    Ok(())
+}
+
 fn opt(value: Option<u64>) -> String {
     value.map_or_else(|| "-".into(), |v| v.to_string())
 }
@@ -263,7 +275,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                     "{}",
                     serde_json::to_string_pretty(&json!({ "nodes": nodes }))?
                 );
-                return Ok(());
+                return all_unreachable_is_an_error(&statuses);
             }
             println!(
                 "{:<6} {:<10} {:>6} {:>7} {:>10} {:>10} {:>10} {:>6} {:>10}  ENDPOINT",
@@ -297,6 +309,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                     ),
                 }
             }
+            all_unreachable_is_an_error(&statuses)?;
         }
         AdminCommand::Topic { command } => match command {
             TopicCommand::Create {
