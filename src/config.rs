@@ -31,6 +31,8 @@ pub const STORAGE_MEMORY_MB_RANGE: std::ops::RangeInclusive<usize> = 64..=1024 *
 /// Hard cap on the configurable body limit: gRPC frames above this are refused anyway.
 pub const MAX_BODY_BYTES_CAP: usize = 128 * 1024 * 1024;
 pub const DEFAULT_QUEUES: u32 = 8;
+/// A catch-up limit above a TiB a second is a typo.
+pub const MAX_CATCHUP_MB_PER_SEC: u64 = 1 << 20;
 pub const DEFAULT_HTTP_PORT: u16 = 8080;
 /// More queues than this per topic is almost certainly a typo.
 pub const MAX_QUEUES: u32 = 1024;
@@ -123,6 +125,13 @@ pub struct BrokerArgs {
     /// memtables charged to it (default 512; 64..=1048576).
     #[arg(long, env = "RAFTMQ_STORAGE_MEMORY_MB")]
     pub storage_memory_mb: Option<usize>,
+    /// MiB per second this node, as leader, sends to followers catching up (entries at least
+    /// 1,000 below the commit index: a follower back from a long absence or with an empty
+    /// disk), all of them together. Live replication is never limited. Keep it above the
+    /// group's write rate or a follower that falls behind never catches up (default 0: no
+    /// limit).
+    #[arg(long, env = "RAFTMQ_CATCHUP_MB_PER_SEC")]
+    pub catchup_mb_per_sec: Option<u64>,
 }
 
 /// The TOML file.
@@ -150,6 +159,7 @@ pub struct BrokerFile {
     pub min_free_disk_mb: Option<u64>,
     pub max_pending_send_mb: Option<usize>,
     pub storage_memory_mb: Option<usize>,
+    pub catchup_mb_per_sec: Option<u64>,
     pub members: Vec<MemberFile>,
 }
 
@@ -190,6 +200,8 @@ pub struct BrokerConfig {
     pub max_pending_send_bytes: usize,
     /// RocksDB's block cache and memtables together, in bytes.
     pub storage_memory_bytes: usize,
+    /// Bytes a second of catch-up replication this node sends as leader (0: no limit).
+    pub catchup_bytes_per_sec: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -358,6 +370,19 @@ impl BrokerArgs {
                             STORAGE_MEMORY_MB_RANGE.start(),
                             STORAGE_MEMORY_MB_RANGE.end()
                         ),
+                    ));
+                }
+                mb << 20
+            },
+            catchup_bytes_per_sec: {
+                let mb = self
+                    .catchup_mb_per_sec
+                    .or(file.catchup_mb_per_sec)
+                    .unwrap_or(0);
+                if mb > MAX_CATCHUP_MB_PER_SEC {
+                    return Err(invalid(
+                        "catchup_mb_per_sec",
+                        format!("must be within 0..={MAX_CATCHUP_MB_PER_SEC} (0: no limit)"),
                     ));
                 }
                 mb << 20
@@ -608,6 +633,26 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn the_catchup_limit_is_off_by_default_and_bounded() {
+        let config = args("1=a:1/b:2").resolve().unwrap();
+        assert_eq!(0, config.catchup_bytes_per_sec);
+        let config = BrokerArgs {
+            catchup_mb_per_sec: Some(50),
+            ..args("1=a:1/b:2")
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(50 << 20, config.catchup_bytes_per_sec);
+        let err = BrokerArgs {
+            catchup_mb_per_sec: Some(MAX_CATCHUP_MB_PER_SEC + 1),
+            ..args("1=a:1/b:2")
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().starts_with("catchup_mb_per_sec"), "{err}");
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use chaos_tests::cluster::{Cluster, ClusterOptions};
+use chaos_tests::cluster::{Cluster, ClusterOptions, sample};
 use chaos_tests::history::{History, check_every_node};
 
 const TOPIC: &str = "durable";
@@ -120,6 +120,98 @@ async fn a_wiped_follower_catches_up_completely() -> anyhow::Result<()> {
     cluster.wait_caught_up(Duration::from_secs(60)).await?;
     let stored = check_every_node(&cluster, &history, TOPIC, QUEUES).await?;
     assert_eq!(stored.len(), 1000);
+    Ok(())
+}
+
+/// With `catchup_mb_per_sec`, a follower refilling an empty disk gets what it missed no faster
+/// than the limit allows, sends go on being acknowledged meanwhile, and it still ends with
+/// every message. Live replication is not counted as catch-up, and the limit can be lifted
+/// while the node runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_follower_refills_within_the_catchup_limit() -> anyhow::Result<()> {
+    const LIMIT_MIB: u64 = 1;
+    // One entry per send (they go one at a time); the 1,000 entries nearest the commit index
+    // are not catch-up, so about 1,500 x 4 KiB = 6 MiB of these are limited.
+    const FILL: usize = 2_500;
+    let mut cluster = Cluster::start(ClusterOptions {
+        extra_args: vec!["--catchup-mb-per-sec".into(), LIMIT_MIB.to_string()],
+        ..Default::default()
+    })
+    .await?;
+    cluster.create_topic(TOPIC, QUEUES as u32).await?;
+    let history = History::default();
+    let client = cluster.client();
+    let padding = "x".repeat(4096);
+    for seq in 0..FILL {
+        history
+            .send_until_acked(
+                &client,
+                TOPIC,
+                format!("fill:{seq}:{padding}"),
+                Duration::from_secs(10),
+            )
+            .await?;
+    }
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let catchup_bytes = |text: &str| sample(text, "raftmq_replication_catchup_bytes_total");
+    let live_only = catchup_bytes(&cluster.metrics(leader).await?);
+    assert!(
+        live_only.unwrap_or(0.0) == 0.0,
+        "live replication counted as catch-up: {live_only:?} bytes"
+    );
+
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.wipe_node(follower)?;
+    cluster.start_node(follower)?;
+    let started = Instant::now();
+    history
+        .send_numbered(&client, TOPIC, "during", 50, Duration::from_secs(10))
+        .await?;
+    cluster.wait_caught_up(Duration::from_secs(60)).await?;
+    let refill = started.elapsed();
+    let sent = catchup_bytes(&cluster.metrics(leader).await?).unwrap_or(0.0);
+    eprintln!("refilled in {refill:?}; {sent} bytes sent as catch-up");
+    assert!(
+        sent >= 5.0 * 1024.0 * 1024.0,
+        "{sent} bytes sent as catch-up"
+    );
+    // The first second's budget goes at once; the rest at the limit.
+    let fastest = Duration::from_secs_f64(sent / (LIMIT_MIB << 20) as f64 - 1.0);
+    assert!(
+        refill >= fastest,
+        "{sent} bytes of catch-up in {refill:?}: faster than {LIMIT_MIB} MiB/s"
+    );
+
+    // The limit changes at run time on the HTTP port: lifted, the next refill is faster than
+    // the old limit would allow.
+    let http = reqwest::Client::new();
+    let catchup_url = format!("http://{}/catchup", cluster.node(leader).http_addr);
+    let put = |body: &'static str| http.put(&catchup_url).body(body).send();
+    assert_eq!(
+        "1",
+        http.get(&catchup_url).send().await?.text().await?.trim()
+    );
+    let refused = put("fast").await?;
+    assert_eq!(400, refused.status().as_u16());
+    assert!(refused.text().await?.contains("MiB per second"));
+    assert_eq!(200, put("0").await?.status().as_u16());
+    assert_eq!(
+        "0",
+        http.get(&catchup_url).send().await?.text().await?.trim()
+    );
+    cluster.wipe_node(follower)?;
+    cluster.start_node(follower)?;
+    let started = Instant::now();
+    cluster.wait_caught_up(Duration::from_secs(60)).await?;
+    let unlimited_refill = started.elapsed();
+    eprintln!("with the limit lifted, refilled in {unlimited_refill:?}");
+    assert!(
+        unlimited_refill < fastest,
+        "lifted, the refill still took {unlimited_refill:?}"
+    );
+
+    let stored = check_every_node(&cluster, &history, TOPIC, QUEUES).await?;
+    assert_eq!(stored.len(), FILL + 50);
     Ok(())
 }
 

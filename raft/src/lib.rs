@@ -7,11 +7,13 @@
 //! * [`log_store`]: `RaftLogStorage` over the RocksDB commit log, with group commit.
 //! * [`state_machine`]: `RaftStateMachine` over the derived broker state.
 //! * [`network`]: Raft RPC client over tonic, one channel per peer.
+//! * [`catchup`]: the leader's byte-rate limit on replication to followers far behind.
 //! * [`service`]: the Raft RPC server, including `Propose`, through which followers hand writes
 //!   to the leader.
 //! * [`node`]: one Raft node: open storage, start openraft, bootstrap, propose.
 //! * [`timeline`]: per-entry timestamps on the leader, turned into per-stage latency metrics.
 
+pub mod catchup;
 pub mod convert;
 pub mod log_store;
 pub mod network;

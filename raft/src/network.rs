@@ -18,10 +18,12 @@ use openraft::raft::{
     TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{OptionalSend, RaftNetworkFactory, RaftNetworkV2};
+use prost::Message;
 use raftmq_proto::raft::v1 as pb;
 use raftmq_proto::raft::v1::raft_service_client::RaftServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::catchup::CatchUpLimit;
 use crate::convert;
 use crate::timeline::Timeline;
 use crate::types::{NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
@@ -82,7 +84,7 @@ impl PeerErrors {
 }
 
 /// Creates clients to peers; channels are cached by address.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Network {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     disk_reports: Arc<DiskReports>,
@@ -91,6 +93,21 @@ pub struct Network {
     local_address: Option<std::net::IpAddr>,
     /// Followers' acks are stamped here (see [`Timeline`]).
     timeline: Arc<Timeline>,
+    /// Shared by the replication streams to every follower.
+    catch_up: Arc<CatchUpLimit>,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network {
+            channels: Arc::default(),
+            disk_reports: Arc::default(),
+            peer_errors: Arc::default(),
+            local_address: None,
+            timeline: Arc::default(),
+            catch_up: Arc::new(CatchUpLimit::unlimited()),
+        }
+    }
 }
 
 impl Network {
@@ -98,7 +115,11 @@ impl Network {
     /// is a loopback address: several nodes on one machine (`raftmq local`, each on its own
     /// 127.0.0.N) can then be told apart by address, so a drill can cut one node off with a
     /// packet filter. Elsewhere the system picks the source address as usual.
-    pub fn from_own_address(raft_addr: &str, timeline: Arc<Timeline>) -> Network {
+    pub fn from_own_address(
+        raft_addr: &str,
+        timeline: Arc<Timeline>,
+        catch_up: CatchUpLimit,
+    ) -> Network {
         let local_address = raft_addr
             .parse::<std::net::SocketAddr>()
             .ok()
@@ -107,6 +128,7 @@ impl Network {
         Network {
             local_address,
             timeline,
+            catch_up: Arc::new(catch_up),
             ..Network::default()
         }
     }
@@ -136,6 +158,10 @@ impl Network {
         &self.peer_errors
     }
 
+    pub fn catch_up(&self) -> &CatchUpLimit {
+        &self.catch_up
+    }
+
     pub fn client(
         &self,
         addr: &str,
@@ -156,6 +182,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             disk_reports: self.disk_reports.clone(),
             peer_errors: self.peer_errors.clone(),
             timeline: self.timeline.clone(),
+            catch_up: self.catch_up.clone(),
             failed_streams: 0,
         }
     }
@@ -168,6 +195,7 @@ pub struct PeerClient {
     disk_reports: Arc<DiskReports>,
     peer_errors: Arc<PeerErrors>,
     timeline: Arc<Timeline>,
+    catch_up: Arc<CatchUpLimit>,
     /// Replication streams to this peer that failed to open in a row.
     failed_streams: u32,
 }
@@ -190,6 +218,25 @@ fn status_to_rpc_error(status: tonic::Status) -> RPCError<TypeConfig> {
 
 fn bad_reply(err: convert::MissingField) -> RPCError<TypeConfig> {
     RPCError::Network(NetworkError::new(&err))
+}
+
+/// Turn an append request into its wire form; one that carries only entries the follower is
+/// catching up on first waits for room under the catch-up limit.
+async fn append_request_on_wire(
+    request: AppendEntriesRequest<TypeConfig>,
+    catch_up: &CatchUpLimit,
+) -> pb::AppendEntriesRequest {
+    let catching_up = request.entries.last().is_some_and(|last| {
+        CatchUpLimit::is_catch_up(
+            last.log_id.index,
+            request.leader_commit.as_ref().map(|id| id.index),
+        )
+    });
+    let request = convert::append_request_to_pb(request);
+    if catching_up {
+        catch_up.admit(request.encoded_len()).await;
+    }
+    request
 }
 
 fn with_timeout<T>(message: T, option: &RPCOption) -> tonic::Request<T> {
@@ -225,7 +272,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         let rpc_last_index = rpc.entries.last().map(|entry| entry.log_id.index);
-        let request = with_timeout(convert::append_request_to_pb(rpc), &option);
+        let request = with_timeout(append_request_on_wire(rpc, &self.catch_up).await, &option);
         let reply = self
             .client()?
             .append_entries(request)
@@ -264,12 +311,16 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             // The follower answers the requests of a stream in order: pair them by position.
             let sent_at = Arc::new(Mutex::new(std::collections::VecDeque::new()));
             let sent = sent_at.clone();
-            let requests = input.map(move |request| {
-                let request = convert::append_request_to_pb(request);
-                sent.lock()
-                    .expect("sent-at lock poisoned")
-                    .push_back(Instant::now());
-                request
+            let catch_up = self.catch_up.clone();
+            let requests = input.then(move |request| {
+                let (sent, catch_up) = (sent.clone(), catch_up.clone());
+                async move {
+                    let request = append_request_on_wire(request, &catch_up).await;
+                    sent.lock()
+                        .expect("sent-at lock poisoned")
+                        .push_back(Instant::now());
+                    request
+                }
             });
             let replies = match client.stream_append(requests).await {
                 Ok(replies) => {
@@ -389,7 +440,16 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 )),
             });
         }
-        let send = client.snapshot(futures::stream::iter(chunks));
+        // A snapshot only goes to a follower that is catching up.
+        let catch_up = self.catch_up.clone();
+        let chunks = futures::stream::iter(chunks).then(move |chunk| {
+            let catch_up = catch_up.clone();
+            async move {
+                catch_up.admit(chunk.encoded_len()).await;
+                chunk
+            }
+        });
+        let send = client.snapshot(chunks);
         let reply = tokio::select! {
             closed = cancel => return Err(StreamingError::Closed(closed)),
             reply = send => reply.map_err(|status| StreamingError::Network(NetworkError::new(&status)))?,

@@ -21,6 +21,7 @@ use openraft::{Config, RaftMetrics, SnapshotPolicy};
 use raftmq_proto::raft::v1 as pb;
 use raftmq_storage::{BrokerState, Db, DiskSpace, FlushMode, LogStore, StorageError};
 
+use crate::catchup::CatchUpLimit;
 use crate::log_store::RaftLogStore;
 use crate::network::Network;
 use crate::state_machine::StateMachine;
@@ -45,6 +46,9 @@ pub struct NodeConfig {
     pub min_free_disk: u64,
     /// RocksDB's block cache and memtables together, in bytes.
     pub storage_memory: usize,
+    /// Bytes a second this node, as leader, sends of entries its followers are catching up on
+    /// (see [`crate::catchup`]); 0: no limit.
+    pub catchup_bytes_per_sec: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -234,7 +238,11 @@ impl RaftNode {
             .map(|node| node.raft_addr.clone())
             .unwrap_or_default();
         let timeline = Arc::new(Timeline::default());
-        let network = Network::from_own_address(&own_raft_addr, timeline.clone());
+        let network = Network::from_own_address(
+            &own_raft_addr,
+            timeline.clone(),
+            CatchUpLimit::new(config.catchup_bytes_per_sec),
+        );
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),

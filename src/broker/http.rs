@@ -5,6 +5,7 @@
 //!   that confirms its commit index with a quorum, and this node has applied all but at most
 //!   [`READY_MAX_LAG`] entries of it (readiness; a replica catching up is not ready).
 //! - `/loglevel`: GET the log filter, PUT a new one (`RUST_LOG` syntax).
+//! - `/catchup`: GET the catch-up replication limit in MiB/s (0: none), PUT a new one.
 //! - `/metrics`: Prometheus text format. Counters and histograms are recorded where things
 //!   happen (`metrics::counter!` …); Raft and disk gauges are read when scraped.
 
@@ -85,6 +86,7 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/loglevel", get(log_level).put(set_log_level))
+        .route("/catchup", get(catchup_limit).put(set_catchup_limit))
         .with_state(broker);
     axum::serve(listener, router)
         .with_graceful_shutdown(stop)
@@ -171,6 +173,38 @@ async fn set_log_level(body: String) -> impl IntoResponse {
         }
         Err(e) => (StatusCode::BAD_REQUEST, e + "\n"),
     }
+}
+
+async fn catchup_limit(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
+    let bytes = broker.node.network().catch_up().bytes_per_second();
+    format!("{}\n", bytes >> 20)
+}
+
+/// `PUT /catchup` with MiB per second as the body (`0`: no limit), as `catchup_mb_per_sec`;
+/// it lasts until the node restarts.
+async fn set_catchup_limit(State(broker): State<Arc<Broker>>, body: String) -> impl IntoResponse {
+    let mb = match body.trim().parse::<u64>() {
+        Ok(mb) if mb <= crate::config::MAX_CATCHUP_MB_PER_SEC => mb,
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "expected MiB per second, 0..={} (0: no limit), got {:?}\n",
+                    crate::config::MAX_CATCHUP_MB_PER_SEC,
+                    body.trim()
+                ),
+            );
+        }
+    };
+    broker.node.network().catch_up().set(mb << 20);
+    tracing::info!(
+        catchup_mb_per_sec = mb,
+        "catch-up replication limit changed"
+    );
+    (
+        StatusCode::OK,
+        format!("catch-up replication limit is now {mb} MiB/s (0: none)\n"),
+    )
 }
 
 async fn metrics_text(State(broker): State<Arc<Broker>>) -> impl IntoResponse {

@@ -214,6 +214,7 @@ pub async fn run(
         election_timeout_max: config.election_timeout_max,
         min_free_disk: config.min_free_disk,
         storage_memory: config.storage_memory_bytes,
+        catchup_bytes_per_sec: config.catchup_bytes_per_sec,
     })
     .await
     .context("start the raft node")?;
