@@ -54,6 +54,20 @@ start_local_group() {
   "$bin" admin topic create bench --queues 8 --endpoints "$BENCH_ENDPOINTS"
 }
 
+# fill_local_group BIN SECONDS REPORT: store SECONDS of 1 KiB messages in `bench`, flat out
+# (16 per call), and print how many; the load generator's report goes to REPORT.
+fill_local_group() {
+  "$1" bench produce --endpoints "$BENCH_ENDPOINTS" --topic bench --concurrency 256 --batch 16 \
+    --duration "$2s" --json >"$3"
+  echo "stored $(jq .acked "$3") messages"
+}
+
+# a_follower BIN: the node id of one follower of the local group ("null" when none answers).
+a_follower() {
+  "$1" admin cluster --json --endpoints "$BENCH_ENDPOINTS" |
+    jq -r '[.nodes[] | select(.role == "follower") | .node_id] | first'
+}
+
 # stop_local_group: stop the group and delete its nodes' data (gigabytes after a long run;
 # the brokers' logs stay), unless KEEP_BENCH_DATA=1.
 stop_local_group() {

@@ -47,15 +47,13 @@ send_at_rate() { # send_at_rate SECONDS OUT
 echo "=== starting a local group in $WORK/cluster (flush = sync, catchup_mb_per_sec = $CATCHUP_MB_PER_SEC)"
 start_local_group "$BIN" "$WORK/cluster" sync "$WORK/local.log"
 echo "=== storing ${FILL_SECONDS}s of 1 KiB messages"
-"$BIN" bench produce --endpoints "$BENCH_ENDPOINTS" --topic bench --concurrency 256 --batch 16 \
-  --duration "${FILL_SECONDS}s" --json >"$WORK/fill.json"
-echo "stored $(jq .acked "$WORK/fill.json") messages"
+fill_local_group "$BIN" "$FILL_SECONDS" "$WORK/fill.json"
 send_at_rate 10 "$WORK/baseline.json"
 echo "baseline, $RATE/s: ack p50 / p99 / max $(latency "$WORK/baseline.json") ms"
 
 printf '%-6s %-9s %10s %11s %30s\n' round follower "stored MB" "refilled s" "sends meanwhile (ms)"
 for round in $(seq "$ROUNDS"); do
-  node=$(status | jq -r '[.nodes[] | select(.role == "follower") | .node_id] | first')
+  node=$(a_follower "$BIN")
   [ "$node" != null ] || { echo "no follower to wipe" >&2; exit 1; }
   entry=$(jq --argjson id "$node" '.nodes[] | select(.id == $id)' "$WORK/cluster/cluster.json")
   data_dir=$(jq -r .data_dir <<<"$entry")

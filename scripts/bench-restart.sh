@@ -37,12 +37,9 @@ trap stop_all EXIT
 echo "=== starting a local group in $WORK/cluster (flush = sync)"
 start_local_group "$BIN" "$WORK/cluster" sync "$WORK/local.log"
 echo "=== storing ${FILL_SECONDS}s of 1 KiB messages"
-"$BIN" bench produce --endpoints "$BENCH_ENDPOINTS" --topic bench --concurrency 256 --batch 16 \
-  --duration "${FILL_SECONDS}s" --json >"$WORK/fill.json"
-echo "stored $(jq .acked "$WORK/fill.json") messages"
+fill_local_group "$BIN" "$FILL_SECONDS" "$WORK/fill.json"
 
-node=$("$BIN" admin cluster --json --endpoints "$BENCH_ENDPOINTS" |
-  jq -r '[.nodes[] | select(.role == "follower") | .node_id] | first')
+node=$(a_follower "$BIN")
 [ "$node" != null ] || { echo "no follower to restart" >&2; exit 1; }
 # node_field NAME: that field of the restarted node's entry in cluster.json.
 node_field() {

@@ -4,8 +4,10 @@
 //! missed. Sent flat out, reading and sending that takes the leader's CPU and network from the
 //! sends being committed meanwhile (docs/BENCHMARKS.md: their p99 rose seventeenfold during
 //! one refill). With a limit set, entries a follower is catching up on go out at most that many
-//! bytes a second, for all followers together, like Kafka's throttled replication rate. Live
-//! replication is never held back: entries a commit may still wait for go at once.
+//! bytes a second, for all followers together, like Kafka's throttled replication rate. Recent
+//! entries are never held back: those near or above the commit index go at once. (Should the
+//! group's only other up-to-date follower fail during a refill, new commits wait until the
+//! refilling one has passed the limited stretch; the limit can then be lifted at run time.)
 
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
@@ -13,9 +15,9 @@ use std::time::Instant;
 
 use governor::{DefaultDirectRateLimiter, Quota};
 
-/// Entries this many or more below the leader's commit index are catch-up traffic: the
-/// commit has long passed them, so no send waits for them, and a follower that is merely a
-/// little slow (a few hundred entries behind under load) stays unlimited.
+/// Entries this many or more below the leader's commit index are catch-up traffic: a majority
+/// holds them already, and a follower that is merely a little slow (a few hundred entries
+/// behind under load) stays unlimited.
 pub const CATCH_UP_DISTANCE: u64 = 1_000;
 
 /// The limiter counts KiB, so that a `u32` budget holds any rate.
