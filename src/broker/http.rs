@@ -262,6 +262,8 @@ fn record_gauges(broker: &Broker) {
         gauge!("raftmq_store_memory_bytes", "kind" => kind).set(bytes as f64);
     }
     gauge!("raftmq_store_memory_limit_bytes").set(memory.budget as f64);
+    gauge!("raftmq_replication_catchup_limit_bytes")
+        .set(node.network().catch_up().bytes_per_second() as f64);
     // Read by the disk watch (`super::disk`) a moment ago.
     if node.disk.capacity_bytes() > 0 {
         gauge!("raftmq_data_dir_free_bytes").set(node.disk.free_bytes() as f64);
