@@ -68,6 +68,12 @@ a_follower() {
     jq -r '[.nodes[] | select(.role == "follower") | .node_id] | first'
 }
 
+# node_field ID NAME: field NAME of node ID's entry in the local group's cluster.json.
+node_field() {
+  jq -r --argjson id "$1" --arg name "$2" '.nodes[] | select(.id == $id) | .[$name]' \
+    "$local_group_dir/cluster.json"
+}
+
 # stop_local_group: stop the group and delete its nodes' data (gigabytes after a long run;
 # the brokers' logs stay), unless KEEP_BENCH_DATA=1.
 stop_local_group() {

@@ -55,16 +55,15 @@ printf '%-6s %-9s %10s %11s %30s\n' round follower "stored MB" "refilled s" "sen
 for round in $(seq "$ROUNDS"); do
   node=$(a_follower "$BIN")
   [ "$node" != null ] || { echo "no follower to wipe" >&2; exit 1; }
-  entry=$(jq --argjson id "$node" '.nodes[] | select(.id == $id)' "$WORK/cluster/cluster.json")
-  data_dir=$(jq -r .data_dir <<<"$entry")
-  pid_file=$(jq -r .pid_file <<<"$entry")
+  data_dir=$(node_field "$node" data_dir)
+  pid_file=$(node_field "$node" pid_file)
   stored_mb=$(du -sm "$data_dir" | cut -f1)
   pid=$(cat "$pid_file")
   kill -KILL "$pid"
   while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
   rm -rf "${data_dir:?}"/*
   start=$(date +%s.%N)
-  bash -c "$(jq -r .restart_command <<<"$entry")"
+  bash -c "$(node_field "$node" restart_command)"
   refilled=
   for run in $(seq 360); do
     send_at_rate 5 "$WORK/round-$round-run-$run.json" &
@@ -86,7 +85,7 @@ for round in $(seq "$ROUNDS"); do
   # The 5 s runs' p99s (median and worst) and the slowest send of them all.
   meanwhile=$(cat "$WORK"/round-"$round"-run-*.json | jq -s -r '
     ([.[].ack_latency_ms.p99] | sort) as $p99 | ($p99 | length) as $n
-    | (($p99[($n - 1) / 2 | floor] + $p99[$n / 2 | floor]) / 2) as $median
+    | (($p99[($n - 1) / 2 | floor] + $p99[$n / 2 | floor]) / 2 * 1000 | round / 1000) as $median
     | "\($n) x 5 s: median p99 \($median), worst p99 \($p99[-1]), max \([.[].ack_latency_ms.max] | max)"')
   printf '%-6s %-9s %10s %11.1f   %s\n' "$round" "$node" "$stored_mb" \
     "$(awk -v a="$start" -v b="$refilled" 'BEGIN {print b - a}')" "$meanwhile"

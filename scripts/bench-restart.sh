@@ -41,14 +41,9 @@ fill_local_group "$BIN" "$FILL_SECONDS" "$WORK/fill.json"
 
 node=$(a_follower "$BIN")
 [ "$node" != null ] || { echo "no follower to restart" >&2; exit 1; }
-# node_field NAME: that field of the restarted node's entry in cluster.json.
-node_field() {
-  jq -r --argjson id "$node" --arg name "$1" '.nodes[] | select(.id == $id) | .[$name]' \
-    "$WORK/cluster/cluster.json"
-}
-restart_command=$(node_field restart_command)
-http_addr=$(node_field http_addr)
-pid_file=$(node_field pid_file)
+restart_command=$(node_field "$node" restart_command)
+http_addr=$(node_field "$node" http_addr)
+pid_file=$(node_field "$node" pid_file)
 echo "store of node $node: $(du -sh "$WORK/cluster/node-$node/data" | cut -f1)"
 
 # stop_node PID: send SIGNAL and wait (bounded) until it is gone.

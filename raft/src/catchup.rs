@@ -49,6 +49,13 @@ fn bucket(bytes_per_second: u64) -> Option<Arc<Bucket>> {
     }))
 }
 
+/// No limit.
+impl Default for CatchUpLimit {
+    fn default() -> Self {
+        CatchUpLimit::new(0)
+    }
+}
+
 impl CatchUpLimit {
     /// At most `bytes_per_second` of catch-up entries a second (0: no limit).
     pub fn new(bytes_per_second: u64) -> CatchUpLimit {
@@ -57,10 +64,6 @@ impl CatchUpLimit {
         CatchUpLimit {
             bucket: Mutex::new(bucket(bytes_per_second)),
         }
-    }
-
-    pub fn unlimited() -> CatchUpLimit {
-        CatchUpLimit::new(0)
     }
 
     fn current(&self) -> Option<Arc<Bucket>> {

@@ -84,7 +84,7 @@ impl PeerErrors {
 }
 
 /// Creates clients to peers; channels are cached by address.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Network {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     disk_reports: Arc<DiskReports>,
@@ -95,19 +95,6 @@ pub struct Network {
     timeline: Arc<Timeline>,
     /// Shared by the replication streams to every follower.
     catch_up: Arc<CatchUpLimit>,
-}
-
-impl Default for Network {
-    fn default() -> Self {
-        Network {
-            channels: Arc::default(),
-            disk_reports: Arc::default(),
-            peer_errors: Arc::default(),
-            local_address: None,
-            timeline: Arc::default(),
-            catch_up: Arc::new(CatchUpLimit::unlimited()),
-        }
-    }
 }
 
 impl Network {
