@@ -36,7 +36,7 @@ require_command jq
 require_time
 echo "=== building raftmq and nats-bench (release)"
 cargo build --release --bin raftmq -p raftmq
-cargo build --release --bin nats-bench -p chaos-tests
+cargo build --release --bin nats-bench -p chaos-tests --features nats
 raftmq=target/release/raftmq
 nats_bench=target/release/nats-bench
 
