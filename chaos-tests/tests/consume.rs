@@ -364,3 +364,104 @@ fn admin_cluster_fails_when_no_node_answers() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `admin group describe` shows how far a group has consumed: its committed offset and lag in
+/// every queue of the topics it reads, also queues it has not committed in yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_group_describe_shows_committed_offsets_and_lag() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    cluster.create_topic("lagged", 2).await?;
+    let binary = raftmq_binary()?;
+    let endpoints = cluster.endpoints().join(",");
+    let run = |args: &[&str]| {
+        Command::new(&binary)
+            .args(args)
+            .args(["--endpoints", &endpoints])
+            .output()
+            .expect("run raftmq")
+    };
+    let ok = |args: &[&str]| {
+        let output = run(args);
+        assert!(
+            output.status.success(),
+            "raftmq {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let describe = |group: &str| -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::from_str(&ok(&[
+            "admin", "group", "describe", group, "--json",
+        ]))?)
+    };
+    let sum = |queues: &serde_json::Value, field: &str| -> u64 {
+        queues
+            .as_array()
+            .expect("queues array")
+            .iter()
+            .map(|q| q[field].as_u64().unwrap_or(0))
+            .sum()
+    };
+
+    ok(&["produce", "--topic", "lagged", "--count", "40"]);
+    // 10 messages: all from queue 0 (the CLI drains queue by queue), none from queue 1.
+    ok(&[
+        "consume",
+        "--topic",
+        "lagged",
+        "--group",
+        "readers",
+        "--from",
+        "beginning",
+        "--count",
+        "10",
+    ]);
+    let progress = describe("readers")?;
+    let queues = &progress["queues"];
+    assert_eq!(2, queues.as_array().unwrap().len(), "{progress}");
+    assert_eq!(40, sum(queues, "max_offset"), "{progress}");
+    assert_eq!(10, sum(queues, "committed_offset"), "{progress}");
+    assert_eq!(30, progress["lag"].as_u64().unwrap(), "{progress}");
+    assert!(
+        queues[1]["committed_offset"].is_null(),
+        "queue 1 has no committed offset: {progress}"
+    );
+    assert_eq!(
+        queues[1]["max_offset"], queues[1]["lag"],
+        "a queue without an offset lags by all its messages: {progress}"
+    );
+    assert!(progress["group"].is_null(), "never created: {progress}");
+
+    // Drain the rest from the committed offsets: no lag left.
+    ok(&["consume", "--topic", "lagged", "--group", "readers"]);
+    let progress = describe("readers")?;
+    assert_eq!(
+        40,
+        sum(&progress["queues"], "committed_offset"),
+        "{progress}"
+    );
+    assert_eq!(0, progress["lag"].as_u64().unwrap(), "{progress}");
+    let table = ok(&["admin", "group", "describe", "readers"]);
+    assert!(table.contains("total lag 0 message(s)"), "{table}");
+
+    // A created group that has consumed nothing yet.
+    ok(&["admin", "group", "create", "idle"]);
+    let progress = describe("idle")?;
+    assert_eq!("idle", progress["group"]["name"], "{progress}");
+    assert!(
+        progress["queues"].as_array().unwrap().is_empty(),
+        "{progress}"
+    );
+
+    // Unknown and illegal names fail with their reason.
+    for (group, reason) in [
+        ("nobody", "was never created and has committed no offset"),
+        ("bad group!", "illegal consumer group"),
+    ] {
+        let output = run(&["admin", "group", "describe", group]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{group}: exited 0");
+        assert!(stderr.contains(reason), "{group}: {stderr}");
+    }
+    Ok(())
+}

@@ -96,6 +96,12 @@ pub enum GroupCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The group's committed offset and lag in every queue it has consumed from.
+    Describe {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -246,6 +252,60 @@ fn group_json(g: &admin::GroupInfo) -> serde_json::Value {
         "max_delivery_attempts": g.max_delivery_attempts,
         "created_ms": g.created_ms,
     })
+}
+
+fn group_progress_json(reply: &admin::DescribeGroupResponse) -> serde_json::Value {
+    let queues: Vec<_> = reply
+        .queues
+        .iter()
+        .map(|q| {
+            json!({
+                "topic": q.topic,
+                "queue_id": q.queue_id,
+                "committed_offset": q.committed_offset,
+                "max_offset": q.max_offset,
+                "lag": q.lag,
+            })
+        })
+        .collect();
+    json!({
+        "group": reply.group.as_ref().map(group_json),
+        "lag": reply.queues.iter().map(|q| q.lag).sum::<u64>(),
+        "queues": queues,
+        "node_id": reply.node_id,
+        "applied_index": reply.applied_index,
+    })
+}
+
+fn print_group_progress(name: &str, reply: &admin::DescribeGroupResponse) {
+    match &reply.group {
+        Some(g) => println!(
+            "group {name} (fifo: {}, max delivery attempts: {})",
+            g.fifo, g.max_delivery_attempts
+        ),
+        None => println!("group {name} (not created: offsets committed by pull consumers)"),
+    }
+    println!(
+        "{:<40} {:>5} {:>12} {:>12} {:>12}",
+        "TOPIC", "QUEUE", "COMMITTED", "MAX_OFFSET", "LAG"
+    );
+    for q in &reply.queues {
+        println!(
+            "{:<40} {:>5} {:>12} {:>12} {:>12}",
+            q.topic,
+            q.queue_id,
+            q.committed_offset
+                .map_or_else(|| "-".to_string(), |o| o.to_string()),
+            q.max_offset,
+            q.lag
+        );
+    }
+    println!(
+        "total lag {} message(s) (node {}, applied index {})",
+        reply.queues.iter().map(|q| q.lag).sum::<u64>(),
+        reply.node_id,
+        reply.applied_index
+    );
 }
 
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
@@ -499,6 +559,22 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                             g.name, g.fifo, g.max_delivery_attempts
                         );
                     }
+                }
+            }
+            GroupCommand::Describe { name, json } => {
+                let reply = client
+                    .admin(|mut c| {
+                        let request = admin::DescribeGroupRequest { name: name.clone() };
+                        async move { c.describe_group(request).await.map(|r| r.into_inner()) }
+                    })
+                    .await?;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&group_progress_json(&reply))?
+                    );
+                } else {
+                    print_group_progress(&name, &reply);
                 }
             }
         },

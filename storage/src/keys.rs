@@ -74,6 +74,11 @@ pub fn pop_key(group: &str, topic: &str, queue_id: u32) -> Vec<u8> {
 
 /// The (group, topic, queue id) of a `pop` key.
 pub fn decode_pop_key(key: &[u8]) -> Option<(String, String, u32)> {
+    decode_offset_key(key)
+}
+
+/// The (group, topic, queue id) of an `offsets` key.
+pub fn decode_offset_key(key: &[u8]) -> Option<(String, String, u32)> {
     let (names, queue) = key.split_at(key.len().checked_sub(4)?);
     let names = names.strip_suffix(&[0])?;
     let split = names.iter().position(|b| *b == 0)?;

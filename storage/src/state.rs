@@ -787,6 +787,35 @@ impl BrokerState {
         Ok(self.offset_record(&key)?.map(|(offset, _)| offset))
     }
 
+    /// Every offset `group` has committed, as last applied: (topic, queue id, offset), in
+    /// topic and queue order. POP consumers' progress is among them (see `apply`).
+    pub fn group_offsets(&self, group: &str) -> Result<Vec<(String, u32, u64)>, StorageError> {
+        let mut prefix = group.as_bytes().to_vec();
+        prefix.push(0);
+        let handle = self.db.cf(CF_OFFSETS);
+        let mut offsets = Vec::new();
+        let items = self
+            .db
+            .inner
+            .iterator_cf(&handle, IteratorMode::From(&prefix, Direction::Forward));
+        for item in items {
+            let (key, value) = item.map_err(|source| StorageError::Read {
+                cf: CF_OFFSETS,
+                source,
+            })?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let (_, topic, queue_id) = keys::decode_offset_key(&key)
+                .ok_or_else(|| StorageError::corrupt(CF_OFFSETS, &key, "bad key"))?;
+            let (offset, _) = keys::decode_offset_record(&value).ok_or_else(|| {
+                StorageError::corrupt(CF_OFFSETS, &key, "malformed offset record")
+            })?;
+            offsets.push((topic, queue_id, offset));
+        }
+        Ok(offsets)
+    }
+
     /// (offset, log index that last changed it) of one `offsets` key, as last applied.
     fn offset_record(&self, key: &[u8]) -> Result<Option<(u64, u64)>, StorageError> {
         match self.db.get(CF_OFFSETS, key)? {

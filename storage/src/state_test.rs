@@ -506,3 +506,46 @@ fn given_an_offset_written_before_change_indexes_were_kept_then_it_reads_and_any
     assert_eq!(None, offset_result(&results[0]).changed_at);
     assert_eq!(Some(6), state.consumer_offset("G", "T", 0).unwrap());
 }
+
+#[test]
+fn given_offsets_of_two_groups_then_each_group_lists_only_its_own_in_key_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = BrokerState::open(Db::open(dir.path(), FlushMode::Sync).unwrap()).unwrap();
+    let commit = |group: &str, topic: &str, queue_id: u32, offset: u64| {
+        ApplyItem::Command(
+            pb::Command {
+                kind: Some(pb::command::Kind::CommitOffset(pb::CommitOffset {
+                    group: group.into(),
+                    topic: topic.into(),
+                    queue_id,
+                    offset,
+                    unless_changed_after: None,
+                })),
+            }
+            .into(),
+        )
+    };
+    // "G" is a prefix of "G2": the scan must stop at the name's end, not at the prefix.
+    state
+        .apply(vec![
+            (log_id(1), commit("G", "orders", 3, 7)),
+            (log_id(2), commit("G2", "orders", 0, 99)),
+            (log_id(3), commit("G", "audit", 0, 2)),
+            (log_id(4), commit("G", "orders", 0, 5)),
+            (log_id(5), commit("G", "orders", 0, 6)),
+        ])
+        .unwrap();
+    assert_eq!(
+        vec![
+            ("audit".to_string(), 0, 2),
+            ("orders".to_string(), 0, 6),
+            ("orders".to_string(), 3, 7),
+        ],
+        state.group_offsets("G").unwrap()
+    );
+    assert_eq!(
+        vec![("orders".to_string(), 0, 99)],
+        state.group_offsets("G2").unwrap()
+    );
+    assert!(state.group_offsets("nobody").unwrap().is_empty());
+}
