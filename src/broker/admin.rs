@@ -230,45 +230,25 @@ impl AdminService for Admin {
         // Read the applied index first: the figures below are at least that recent.
         let applied_index = state.applied_index();
         let group = state.group(&name).map(group_info);
-        let offsets = state.group_offsets(&name).map_err(|e| {
+        let progress = state.group_progress(&name).map_err(|e| {
             tracing::error!(group = %name, error = %e, "reading a group's offsets failed");
             Status::internal(format!("reading the offsets of group `{name}` failed: {e}"))
         })?;
-        if group.is_none() && offsets.is_empty() {
+        if group.is_none() && progress.is_empty() {
             return Err(Status::not_found(format!(
                 "consumer group `{name}` was never created and has committed no offset"
             )));
         }
-        // Every queue of each topic the group has consumed from: a queue it has not committed
-        // in yet still counts towards its lag.
-        let committed: std::collections::BTreeMap<(String, u32), u64> = offsets
+        let queues = progress
             .into_iter()
-            .map(|(topic, queue_id, offset)| ((topic, queue_id), offset))
+            .map(|q| admin::QueueProgress {
+                lag: q.lag(),
+                topic: q.topic,
+                queue_id: q.queue_id,
+                committed_offset: q.committed,
+                max_offset: q.max_offset,
+            })
             .collect();
-        let mut topics: Vec<&str> = committed.keys().map(|(t, _)| t.as_str()).collect();
-        topics.dedup();
-        let mut queues = Vec::new();
-        for topic in topics {
-            let queue_count = state.topic(topic).map_or(0, |t| t.queues);
-            let committed_queues = committed
-                .keys()
-                .filter(|(t, _)| t == topic)
-                .map(|(_, q)| *q + 1)
-                .max()
-                .unwrap_or(0);
-            // Never hide a committed offset, whatever the topic's configuration says.
-            for queue_id in 0..queue_count.max(committed_queues) {
-                let committed_offset = committed.get(&(topic.to_string(), queue_id)).copied();
-                let max_offset = state.queue_next_offset(topic, queue_id);
-                queues.push(admin::QueueProgress {
-                    topic: topic.to_string(),
-                    queue_id,
-                    committed_offset,
-                    max_offset,
-                    lag: max_offset.saturating_sub(committed_offset.unwrap_or(0)),
-                });
-            }
-        }
         Ok(Response::new(admin::DescribeGroupResponse {
             group,
             queues,

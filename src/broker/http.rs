@@ -271,7 +271,34 @@ fn record_gauges(broker: &Broker) {
     }
     gauge!("raftmq_send_pending_bytes").set(broker.sends.pending_bytes() as f64);
     gauge!("raftmq_send_pending_limit_bytes").set(broker.config.max_pending_send_bytes as f64);
+    record_consumer_lag(broker);
     let flag = |on: bool| if on { 1.0 } else { 0.0 };
     gauge!("raftmq_disk_low").set(flag(node.disk.is_low()));
     gauge!("raftmq_disk_full").set(flag(node.disk_full()));
+}
+
+/// Each consumer group's lag per topic, as `admin group describe` totals it, from this node's
+/// applied state. Summed over queues: a series per queue would multiply with the queues.
+fn record_consumer_lag(broker: &Broker) {
+    let groups = match broker.node.state.all_group_progress() {
+        Ok(groups) => groups,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading consumer offsets for /metrics failed");
+            return;
+        }
+    };
+    for (group, queues) in groups {
+        let mut by_topic = std::collections::BTreeMap::<&str, u64>::new();
+        for queue in &queues {
+            *by_topic.entry(queue.topic.as_str()).or_default() += queue.lag();
+        }
+        for (topic, lag) in by_topic {
+            metrics::gauge!(
+                "raftmq_consumer_lag_messages",
+                "group" => group.clone(),
+                "topic" => topic.to_string()
+            )
+            .set(lag as f64);
+        }
+    }
 }

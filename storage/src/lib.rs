@@ -33,4 +33,4 @@ pub use disk::{DiskChange, DiskSpace};
 pub use error::StorageError;
 pub use log::{LogRecord, LogStore};
 pub use pop::{DEFAULT_MAX_DELIVERY_ATTEMPTS, PopHint, dead_letter_topic};
-pub use state::{ApplyItem, BrokerState, StateExport, StoredRecord};
+pub use state::{ApplyItem, BrokerState, QueueProgress, StateExport, StoredRecord};

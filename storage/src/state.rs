@@ -58,6 +58,25 @@ pub struct StoredRecord {
     pub message: pb::StoredMessage,
 }
 
+/// How far a consumer group has come in one queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueProgress {
+    pub topic: String,
+    pub queue_id: u32,
+    /// The committed offset: every message below it is consumed. None: the group has
+    /// committed nothing in this queue (yet has in another queue of the topic).
+    pub committed: Option<u64>,
+    /// The queue's next offset, one past its newest message.
+    pub max_offset: u64,
+}
+
+impl QueueProgress {
+    /// Messages not consumed yet (all of the queue's without a committed offset).
+    pub fn lag(&self) -> u64 {
+        self.max_offset.saturating_sub(self.committed.unwrap_or(0))
+    }
+}
+
 /// A snapshot of the derived state.
 #[derive(Debug, Clone)]
 pub struct StateExport {
@@ -787,33 +806,89 @@ impl BrokerState {
         Ok(self.offset_record(&key)?.map(|(offset, _)| offset))
     }
 
-    /// Every offset `group` has committed, as last applied: (topic, queue id, offset), in
-    /// topic and queue order. POP consumers' progress is among them (see `apply`).
-    pub fn group_offsets(&self, group: &str) -> Result<Vec<(String, u32, u64)>, StorageError> {
+    /// How far `group` has consumed, as last applied: every queue of each topic it has
+    /// committed an offset in, by topic and queue. POP consumers' progress is among them
+    /// (see `apply`). Empty when the group has committed nothing.
+    pub fn group_progress(&self, group: &str) -> Result<Vec<QueueProgress>, StorageError> {
         let mut prefix = group.as_bytes().to_vec();
         prefix.push(0);
+        let offsets = self.committed_offsets(&prefix)?;
+        Ok(self.progress_of(
+            offsets
+                .into_iter()
+                .map(|(_, topic, queue, offset)| ((topic, queue), offset))
+                .collect(),
+        ))
+    }
+
+    /// `group_progress` of every group that has committed an offset, by group name.
+    pub fn all_group_progress(&self) -> Result<BTreeMap<String, Vec<QueueProgress>>, StorageError> {
+        let mut by_group: BTreeMap<String, BTreeMap<(String, u32), u64>> = BTreeMap::new();
+        for (group, topic, queue, offset) in self.committed_offsets(&[])? {
+            by_group
+                .entry(group)
+                .or_default()
+                .insert((topic, queue), offset);
+        }
+        Ok(by_group
+            .into_iter()
+            .map(|(group, committed)| (group, self.progress_of(committed)))
+            .collect())
+    }
+
+    /// (group, topic, queue id, offset) of every `offsets` key that starts with `prefix`.
+    fn committed_offsets(
+        &self,
+        prefix: &[u8],
+    ) -> Result<Vec<(String, String, u32, u64)>, StorageError> {
         let handle = self.db.cf(CF_OFFSETS);
         let mut offsets = Vec::new();
         let items = self
             .db
             .inner
-            .iterator_cf(&handle, IteratorMode::From(&prefix, Direction::Forward));
+            .iterator_cf(&handle, IteratorMode::From(prefix, Direction::Forward));
         for item in items {
             let (key, value) = item.map_err(|source| StorageError::Read {
                 cf: CF_OFFSETS,
                 source,
             })?;
-            if !key.starts_with(&prefix) {
+            if !key.starts_with(prefix) {
                 break;
             }
-            let (_, topic, queue_id) = keys::decode_offset_key(&key)
+            let (group, topic, queue_id) = keys::decode_offset_key(&key)
                 .ok_or_else(|| StorageError::corrupt(CF_OFFSETS, &key, "bad key"))?;
             let (offset, _) = keys::decode_offset_record(&value).ok_or_else(|| {
                 StorageError::corrupt(CF_OFFSETS, &key, "malformed offset record")
             })?;
-            offsets.push((topic, queue_id, offset));
+            offsets.push((group, topic, queue_id, offset));
         }
         Ok(offsets)
+    }
+
+    /// One group's progress in every queue of the topics it has committed in: a queue it has
+    /// not committed in yet still counts towards its lag.
+    fn progress_of(&self, committed: BTreeMap<(String, u32), u64>) -> Vec<QueueProgress> {
+        let mut topics: Vec<&str> = committed.keys().map(|(t, _)| t.as_str()).collect();
+        topics.dedup();
+        let mut progress = Vec::new();
+        for topic in topics {
+            let configured = self.topic(topic).map_or(0, |t| t.queues);
+            let highest_committed = committed
+                .range((topic.to_string(), 0)..=(topic.to_string(), u32::MAX))
+                .map(|((_, queue), _)| queue + 1)
+                .max()
+                .unwrap_or(0);
+            // Never hide a committed offset, whatever the topic's configuration says.
+            for queue_id in 0..configured.max(highest_committed) {
+                progress.push(QueueProgress {
+                    topic: topic.to_string(),
+                    queue_id,
+                    committed: committed.get(&(topic.to_string(), queue_id)).copied(),
+                    max_offset: self.queue_next_offset(topic, queue_id),
+                });
+            }
+        }
+        progress
     }
 
     /// (offset, log index that last changed it) of one `offsets` key, as last applied.

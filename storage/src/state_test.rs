@@ -508,7 +508,7 @@ fn given_an_offset_written_before_change_indexes_were_kept_then_it_reads_and_any
 }
 
 #[test]
-fn given_offsets_of_two_groups_then_each_group_lists_only_its_own_in_key_order() {
+fn given_offsets_of_two_groups_then_each_group_sees_only_its_own_progress() {
     let dir = tempfile::tempdir().unwrap();
     let state = BrokerState::open(Db::open(dir.path(), FlushMode::Sync).unwrap()).unwrap();
     let commit = |group: &str, topic: &str, queue_id: u32, offset: u64| {
@@ -535,17 +535,60 @@ fn given_offsets_of_two_groups_then_each_group_lists_only_its_own_in_key_order()
             (log_id(5), commit("G", "orders", 0, 6)),
         ])
         .unwrap();
+    let progress = |topic: &str, queue_id: u32, committed: Option<u64>| QueueProgress {
+        topic: topic.to_string(),
+        queue_id,
+        committed,
+        max_offset: 0,
+    };
+    // No topic exists here, so the queues listed are those up to the highest committed one.
+    let g = vec![
+        progress("audit", 0, Some(2)),
+        progress("orders", 0, Some(6)),
+        progress("orders", 1, None),
+        progress("orders", 2, None),
+        progress("orders", 3, Some(7)),
+    ];
+    assert_eq!(g, state.group_progress("G").unwrap());
+    let g2 = vec![progress("orders", 0, Some(99))];
+    assert_eq!(g2, state.group_progress("G2").unwrap());
+    assert!(state.group_progress("nobody").unwrap().is_empty());
+    let all = state.all_group_progress().unwrap();
+    assert_eq!(vec!["G", "G2"], all.keys().collect::<Vec<_>>());
+    assert_eq!((&g, &g2), (&all["G"], &all["G2"]));
+}
+
+#[test]
+fn given_messages_in_a_topic_then_a_group_lags_by_what_it_has_not_committed() {
+    let mut fx = Fixture::new();
+    fx.commit(pb::Command {
+        kind: Some(pb::command::Kind::CreateTopic(pb::CreateTopic {
+            name: "T".into(),
+            queues: 2,
+            created_ms: 1,
+            message_type: 0,
+        })),
+    });
+    let mut messages: Vec<_> = (0..5)
+        .map(|i| message("T", 0, &format!("a{i}"), 1))
+        .collect();
+    messages.extend((0..3).map(|i| message("T", 1, &format!("b{i}"), 1)));
+    fx.commit(append(messages));
+    fx.commit(pb::Command {
+        kind: Some(pb::command::Kind::CommitOffset(pb::CommitOffset {
+            group: "G".into(),
+            topic: "T".into(),
+            queue_id: 0,
+            offset: 4,
+            unless_changed_after: None,
+        })),
+    });
+    let progress = fx.state.group_progress("G").unwrap();
     assert_eq!(
-        vec![
-            ("audit".to_string(), 0, 2),
-            ("orders".to_string(), 0, 6),
-            ("orders".to_string(), 3, 7),
-        ],
-        state.group_offsets("G").unwrap()
+        vec![(0, Some(4), 5, 1), (1, None, 3, 3)],
+        progress
+            .iter()
+            .map(|q| (q.queue_id, q.committed, q.max_offset, q.lag()))
+            .collect::<Vec<_>>()
     );
-    assert_eq!(
-        vec![("orders".to_string(), 0, 99)],
-        state.group_offsets("G2").unwrap()
-    );
-    assert!(state.group_offsets("nobody").unwrap().is_empty());
 }
