@@ -411,6 +411,29 @@ async fn a_new_group_receives_everything_sent_before_it_started() -> anyhow::Res
             .collect::<Vec<_>>()
     );
 
+    // A simple consumer's progress is its group's committed offset: everything acknowledged,
+    // so `admin group describe` shows no lag in any of the topic's queues.
+    let output = std::process::Command::new(chaos_tests::cluster::raftmq_binary()?)
+        .args(["admin", "group", "describe", "rc-roundtrip-g", "--json"])
+        .args(["--endpoints", &access])
+        .output()?;
+    let progress: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .with_context(|| String::from_utf8_lossy(&output.stderr).into_owned())?;
+    let queues = progress["queues"].as_array().context("queues")?;
+    let committed: u64 = queues
+        .iter()
+        .map(|q| q["committed_offset"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(
+        (4, sent.len() as u64, 0),
+        (
+            queues.len(),
+            committed,
+            progress["lag"].as_u64().unwrap_or(u64::MAX)
+        ),
+        "{progress}"
+    );
+
     producer
         .shutdown()
         .await
