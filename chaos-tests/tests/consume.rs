@@ -465,3 +465,115 @@ async fn admin_group_describe_shows_committed_offsets_and_lag() -> anyhow::Resul
     }
     Ok(())
 }
+
+/// `admin group reset-offsets` moves a pull group's offsets in every queue of a topic: back to
+/// the start, to a point in time, to an offset, or past the end; a dry run commits nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_group_reset_offsets_replays_and_skips() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    cluster.create_topic("replay", 2).await?;
+    let binary = raftmq_binary()?;
+    let endpoints = cluster.endpoints().join(",");
+    let run = |args: &[&str]| {
+        Command::new(&binary)
+            .args(args)
+            .args(["--endpoints", &endpoints])
+            .output()
+            .expect("run raftmq")
+    };
+    let ok = |args: &[&str]| {
+        let output = run(args);
+        assert!(
+            output.status.success(),
+            "raftmq {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let lag = || -> anyhow::Result<u64> {
+        let progress: serde_json::Value =
+            serde_json::from_str(&ok(&["admin", "group", "describe", "replayers", "--json"]))?;
+        Ok(progress["lag"].as_u64().unwrap_or(u64::MAX))
+    };
+    let consume = || {
+        ok(&["consume", "--topic", "replay", "--group", "replayers"])
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .count()
+    };
+    let reset = |to: &[&str]| {
+        let mut args = vec![
+            "admin",
+            "group",
+            "reset-offsets",
+            "replayers",
+            "--topic",
+            "replay",
+        ];
+        args.extend_from_slice(to);
+        ok(&args)
+    };
+
+    ok(&["produce", "--topic", "replay", "--count", "10"]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let later = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis()
+        .to_string();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    ok(&["produce", "--topic", "replay", "--count", "6"]);
+    assert_eq!(16, consume());
+    assert_eq!(0, lag()?);
+
+    // A dry run shows the move and commits nothing.
+    let shown = reset(&["--to-earliest", "--dry-run"]);
+    assert!(shown.contains("dry run, nothing committed"), "{shown}");
+    assert_eq!(0, lag()?);
+
+    reset(&["--to-earliest"]);
+    assert_eq!(16, lag()?);
+    assert_eq!(
+        16,
+        consume(),
+        "everything again after a reset to the earliest"
+    );
+
+    reset(&["--to-timestamp-ms", &later]);
+    assert_eq!(6, lag()?, "the messages stored after the timestamp");
+    assert_eq!(6, consume());
+
+    reset(&["--to-offset", "2"]);
+    assert_eq!(12, lag()?, "two messages in each of two queues are skipped");
+    reset(&["--to-latest"]);
+    assert_eq!(0, lag()?);
+    assert_eq!(0, consume());
+
+    // Bad input: no target, an unknown topic, an illegal group name.
+    let output = run(&[
+        "admin",
+        "group",
+        "reset-offsets",
+        "replayers",
+        "--topic",
+        "replay",
+    ]);
+    assert!(!output.status.success());
+    for (args, reason) in [
+        (
+            vec!["replayers", "--topic", "nope", "--to-latest"],
+            "topic `nope` does not exist",
+        ),
+        (
+            vec!["bad group!", "--topic", "replay", "--to-latest"],
+            "illegal consumer group",
+        ),
+    ] {
+        let mut all = vec!["admin", "group", "reset-offsets"];
+        all.extend(args);
+        let output = run(&all);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{all:?}: exited 0");
+        assert!(stderr.contains(reason), "{all:?}: {stderr}");
+    }
+    Ok(())
+}

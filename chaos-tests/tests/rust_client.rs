@@ -433,6 +433,23 @@ async fn a_new_group_receives_everything_sent_before_it_started() -> anyhow::Res
         ),
         "{progress}"
     );
+    // Its progress lives in the pop records: resetting it is refused, with the reason.
+    let output = std::process::Command::new(chaos_tests::cluster::raftmq_binary()?)
+        .args([
+            "admin",
+            "group",
+            "reset-offsets",
+            "rc-roundtrip-g",
+            "--topic",
+            TOPIC,
+        ])
+        .args(["--to-earliest", "--endpoints", &access])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("simple or push consumers"),
+        "{stderr}"
+    );
 
     producer
         .shutdown()

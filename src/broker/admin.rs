@@ -257,6 +257,82 @@ impl AdminService for Admin {
         }))
     }
 
+    async fn reset_offsets(
+        &self,
+        request: Request<admin::ResetOffsetsRequest>,
+    ) -> Result<Response<admin::ResetOffsetsResponse>, Status> {
+        use admin::reset_offsets_request::To;
+        let request = request.into_inner();
+        let (group, topic_name) = (&request.group, &request.topic);
+        super::validate::group_name(group).map_err(to_status)?;
+        super::validate::topic_name(topic_name).map_err(to_status)?;
+        let to = request.to.ok_or_else(|| {
+            Status::invalid_argument(
+                "say where the offsets move to: earliest, latest, a timestamp or an offset",
+            )
+        })?;
+        let state = &self.broker.node.state;
+        let topic = state
+            .topic(topic_name)
+            .ok_or_else(|| Status::not_found(format!("topic `{topic_name}` does not exist")))?;
+        // Simple and push consumers keep their progress in the pop records, which the next
+        // acknowledgement would write back over a moved offset.
+        if state.has_pop_progress(group, topic_name) {
+            return Err(Status::failed_precondition(format!(
+                "group `{group}` consumes `{topic_name}` with simple or push consumers, whose \
+                 progress cannot be reset yet; only pull consumers' offsets can"
+            )));
+        }
+        let read_failed = |e: raftmq_storage::StorageError| {
+            tracing::error!(%group, topic = %topic_name, error = %e, "reading offsets for a reset failed");
+            Status::internal(format!("reading the queues of `{topic_name}` failed: {e}"))
+        };
+        let mut queues = Vec::new();
+        for queue_id in 0..topic.queues {
+            let end = state.queue_next_offset(topic_name, queue_id);
+            let new_offset = match to {
+                To::Earliest(_) => state
+                    .queue_min_offset(topic_name, queue_id)
+                    .map_err(read_failed)?,
+                To::Latest(_) => end,
+                To::TimestampMs(ms) => state
+                    .queue_offset_at_time(topic_name, queue_id, ms)
+                    .map_err(read_failed)?,
+                To::Offset(offset) => offset.min(end),
+            };
+            queues.push(admin::OffsetReset {
+                queue_id,
+                previous_offset: state
+                    .consumer_offset(group, topic_name, queue_id)
+                    .map_err(read_failed)?,
+                new_offset,
+            });
+        }
+        if !request.dry_run {
+            for queue in &queues {
+                let command = pb::Command {
+                    kind: Some(pb::command::Kind::CommitOffset(pb::CommitOffset {
+                        group: group.clone(),
+                        topic: topic_name.clone(),
+                        queue_id: queue.queue_id,
+                        offset: queue.new_offset,
+                        unless_changed_after: None,
+                    })),
+                };
+                self.broker
+                    .node
+                    .propose(command, super::PROPOSE_DEADLINE)
+                    .await
+                    .map_err(|e| to_status(e.into()))?;
+            }
+            tracing::info!(%group, topic = %topic_name, ?to, "consumer offsets reset");
+        }
+        Ok(Response::new(admin::ResetOffsetsResponse {
+            queues,
+            committed: !request.dry_run,
+        }))
+    }
+
     async fn transfer_leader(
         &self,
         request: Request<admin::TransferLeaderRequest>,

@@ -102,6 +102,29 @@ pub enum GroupCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Move a group's offsets in every queue of a topic: replay from the start or a point in
+    /// time, or skip a backlog. For pull consumers' offsets; stop the group's consumers first.
+    #[command(group(clap::ArgGroup::new("to").required(true)))]
+    ResetOffsets {
+        name: String,
+        #[arg(long)]
+        topic: String,
+        /// The oldest message each queue holds.
+        #[arg(long, group = "to")]
+        to_earliest: bool,
+        /// Past the newest message: skip everything stored so far.
+        #[arg(long, group = "to")]
+        to_latest: bool,
+        /// The first message stored at or after this time, in ms since the epoch.
+        #[arg(long, group = "to", value_name = "MS")]
+        to_timestamp_ms: Option<i64>,
+        /// This offset in every queue (a queue's end where it holds fewer messages).
+        #[arg(long, group = "to", value_name = "OFFSET")]
+        to_offset: Option<u64>,
+        /// Show the new offsets without committing them.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -575,6 +598,51 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                     );
                 } else {
                     print_group_progress(&name, &reply);
+                }
+            }
+            GroupCommand::ResetOffsets {
+                name,
+                topic,
+                to_earliest,
+                to_latest,
+                to_timestamp_ms,
+                to_offset,
+                dry_run,
+            } => {
+                use admin::reset_offsets_request::To;
+                let to = match (to_earliest, to_latest, to_timestamp_ms, to_offset) {
+                    (true, ..) => To::Earliest(true),
+                    (_, true, ..) => To::Latest(true),
+                    (_, _, Some(ms), _) => To::TimestampMs(ms),
+                    (.., Some(offset)) => To::Offset(offset),
+                    _ => anyhow::bail!("say where the offsets move to (clap requires one)"),
+                };
+                let request = admin::ResetOffsetsRequest {
+                    group: name.clone(),
+                    topic: topic.clone(),
+                    to: Some(to),
+                    dry_run,
+                };
+                let reply = client
+                    .admin(|mut c| {
+                        let request = request.clone();
+                        async move { c.reset_offsets(request).await.map(|r| r.into_inner()) }
+                    })
+                    .await?;
+                println!("{:>5} {:>12} {:>12}", "QUEUE", "FROM", "TO");
+                for q in &reply.queues {
+                    println!(
+                        "{:>5} {:>12} {:>12}",
+                        q.queue_id,
+                        q.previous_offset
+                            .map_or_else(|| "-".to_string(), |o| o.to_string()),
+                        q.new_offset
+                    );
+                }
+                if reply.committed {
+                    println!("group {name}: offsets on {topic} reset");
+                } else {
+                    println!("group {name}: dry run, nothing committed");
                 }
             }
         },

@@ -63,6 +63,17 @@ impl BrokerState {
             .collect()
     }
 
+    /// Whether `group` has consumed from `topic` with simple or push consumers (POP), whose
+    /// progress lives in the `pop` column family, not in the group's offsets alone.
+    pub fn has_pop_progress(&self, group: &str, topic: &str) -> bool {
+        self.cache
+            .lock()
+            .expect("state cache lock poisoned")
+            .pops
+            .keys()
+            .any(|(g, t, _)| g == group && t == topic)
+    }
+
     /// Whether a pop for `group` on these queues would find something at `now_ms`.
     pub fn pop_hint(
         &self,
