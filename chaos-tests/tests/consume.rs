@@ -171,21 +171,8 @@ async fn the_cli_produces_consumes_and_reports() -> anyhow::Result<()> {
         ..Default::default()
     })
     .await?;
-    let binary = raftmq_binary()?;
-    let endpoints = cluster.endpoints().join(",");
-    let run = |args: &[&str]| {
-        let output = Command::new(&binary)
-            .args(args)
-            .args(["--endpoints", &endpoints])
-            .output()
-            .expect("run raftmq");
-        assert!(
-            output.status.success(),
-            "raftmq {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    };
+    let cli = Cli::for_cluster(&cluster)?;
+    let run = |args: &[&str]| cli.ok(args);
     run(&["produce", "--topic", "cli", "--count", "25"]);
     let consumed = run(&[
         "consume",
@@ -296,25 +283,21 @@ async fn the_cli_produces_consumes_and_reports() -> anyhow::Result<()> {
         assert_eq!(report["failed"], 0, "{report}");
 
         let too_large = (4 * 1024 * 1024 + 1).to_string();
-        let output = Command::new(&binary)
-            .args([
-                "bench",
-                "produce",
-                "--topic",
-                "bench-cli",
-                "--size",
-                &too_large,
-            ])
-            .args([
-                "--concurrency",
-                "1",
-                "--duration",
-                "1s",
-                "--connection",
-                connection,
-            ])
-            .args(["--json", "--endpoints", &endpoints])
-            .output()?;
+        let output = cli.run(&[
+            "bench",
+            "produce",
+            "--topic",
+            "bench-cli",
+            "--size",
+            &too_large,
+            "--concurrency",
+            "1",
+            "--duration",
+            "1s",
+            "--connection",
+            connection,
+            "--json",
+        ]);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{stderr}");
         let cause = "rejected with MessageBodyTooLarge";
@@ -365,34 +348,51 @@ fn admin_cluster_fails_when_no_node_answers() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `admin group describe` shows how far a group has consumed: its committed offset and lag in
-/// every queue of the topics it reads, also queues it has not committed in yet.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn admin_group_describe_shows_committed_offsets_and_lag() -> anyhow::Result<()> {
-    let cluster = Cluster::start(ClusterOptions::default()).await?;
-    cluster.create_topic("lagged", 2).await?;
-    let binary = raftmq_binary()?;
-    let endpoints = cluster.endpoints().join(",");
-    let run = |args: &[&str]| {
-        Command::new(&binary)
+/// The `raftmq` binary pointed at one cluster.
+struct Cli {
+    binary: std::path::PathBuf,
+    endpoints: String,
+}
+
+impl Cli {
+    fn for_cluster(cluster: &Cluster) -> anyhow::Result<Cli> {
+        Ok(Cli {
+            binary: raftmq_binary()?,
+            endpoints: cluster.endpoints().join(","),
+        })
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&self.binary)
             .args(args)
-            .args(["--endpoints", &endpoints])
+            .args(["--endpoints", &self.endpoints])
             .output()
             .expect("run raftmq")
-    };
-    let ok = |args: &[&str]| {
-        let output = run(args);
+    }
+
+    /// Stdout of a command that must succeed.
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
         assert!(
             output.status.success(),
             "raftmq {args:?} failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8_lossy(&output.stdout).into_owned()
-    };
+    }
+}
+
+/// `admin group describe` shows how far a group has consumed: its committed offset and lag in
+/// every queue of the topics it reads, also queues it has not committed in yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_group_describe_shows_committed_offsets_and_lag() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    cluster.create_topic("lagged", 2).await?;
+    let cli = Cli::for_cluster(&cluster)?;
     let describe = |group: &str| -> anyhow::Result<serde_json::Value> {
-        Ok(serde_json::from_str(&ok(&[
-            "admin", "group", "describe", group, "--json",
-        ]))?)
+        Ok(serde_json::from_str(
+            &cli.ok(&["admin", "group", "describe", group, "--json"]),
+        )?)
     };
     let sum = |queues: &serde_json::Value, field: &str| -> u64 {
         queues
@@ -403,9 +403,9 @@ async fn admin_group_describe_shows_committed_offsets_and_lag() -> anyhow::Resul
             .sum()
     };
 
-    ok(&["produce", "--topic", "lagged", "--count", "40"]);
+    cli.ok(&["produce", "--topic", "lagged", "--count", "40"]);
     // 10 messages: all from queue 0 (the CLI drains queue by queue), none from queue 1.
-    ok(&[
+    cli.ok(&[
         "consume",
         "--topic",
         "lagged",
@@ -433,7 +433,7 @@ async fn admin_group_describe_shows_committed_offsets_and_lag() -> anyhow::Resul
     assert!(progress["group"].is_null(), "never created: {progress}");
 
     // Drain the rest from the committed offsets: no lag left.
-    ok(&["consume", "--topic", "lagged", "--group", "readers"]);
+    cli.ok(&["consume", "--topic", "lagged", "--group", "readers"]);
     let progress = describe("readers")?;
     assert_eq!(
         40,
@@ -441,11 +441,11 @@ async fn admin_group_describe_shows_committed_offsets_and_lag() -> anyhow::Resul
         "{progress}"
     );
     assert_eq!(0, progress["lag"].as_u64().unwrap(), "{progress}");
-    let table = ok(&["admin", "group", "describe", "readers"]);
+    let table = cli.ok(&["admin", "group", "describe", "readers"]);
     assert!(table.contains("total lag 0 message(s)"), "{table}");
 
     // A created group that has consumed nothing yet.
-    ok(&["admin", "group", "create", "idle"]);
+    cli.ok(&["admin", "group", "create", "idle"]);
     let progress = describe("idle")?;
     assert_eq!("idle", progress["group"]["name"], "{progress}");
     assert!(
@@ -458,7 +458,7 @@ async fn admin_group_describe_shows_committed_offsets_and_lag() -> anyhow::Resul
         ("nobody", "was never created and has committed no offset"),
         ("bad group!", "illegal consumer group"),
     ] {
-        let output = run(&["admin", "group", "describe", group]);
+        let output = cli.run(&["admin", "group", "describe", group]);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{group}: exited 0");
         assert!(stderr.contains(reason), "{group}: {stderr}");
@@ -472,31 +472,14 @@ async fn admin_group_describe_shows_committed_offsets_and_lag() -> anyhow::Resul
 async fn admin_group_reset_offsets_replays_and_skips() -> anyhow::Result<()> {
     let cluster = Cluster::start(ClusterOptions::default()).await?;
     cluster.create_topic("replay", 2).await?;
-    let binary = raftmq_binary()?;
-    let endpoints = cluster.endpoints().join(",");
-    let run = |args: &[&str]| {
-        Command::new(&binary)
-            .args(args)
-            .args(["--endpoints", &endpoints])
-            .output()
-            .expect("run raftmq")
-    };
-    let ok = |args: &[&str]| {
-        let output = run(args);
-        assert!(
-            output.status.success(),
-            "raftmq {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    };
+    let cli = Cli::for_cluster(&cluster)?;
     let lag = || -> anyhow::Result<u64> {
         let progress: serde_json::Value =
-            serde_json::from_str(&ok(&["admin", "group", "describe", "replayers", "--json"]))?;
+            serde_json::from_str(&cli.ok(&["admin", "group", "describe", "replayers", "--json"]))?;
         Ok(progress["lag"].as_u64().unwrap_or(u64::MAX))
     };
     let consume = || {
-        ok(&["consume", "--topic", "replay", "--group", "replayers"])
+        cli.ok(&["consume", "--topic", "replay", "--group", "replayers"])
             .lines()
             .filter(|l| !l.trim().is_empty())
             .count()
@@ -511,17 +494,17 @@ async fn admin_group_reset_offsets_replays_and_skips() -> anyhow::Result<()> {
             "replay",
         ];
         args.extend_from_slice(to);
-        ok(&args)
+        cli.ok(&args)
     };
 
-    ok(&["produce", "--topic", "replay", "--count", "10"]);
+    cli.ok(&["produce", "--topic", "replay", "--count", "10"]);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let later = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis()
         .to_string();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    ok(&["produce", "--topic", "replay", "--count", "6"]);
+    cli.ok(&["produce", "--topic", "replay", "--count", "6"]);
     assert_eq!(16, consume());
     assert_eq!(0, lag()?);
 
@@ -549,7 +532,7 @@ async fn admin_group_reset_offsets_replays_and_skips() -> anyhow::Result<()> {
     assert_eq!(0, consume());
 
     // Bad input: no target, an unknown topic, an illegal group name.
-    let output = run(&[
+    let output = cli.run(&[
         "admin",
         "group",
         "reset-offsets",
@@ -570,7 +553,7 @@ async fn admin_group_reset_offsets_replays_and_skips() -> anyhow::Result<()> {
     ] {
         let mut all = vec!["admin", "group", "reset-offsets"];
         all.extend(args);
-        let output = run(&all);
+        let output = cli.run(&all);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{all:?}: exited 0");
         assert!(stderr.contains(reason), "{all:?}: {stderr}");
