@@ -453,6 +453,25 @@ async fn admin_group_describe_shows_committed_offsets_and_lag() -> anyhow::Resul
         "{progress}"
     );
 
+    // `group list` names both, with their lag: the pull group, never created, too.
+    let listed: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["admin", "group", "list", "--json"]))?;
+    let listed = listed["groups"].as_array().expect("groups array");
+    let entry = |name: &str| listed.iter().find(|g| g["name"] == name).cloned();
+    let readers = entry("readers").expect("readers listed");
+    assert_eq!(
+        (Some(false), Some(0)),
+        (readers["created"].as_bool(), readers["lag"].as_u64()),
+        "{readers}"
+    );
+    let idle = entry("idle").expect("idle listed");
+    assert!(idle["created"] == true && idle["lag"].is_null(), "{idle}");
+    let table = cli.ok(&["admin", "group", "list"]);
+    assert!(
+        table.contains("LAG") && table.contains("readers"),
+        "{table}"
+    );
+
     // Unknown and illegal names fail with their reason.
     for (group, reason) in [
         ("nobody", "was never created and has committed no offset"),

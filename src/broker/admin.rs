@@ -79,6 +79,8 @@ fn group_info(group: pb::GroupConfig) -> admin::GroupInfo {
         name: group.name,
         fifo: group.fifo,
         created_ms: group.created_ms,
+        created: true,
+        lag: None,
     }
 }
 
@@ -209,15 +211,30 @@ impl AdminService for Admin {
         &self,
         _request: Request<admin::ListGroupsRequest>,
     ) -> Result<Response<admin::ListGroupsResponse>, Status> {
-        let groups = self
-            .broker
-            .node
-            .state
+        let state = &self.broker.node.state;
+        let progress = state.all_group_progress().map_err(|e| {
+            tracing::error!(error = %e, "reading the groups' offsets failed");
+            Status::internal(format!("reading the groups' offsets failed: {e}"))
+        })?;
+        let mut groups: std::collections::BTreeMap<String, admin::GroupInfo> = state
             .groups()
             .into_iter()
-            .map(group_info)
+            .map(|g| (g.name.clone(), group_info(g)))
             .collect();
-        Ok(Response::new(admin::ListGroupsResponse { groups }))
+        // Pull consumers commit offsets without creating their group: list those groups too.
+        for (name, queues) in progress {
+            let lag = queues.iter().map(|q| q.lag()).sum();
+            groups
+                .entry(name.clone())
+                .or_insert_with(|| admin::GroupInfo {
+                    name,
+                    ..Default::default()
+                })
+                .lag = Some(lag);
+        }
+        Ok(Response::new(admin::ListGroupsResponse {
+            groups: groups.into_values().collect(),
+        }))
     }
 
     async fn describe_group(

@@ -271,9 +271,11 @@ fn topic_json(t: &admin::TopicInfo) -> serde_json::Value {
 fn group_json(g: &admin::GroupInfo) -> serde_json::Value {
     json!({
         "name": g.name,
+        "created": g.created,
         "fifo": g.fifo,
         "max_delivery_attempts": g.max_delivery_attempts,
         "created_ms": g.created_ms,
+        "lag": g.lag,
     })
 }
 
@@ -575,11 +577,21 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                         serde_json::to_string_pretty(&json!({ "groups": groups }))?
                     );
                 } else {
-                    println!("{:<40} {:>5} {:>13}", "GROUP", "FIFO", "MAX_ATTEMPTS");
+                    println!(
+                        "{:<40} {:>5} {:>13} {:>12}",
+                        "GROUP", "FIFO", "MAX_ATTEMPTS", "LAG"
+                    );
+                    let or_dash = |shown: bool, value: String| {
+                        if shown { value } else { "-".to_string() }
+                    };
                     for g in &reply.groups {
+                        // A group known only by its pull consumers' offsets has no settings.
                         println!(
-                            "{:<40} {:>5} {:>13}",
-                            g.name, g.fifo, g.max_delivery_attempts
+                            "{:<40} {:>5} {:>13} {:>12}",
+                            g.name,
+                            or_dash(g.created, g.fifo.to_string()),
+                            or_dash(g.created, g.max_delivery_attempts.to_string()),
+                            g.lag.map_or_else(|| "-".to_string(), |lag| lag.to_string())
                         );
                     }
                 }
