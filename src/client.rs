@@ -24,6 +24,9 @@ pub enum ClientError {
         /// retrying: it may have taken effect even though this one was refused.
         after_unanswered: bool,
     },
+    /// An admin call refused; the gRPC code says why (NotFound, InvalidArgument, ...).
+    #[error("{message} ({code:?})")]
+    AdminRefused { code: tonic::Code, message: String },
     #[error("no node answered: {0}")]
     Unavailable(String),
     #[error("bad endpoint `{0}`")]
@@ -43,7 +46,7 @@ impl ClientError {
                         | Code::InternalServerError
                 )
             }
-            ClientError::BadEndpoint(_) => false,
+            ClientError::BadEndpoint(_) | ClientError::AdminRefused { .. } => false,
         }
     }
 }
@@ -482,10 +485,9 @@ impl Client {
                     last = status.message().to_string()
                 }
                 Err(status) => {
-                    return Err(ClientError::Rejected {
-                        code: Code::BadRequest,
+                    return Err(ClientError::AdminRefused {
+                        code: status.code(),
                         message: status.message().to_string(),
-                        after_unanswered: false,
                     });
                 }
             }

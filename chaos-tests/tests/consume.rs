@@ -474,7 +474,10 @@ async fn admin_group_describe_shows_committed_offsets_and_lag() -> anyhow::Resul
 
     // Unknown and illegal names fail with their reason.
     for (group, reason) in [
-        ("nobody", "was never created and has committed no offset"),
+        (
+            "nobody",
+            "was never created and has committed no offset (NotFound)",
+        ),
         ("bad group!", "illegal consumer group"),
     ] {
         let output = cli.run(&["admin", "group", "describe", group]);
