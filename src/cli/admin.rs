@@ -279,6 +279,10 @@ fn group_json(g: &admin::GroupInfo) -> serde_json::Value {
     })
 }
 
+fn total_lag(reply: &admin::DescribeGroupResponse) -> u64 {
+    reply.queues.iter().map(|q| q.lag).sum()
+}
+
 fn group_progress_json(reply: &admin::DescribeGroupResponse) -> serde_json::Value {
     let queues: Vec<_> = reply
         .queues
@@ -295,7 +299,7 @@ fn group_progress_json(reply: &admin::DescribeGroupResponse) -> serde_json::Valu
         .collect();
     json!({
         "group": reply.group.as_ref().map(group_json),
-        "lag": reply.queues.iter().map(|q| q.lag).sum::<u64>(),
+        "lag": total_lag(reply),
         "queues": queues,
         "node_id": reply.node_id,
         "applied_index": reply.applied_index,
@@ -319,15 +323,14 @@ fn print_group_progress(name: &str, reply: &admin::DescribeGroupResponse) {
             "{:<40} {:>5} {:>12} {:>12} {:>12}",
             q.topic,
             q.queue_id,
-            q.committed_offset
-                .map_or_else(|| "-".to_string(), |o| o.to_string()),
+            opt(q.committed_offset),
             q.max_offset,
             q.lag
         );
     }
     println!(
         "total lag {} message(s) (node {}, applied index {})",
-        reply.queues.iter().map(|q| q.lag).sum::<u64>(),
+        total_lag(reply),
         reply.node_id,
         reply.applied_index
     );
@@ -591,7 +594,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                             g.name,
                             or_dash(g.created, g.fifo.to_string()),
                             or_dash(g.created, g.max_delivery_attempts.to_string()),
-                            g.lag.map_or_else(|| "-".to_string(), |lag| lag.to_string())
+                            opt(g.lag)
                         );
                     }
                 }
@@ -646,8 +649,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                     println!(
                         "{:>5} {:>12} {:>12}",
                         q.queue_id,
-                        q.previous_offset
-                            .map_or_else(|| "-".to_string(), |o| o.to_string()),
+                        opt(q.previous_offset),
                         q.new_offset
                     );
                 }
