@@ -14,7 +14,12 @@ say "--- replace a follower's disk under load ($name)"
 start_load "$name" 25
 sleep 5
 leader=$(leader_id)
-victim=$(for n in 0 1 2; do [ "$n" = "$leader" ] || echo "$n"; done | head -n 1)
+# The first follower, picked without a pipe: under pipefail, `... | head -n 1` can kill the
+# script with SIGPIPE when head exits before the loop's last echo.
+victim=
+for n in 0 1 2; do
+  if [ "$n" != "$leader" ]; then victim=$n; break; fi
+done
 say "deleting node $victim's container and volume (node $leader leads)"
 docker rm -f "raftmq-$victim" >/dev/null
 docker volume rm "raftmq_data-$victim" >/dev/null

@@ -48,7 +48,9 @@ impl Drop for StopOnDrop<'_> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn local_cluster_survives_a_kill_and_stops_cleanly() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    // Ports away from the defaults so a developer's own local cluster does not collide.
+    // Ports away from the defaults so a developer's own local cluster does not collide, and
+    // below Linux's ephemeral range (32768-60999): an outgoing connection of another test can
+    // hold any port in that range, and did ("Address already in use").
     let (client_port, raft_port) = (28081u16, 29091u16);
     let mut local = StopOnDrop {
         local: Command::new(raftmq_binary()?)
@@ -205,7 +207,7 @@ fn a_topic_with_an_impossible_number_of_queues_is_refused_before_any_call() -> a
 #[test]
 fn a_taken_port_is_named_before_any_node_starts() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let (client_port, raft_port, http_port) = (38181u16, 39191u16, 38191u16);
+    let (client_port, raft_port, http_port) = (26181u16, 27191u16, 26191u16);
     let _taken = std::net::TcpListener::bind(("127.0.0.2", raft_port + 1))?;
     let output = Command::new(raftmq_binary()?)
         .args(["local", "--dir"])
@@ -239,11 +241,11 @@ fn a_node_that_fails_to_start_is_reported_and_the_others_are_stopped() -> anyhow
         .arg(dir.path())
         .args([
             "--client-port",
-            "38281",
+            "26281",
             "--raft-port",
-            "39291",
+            "27291",
             "--http-port",
-            "38291",
+            "26291",
         ])
         .output()?;
     let stderr = String::from_utf8_lossy(&output.stderr);
