@@ -11,20 +11,23 @@ ensure_curl() {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
 }
 
-# The leader's node id as the reachable nodes report it (empty when none). A cut-off old
-# leader may still believe it leads: the one in the newest term wins.
+# leader_id [TIMEOUT_MS]: the leader's node id as the reachable nodes report it (empty when
+# none). A cut-off old leader may still believe it leads: the one in the newest term wins.
+# A node that does not answer within TIMEOUT_MS (default 2000) counts as unreachable.
 leader_id() {
-  "$RAFTMQ" admin --endpoints "$ENDPOINTS" cluster --json 2>/dev/null | python3 -c '
+  "$RAFTMQ" admin --endpoints "$ENDPOINTS" --timeout-ms "${1:-2000}" cluster --json 2>/dev/null | python3 -c '
 import json, sys
 nodes = [n for n in json.load(sys.stdin)["nodes"] if n.get("role") == "leader"]
 print(max(nodes, key=lambda n: n.get("term", 0))["node_id"] if nodes else "")' || true
 }
 
 # wait_new_leader OLD SINCE_MS: wait until a node other than OLD leads; print the ms since SINCE_MS.
+# Each poll waits at most 250 ms per node: a paused old leader never answers, and a 2 s wait for
+# it would make the election look seconds longer than it was.
 wait_new_leader() {
   local old=$1 since=$2 until=$(($(date +%s) + 30)) leader
   while true; do
-    leader=$(leader_id)
+    leader=$(leader_id 250)
     if [ -n "$leader" ] && [ "$leader" != "$old" ]; then
       echo $(($(now_ms) - since))
       return

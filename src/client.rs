@@ -439,12 +439,14 @@ impl Client {
     }
 
     /// Ask every endpoint for its own view of the group, all at once: a node that hangs
-    /// (paused, cut off) costs its timeout once, not once per node after it.
+    /// (paused, cut off) costs its timeout once, not once per node after it. The wait is this
+    /// client's timeout, at most 2 s: a status view must not stall on one silent node.
     pub async fn cluster_status(&self) -> Vec<(String, Result<admin::NodeStatus, String>)> {
+        let timeout = self.timeout.min(Duration::from_secs(2));
         let asks = self.endpoints.iter().enumerate().map(|(index, endpoint)| {
             let mut client = self.admin_at(index);
             let mut request = tonic::Request::new(admin::ClusterStatusRequest {});
-            request.set_timeout(Duration::from_secs(2));
+            request.set_timeout(timeout);
             async move {
                 let status = client
                     .cluster_status(request)

@@ -348,6 +348,38 @@ fn admin_cluster_fails_when_no_node_answers() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A node that accepts connections but never answers (a paused process) costs `admin cluster`
+/// the `--timeout-ms` given, not the 2 s default: the failover drills poll the leader this way
+/// and would otherwise report a paused leader's failover seconds longer than it was.
+#[test]
+fn admin_cluster_waits_for_a_silent_node_only_as_long_as_asked() -> anyhow::Result<()> {
+    // Bound and listening, never accepting: the kernel completes the handshake, nobody speaks.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let silent_addr = silent.local_addr()?.to_string();
+    let started = std::time::Instant::now();
+    let output = Command::new(raftmq_binary()?)
+        .args(["admin", "--timeout-ms", "100", "cluster", "--json"])
+        .args(["--endpoints", &silent_addr])
+        .output()?;
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "exited 0\n{stdout}");
+    assert!(stdout.contains("\"reachable\": false"), "{stdout}");
+    assert!(
+        took < std::time::Duration::from_millis(1900),
+        "waited {took:?} for a silent node with --timeout-ms 100"
+    );
+
+    let output = Command::new(raftmq_binary()?)
+        .args(["admin", "--timeout-ms", "0", "cluster"])
+        .args(["--endpoints", &silent_addr])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--timeout-ms"), "{stderr}");
+    Ok(())
+}
+
 /// The `raftmq` binary pointed at one cluster.
 struct Cli {
     binary: std::path::PathBuf,

@@ -9,6 +9,10 @@ use super::EndpointArgs;
 pub struct AdminArgs {
     #[command(flatten)]
     pub endpoints: EndpointArgs,
+    /// How long to wait for a node's answer, in milliseconds (`cluster` waits at most 2000 for
+    /// each node and shows one that does not answer in time as unreachable).
+    #[arg(long, global = true, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_ms: u64,
     #[command(subcommand)]
     pub command: AdminCommand,
 }
@@ -103,7 +107,8 @@ pub enum GroupCommand {
         json: bool,
     },
     /// Move a group's offsets in every queue of a topic: replay from the start or a point in
-    /// time, or skip a backlog. For pull consumers' offsets; stop the group's consumers first.
+    /// time, or skip a backlog. Stop a group's pull consumers first (they would commit their
+    /// old position again); simple and push consumers may keep running.
     #[command(group(clap::ArgGroup::new("to").required(true)))]
     ResetOffsets {
         name: String,
@@ -337,7 +342,8 @@ fn print_group_progress(name: &str, reply: &admin::DescribeGroupResponse) {
 }
 
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
-    let client = args.endpoints.client()?;
+    let mut client = args.endpoints.client()?;
+    client.timeout = std::time::Duration::from_millis(args.timeout_ms);
     match args.command {
         AdminCommand::Cluster { json } => {
             let statuses = client.cluster_status().await;
