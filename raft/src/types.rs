@@ -98,6 +98,13 @@ impl fmt::Display for Request {
                     checked.topic, checked.transaction_id
                 )
             }
+            Some(Kind::ResetPop(reset)) => write!(
+                f,
+                "reset_pop({}/{} x{})",
+                reset.group,
+                reset.topic,
+                reset.queues.len()
+            ),
             Some(Kind::Renew(renew)) => {
                 write!(
                     f,

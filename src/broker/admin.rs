@@ -292,14 +292,6 @@ impl AdminService for Admin {
         let topic = state
             .topic(topic_name)
             .ok_or_else(|| Status::not_found(format!("topic `{topic_name}` does not exist")))?;
-        // Simple and push consumers keep their progress in the pop records, which the next
-        // acknowledgement would write back over a moved offset.
-        if state.has_pop_progress(group, topic_name) {
-            return Err(Status::failed_precondition(format!(
-                "group `{group}` consumes `{topic_name}` with simple or push consumers, whose \
-                 progress cannot be reset yet; only pull consumers' offsets can"
-            )));
-        }
         let read_failed = |e: raftmq_storage::StorageError| {
             tracing::error!(%group, topic = %topic_name, error = %e, "reading offsets for a reset failed");
             Status::internal(format!("reading the queues of `{topic_name}` failed: {e}"))
@@ -326,16 +318,39 @@ impl AdminService for Admin {
             });
         }
         if !request.dry_run {
-            for queue in &queues {
-                let command = pb::Command {
-                    kind: Some(pb::command::Kind::CommitOffset(pb::CommitOffset {
+            // Simple and push consumers keep their progress in pop records (a cursor and the
+            // deliveries in flight), which the next acknowledgement would write back over a
+            // moved offset: they are reset in one command of their own. Pull consumers' offsets
+            // are plain commits, which replicas of every version understand.
+            let commands: Vec<pb::Command> = if state.has_pop_progress(group, topic_name) {
+                vec![pb::Command {
+                    kind: Some(pb::command::Kind::ResetPop(pb::ResetPop {
                         group: group.clone(),
                         topic: topic_name.clone(),
-                        queue_id: queue.queue_id,
-                        offset: queue.new_offset,
-                        unless_changed_after: None,
+                        queues: queues
+                            .iter()
+                            .map(|q| pb::QueueCursor {
+                                queue_id: q.queue_id,
+                                cursor: q.new_offset,
+                            })
+                            .collect(),
                     })),
-                };
+                }]
+            } else {
+                queues
+                    .iter()
+                    .map(|queue| pb::Command {
+                        kind: Some(pb::command::Kind::CommitOffset(pb::CommitOffset {
+                            group: group.clone(),
+                            topic: topic_name.clone(),
+                            queue_id: queue.queue_id,
+                            offset: queue.new_offset,
+                            unless_changed_after: None,
+                        })),
+                    })
+                    .collect()
+            };
+            for command in commands {
                 self.broker
                     .node
                     .propose(command, super::PROPOSE_DEADLINE)

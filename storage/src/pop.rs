@@ -346,6 +346,28 @@ impl BrokerState {
         Ok(result)
     }
 
+    /// Move the group's POP progress: each queue named starts over at its new cursor with
+    /// nothing in flight, including queues the group never received from (a later receive
+    /// would otherwise start those at the beginning or the end, not where the reset said).
+    /// The group's consumer offsets follow, as for every change of a pop record.
+    /// Queues the topic does not have (or a topic that does not exist) are left alone.
+    pub(crate) fn apply_reset_pop(cache: &Cache, pending: &mut PendingApply, reset: &pb::ResetPop) {
+        let queues = pending
+            .topics
+            .get(&reset.topic)
+            .or_else(|| cache.topics.get(&reset.topic))
+            .map_or(0, |topic| topic.queues);
+        for queue in reset.queues.iter().filter(|q| q.queue_id < queues) {
+            pending.pops.insert(
+                (reset.group.clone(), reset.topic.clone(), queue.queue_id),
+                pb::PopQueue {
+                    cursor: queue.cursor,
+                    in_flight: Vec::new(),
+                },
+            );
+        }
+    }
+
     /// Find the delivery a receipt names.
     fn find_receipt<'p>(
         cache: &Cache,

@@ -385,3 +385,63 @@ fn given_a_renewed_delivery_then_it_stays_invisible_under_the_same_handle() {
         acked(fx.commit(renew))
     );
 }
+
+fn reset_pop(group: &str, cursors: &[(u32, u64)]) -> pb::Command {
+    pb::Command {
+        kind: Some(pb::command::Kind::ResetPop(pb::ResetPop {
+            group: group.into(),
+            topic: "T".into(),
+            queues: cursors
+                .iter()
+                .map(|&(queue_id, cursor)| pb::QueueCursor { queue_id, cursor })
+                .collect(),
+        })),
+    }
+}
+
+#[test]
+fn given_a_reset_then_receives_start_at_the_new_cursor_and_old_receipts_are_settled() {
+    let mut fx = with_messages();
+    let first = deliveries(fx.commit(pop("G", &[0], 3, 1_000, &[])));
+    assert_eq!(vec![(0, 0, 1), (0, 1, 1), (0, 2, 1)], positions(&first));
+
+    // Queue 0 back to offset 1; queue 1 (never received from) to its end; queue 7 does not
+    // exist and stays untouched.
+    fx.commit(reset_pop("G", &[(0, 1), (1, 1), (7, 0)]));
+    assert_eq!(Some(1), fx.state.consumer_offset("G", "T", 0).unwrap());
+    assert_eq!(Some(1), fx.state.consumer_offset("G", "T", 1).unwrap());
+    assert_eq!(None, fx.state.consumer_offset("G", "T", 7).unwrap());
+
+    // Nothing is in flight any more: offsets 1 and 2 come again as first attempts, before
+    // their old invisibility ends; queue 1 has nothing past its new cursor.
+    let again = deliveries(fx.commit(pop("G", &[0, 1], 32, 2_000, &[])));
+    assert_eq!(vec![(0, 1, 1), (0, 2, 1)], positions(&again));
+
+    // A receipt from before the reset: below the cursor it counts as acknowledged, at or
+    // above it is stale (the message went out again under a new handle).
+    let old = receipts(&first);
+    assert_eq!(
+        vec![pb::ReceiptOutcome::ReceiptDone],
+        acked(fx.commit(ack("G", vec![old[0]])))
+    );
+    assert_eq!(
+        vec![pb::ReceiptOutcome::ReceiptStale],
+        acked(fx.commit(ack("G", vec![old[1]])))
+    );
+    assert_eq!(
+        vec![pb::ReceiptOutcome::ReceiptDone; 2],
+        acked(fx.commit(ack("G", receipts(&again))))
+    );
+    assert_eq!(Some(3), fx.state.consumer_offset("G", "T", 0).unwrap());
+
+    // Forward past everything: nothing more to receive until a new message arrives.
+    fx.commit(reset_pop("G", &[(0, 3)]));
+    assert!(deliveries(fx.commit(pop("G", &[0], 32, 3_000, &[]))).is_empty());
+    fx.commit(append(vec![message("T", 0, "e", 2)]));
+    assert_eq!(
+        vec![(0, 3, 1)],
+        positions(&deliveries(fx.commit(pop("G", &[0], 32, 4_000, &[]))))
+    );
+    // Another group is not moved.
+    assert_eq!(None, fx.state.consumer_offset("H", "T", 0).unwrap());
+}

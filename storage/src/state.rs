@@ -480,6 +480,10 @@ impl BrokerState {
             Some(Kind::Renew(renew)) => {
                 ResultKind::Ack(self.apply_renew(cache, pending, renew.clone()))
             }
+            Some(Kind::ResetPop(reset)) => {
+                Self::apply_reset_pop(cache, pending, reset);
+                ResultKind::Offset(pb::OffsetResult { changed_at: None })
+            }
             Some(Kind::ChangeInvisible(change)) => ResultKind::Receipt(
                 self.apply_change_invisible(cache, pending, log_index, change.clone()),
             ),
