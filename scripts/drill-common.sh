@@ -15,21 +15,28 @@ ensure_curl() {
 # none). A cut-off old leader may still believe it leads: the one in the newest term wins.
 # A node that does not answer within TIMEOUT_MS (default 2000) counts as unreachable.
 leader_id() {
-  "$RAFTMQ" admin --endpoints "$ENDPOINTS" --timeout-ms "${1:-2000}" cluster --json 2>/dev/null | python3 -c '
-import json, sys
-nodes = [n for n in json.load(sys.stdin)["nodes"] if n.get("role") == "leader"]
-print(max(nodes, key=lambda n: n.get("term", 0))["node_id"] if nodes else "")' || true
+  leader_and_since "${1:-2000}" | cut -d' ' -f1
 }
 
-# wait_new_leader OLD SINCE_MS: wait until a node other than OLD leads; print the ms since SINCE_MS.
-# Each poll waits at most 250 ms per node: a paused old leader never answers, and a 2 s wait for
-# it would make the election look seconds longer than it was.
+# leader_and_since TIMEOUT_MS: "ID LEADING_SINCE_MS" of the leader (as leader_id), or nothing.
+leader_and_since() {
+  "$RAFTMQ" admin --endpoints "$ENDPOINTS" --timeout-ms "$1" cluster --json 2>/dev/null | python3 -c '
+import json, sys
+nodes = [n for n in json.load(sys.stdin)["nodes"] if n.get("role") == "leader"]
+if nodes:
+    n = max(nodes, key=lambda n: n.get("term", 0))
+    print(n["node_id"], n.get("leading_since_ms") or "")' || true
+}
+
+# wait_new_leader OLD SINCE_MS: wait until a node other than OLD leads; print the ms from
+# SINCE_MS to its election, by the new leader's own clock (the containers share the host's).
+# Each poll waits at most 250 ms per node: a paused old leader never answers.
 wait_new_leader() {
-  local old=$1 since=$2 until=$(($(date +%s) + 30)) leader
+  local old=$1 since=$2 until=$(($(date +%s) + 30)) leader elected
   while true; do
-    leader=$(leader_id 250)
+    read -r leader elected <<<"$(leader_and_since 250)" || true
     if [ -n "$leader" ] && [ "$leader" != "$old" ]; then
-      echo $(($(now_ms) - since))
+      echo $((${elected:-$(now_ms)} - since))
       return
     fi
     [ "$(date +%s)" -lt "$until" ] || die "no new leader 30s after the fault"

@@ -60,11 +60,30 @@ async fn acknowledged_messages_survive_two_leader_kills() -> anyhow::Result<()> 
     for at in [total / 3, 2 * total / 3] {
         wait_for_acks(&history, at, Duration::from_secs(120)).await;
         let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+        let wall_ms = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64)
+        };
+        let killed_wall_ms = wall_ms();
         cluster.kill_node(leader);
         killed.push(leader);
         let killed_at = Instant::now();
         let new_leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
         assert_ne!(new_leader, leader);
+        // The new leader says when it was elected (the drills time failovers by it); the
+        // others lead nothing.
+        for (id, status) in cluster.statuses().await {
+            let Some(status) = status else { continue };
+            match status.leading_since_ms {
+                Some(since) if id == new_leader => assert!(
+                    (killed_wall_ms..=wall_ms()).contains(&since),
+                    "node {id} says it leads since {since}, the kill was at {killed_wall_ms}"
+                ),
+                None if id != new_leader => {}
+                other => panic!("node {id} (leader {new_leader}) reports leading since {other:?}"),
+            }
+        }
         let before = history.acked();
         wait_for_acks(&history, before + 1, Duration::from_secs(10)).await;
         eprintln!(

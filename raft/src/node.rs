@@ -11,8 +11,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError};
@@ -115,9 +115,7 @@ fn check_identity(log: &LogStore, config: &NodeConfig) -> Result<bool, StartErro
         node_id: config.node_id,
         group: config.group.clone(),
         storage_id: uuid::Uuid::new_v4().to_string(),
-        created_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64),
+        created_ms: wall_clock_ms(),
     };
     log.save_identity(&identity)?;
     if empty {
@@ -189,6 +187,8 @@ pub struct RaftNode {
     /// their append streams, so that none reaches a stopped core (openraft logs each such
     /// message at ERROR). Each open append stream holds a receiver until it ends.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// While this node leads: when it became leader (wall clock, ms since the epoch); else 0.
+    leading_since_ms: AtomicI64,
 }
 
 impl RaftNode {
@@ -263,6 +263,7 @@ impl RaftNode {
             timeline,
             rejoining: AtomicBool::new(empty_disk),
             stopping: tokio::sync::watch::channel(false).0,
+            leading_since_ms: AtomicI64::new(0),
         }))
     }
 
@@ -289,6 +290,56 @@ impl RaftNode {
     /// clone) until it ends, which `shutdown` waits for.
     pub fn watch_stopping(&self) -> tokio::sync::watch::Receiver<bool> {
         self.stopping.subscribe()
+    }
+
+    /// While this node leads: when it became leader, in ms since the epoch by its wall clock
+    /// (a failover drill compares it with when it injected the fault).
+    pub fn leading_since_ms(&self) -> Option<i64> {
+        Some(self.leading_since_ms.load(Ordering::Relaxed)).filter(|ms| *ms > 0)
+    }
+
+    /// Log each change of the group's leader as this node sees it, once (openraft's own lines
+    /// on elections are left out by the default filter), and note when this node starts to
+    /// lead. Woken by every change of the Raft metrics, so the time is that of the election,
+    /// not of a poll.
+    pub async fn watch_leadership(self: Arc<Self>) {
+        let mut metrics = self.raft.metrics();
+        let mut known: Option<(NodeId, u64)> = None;
+        loop {
+            let (leader, term, stopped) = {
+                let m = metrics.borrow_watched();
+                (m.current_leader, m.current_term, m.running_state.is_err())
+            };
+            if stopped {
+                self.leading_since_ms.store(0, Ordering::Relaxed);
+                return;
+            }
+            let was_leading = known.is_some_and(|(id, _)| id == self.id);
+            match leader {
+                Some(id) if known != Some((id, term)) => {
+                    if id == self.id {
+                        self.leading_since_ms
+                            .store(wall_clock_ms(), Ordering::Relaxed);
+                        tracing::info!(term, "this node leads the group");
+                    } else {
+                        self.leading_since_ms.store(0, Ordering::Relaxed);
+                        tracing::info!(leader = id, term, "following a new leader");
+                    }
+                    known = Some((id, term));
+                }
+                // Candidates and partitions change terms without a leader several times a
+                // second: only losing this node's own leadership is worth a line.
+                None if was_leading => {
+                    self.leading_since_ms.store(0, Ordering::Relaxed);
+                    tracing::info!(term, "this node no longer leads");
+                    known = None;
+                }
+                _ => {}
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Stop refusing votes once a leader is followed (see `rejoining`).
@@ -955,4 +1006,10 @@ enum Forwarded {
     /// The leader refused it for lack of disk space (nothing was written).
     NoRoom(String),
     Unknown(String),
+}
+
+fn wall_clock_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

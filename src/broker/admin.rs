@@ -132,6 +132,7 @@ impl AdminService for Admin {
             min_free_disk_bytes: node.disk.min_free_bytes(),
             disk_low: node.disk.is_low(),
             disk_full: node.disk_full(),
+            leading_since_ms: node.leading_since_ms(),
         }))
     }
 

@@ -257,6 +257,7 @@ fn node_json(
             "min_free_disk_bytes": s.min_free_disk_bytes,
             "disk_low": s.disk_low,
             "disk_full": s.disk_full,
+            "leading_since_ms": s.leading_since_ms,
         }),
         Err(e) => json!({"endpoint": endpoint, "reachable": false, "error": e}),
     }
