@@ -300,20 +300,18 @@ impl RaftNode {
 
     /// Log each change of the group's leader as this node sees it, once (openraft's own lines
     /// on elections are left out by the default filter), and note when this node starts to
-    /// lead. Woken by every change of the Raft metrics, so the time is that of the election,
+    /// lead. Woken by each change of the server metrics (role, vote, leader, membership; not
+    /// the log indexes, which change with every write), so the time is that of the election,
     /// not of a poll.
     pub async fn watch_leadership(self: Arc<Self>) {
-        let mut metrics = self.raft.metrics();
+        let mut server = self.raft.server_metrics();
         let mut known: Option<(NodeId, u64)> = None;
         loop {
-            let (leader, term, stopped) = {
-                let m = metrics.borrow_watched();
-                (m.current_leader, m.current_term, m.running_state.is_err())
+            // From the server metrics themselves: the full metrics are published after them.
+            let (leader, term) = {
+                let m = server.borrow_watched();
+                (m.current_leader, m.vote.leader_id.term)
             };
-            if stopped {
-                self.leading_since_ms.store(0, Ordering::Relaxed);
-                return;
-            }
             let was_leading = known.is_some_and(|(id, _)| id == self.id);
             match leader {
                 Some(id) if known != Some((id, term)) => {
@@ -336,7 +334,8 @@ impl RaftNode {
                 }
                 _ => {}
             }
-            if metrics.changed().await.is_err() {
+            if server.changed().await.is_err() {
+                self.leading_since_ms.store(0, Ordering::Relaxed);
                 return;
             }
         }
