@@ -467,6 +467,30 @@ async fn a_new_group_receives_everything_sent_before_it_started() -> anyhow::Res
     }
     assert_eq!((4, sent.len() as u64, 0), describe_group()?);
 
+    // That reset is a Raft command older versions do not know, proposed only once every member
+    // says it applies it: with node 3 silent, it is refused, and nothing moves.
+    cluster.pause_node(3, true)?;
+    let endpoints = cluster.endpoints();
+    let output = std::process::Command::new(chaos_tests::cluster::raftmq_binary()?)
+        .args(["admin", "group", "reset-offsets", "rc-roundtrip-g"])
+        .args([
+            "--topic",
+            TOPIC,
+            "--to-earliest",
+            "--endpoints",
+            &endpoints[0],
+        ])
+        .output()?;
+    cluster.pause_node(3, false)?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success()
+            && stderr.contains("while node 3 does not answer")
+            && stderr.contains("(FailedPrecondition)"),
+        "{stderr}"
+    );
+    assert_eq!((4, sent.len() as u64, 0), describe_group()?);
+
     producer
         .shutdown()
         .await

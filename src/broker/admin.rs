@@ -21,6 +21,12 @@ const FORWARDED_HEADER: &str = "x-raftmq-forwarded";
 const DEFAULT_TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a new member may take to receive the log when the request names no timeout.
 const DEFAULT_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a member may take to say which command kinds it applies.
+const MEMBER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+/// `Command.kind` field number of ResetPop (proto/raftmq/raft/v1/raft.proto).
+const RESET_POP_KIND: u32 = 13;
+// This version must report that it applies ResetPop.
+const _: () = assert!(RESET_POP_KIND <= raftmq_storage::HIGHEST_COMMAND_KIND);
 
 pub struct Admin {
     broker: Arc<Broker>,
@@ -133,6 +139,7 @@ impl AdminService for Admin {
             disk_low: node.disk.is_low(),
             disk_full: node.disk_full(),
             leading_since_ms: node.leading_since_ms(),
+            highest_command_kind: raftmq_storage::HIGHEST_COMMAND_KIND,
         }))
     }
 
@@ -324,6 +331,11 @@ impl AdminService for Admin {
             // moved offset: they are reset in one command of their own. Pull consumers' offsets
             // are plain commits, which replicas of every version understand.
             let commands: Vec<pb::Command> = if state.has_pop_progress(group, topic_name) {
+                self.require_every_member_applies(
+                    RESET_POP_KIND,
+                    "reset a simple or push consumer group",
+                )
+                .await?;
                 vec![pb::Command {
                     kind: Some(pb::command::Kind::ResetPop(pb::ResetPop {
                         group: group.clone(),
@@ -388,7 +400,7 @@ impl AdminService for Admin {
                 leader: Some(leader),
                 ..
             }) if !forwarded && leader != node.id => {
-                let mut client = self.leader_admin(leader)?;
+                let mut client = self.admin_of(leader)?;
                 client.transfer_leader(forwarded_request(request)).await
             }
             Err(e @ TransferError::NotAVoter(_)) => Err(Status::invalid_argument(e.to_string())),
@@ -448,7 +460,7 @@ impl AdminService for Admin {
                 leader: Some(leader),
                 ..
             }) if !forwarded && leader != node.id => {
-                let mut client = self.leader_admin(leader)?;
+                let mut client = self.admin_of(leader)?;
                 client.add_member(forwarded_request(request)).await
             }
             Err(e) => Err(membership_status(e)),
@@ -470,7 +482,7 @@ impl AdminService for Admin {
                 leader: Some(leader),
                 ..
             }) if !forwarded && leader != node.id => {
-                let mut client = self.leader_admin(leader)?;
+                let mut client = self.admin_of(leader)?;
                 client.remove_member(forwarded_request(request)).await
             }
             Err(e) => Err(membership_status(e)),
@@ -480,17 +492,55 @@ impl AdminService for Admin {
 
 impl Admin {
     /// An admin client of the leader, for a request only the leader can serve.
-    fn leader_admin(&self, leader: u64) -> Result<AdminServiceClient<Channel>, Status> {
+    /// The admin service of another member, through its client address.
+    fn admin_of(&self, id: u64) -> Result<AdminServiceClient<Channel>, Status> {
         let node = &self.broker.node;
         let addr = node
-            .node_addr(leader)
+            .node_addr(id)
             .map(|n| n.client_addr)
-            .ok_or_else(|| Status::internal(format!("leader {leader} has no known address")))?;
+            .ok_or_else(|| Status::internal(format!("node {id} has no known address")))?;
         let channel = node
             .network()
             .channel(&addr)
-            .map_err(|e| Status::unavailable(format!("leader {leader} at {addr}: {e}")))?;
+            .map_err(|e| Status::unavailable(format!("node {id} at {addr}: {e}")))?;
         Ok(AdminServiceClient::new(channel))
+    }
+
+    /// Refuse to propose a command of `kind` unless every member says it applies that kind:
+    /// an older replica stops at an entry it does not know, and again after every restart,
+    /// until it is upgraded. A member that does not answer may be such a replica.
+    async fn require_every_member_applies(&self, kind: u32, what: &str) -> Result<(), Status> {
+        let node = &self.broker.node;
+        let members: Vec<u64> = node
+            .metrics()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect();
+        for id in members.into_iter().filter(|id| *id != node.id) {
+            let mut request = Request::new(admin::ClusterStatusRequest {});
+            request.set_timeout(MEMBER_STATUS_TIMEOUT);
+            let highest = match self.admin_of(id)?.cluster_status(request).await {
+                Ok(status) => status.into_inner().highest_command_kind,
+                // Not UNAVAILABLE: clients take that for this node being down and try
+                // another, which would meet the same silent member.
+                Err(e) => {
+                    return Err(Status::failed_precondition(format!(
+                        "cannot {what} while node {id} does not answer ({}): every member must \
+                         be known to run a version that applies it",
+                        e.message()
+                    )));
+                }
+            };
+            if highest < kind {
+                return Err(Status::failed_precondition(format!(
+                    "cannot {what} yet: node {id} runs an older raftmq that does not know how; \
+                     finish upgrading every node first"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The group's members as this node sees them, with the leader's replication progress.
@@ -541,4 +591,21 @@ fn membership_status(e: MembershipError) -> Status {
 fn valid_addr(addr: &str) -> bool {
     addr.rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+
+    /// RESET_POP_KIND is ResetPop's field number on the wire.
+    #[test]
+    fn the_reset_pop_kind_is_its_field_number() {
+        let command = pb::Command {
+            kind: Some(pb::command::Kind::ResetPop(pb::ResetPop::default())),
+        };
+        let key = command.encode_to_vec()[0];
+        assert_eq!(RESET_POP_KIND, u32::from(key >> 3));
+    }
 }

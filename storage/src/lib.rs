@@ -33,4 +33,6 @@ pub use disk::{DiskChange, DiskSpace};
 pub use error::StorageError;
 pub use log::{LogRecord, LogStore};
 pub use pop::{DEFAULT_MAX_DELIVERY_ATTEMPTS, PopHint, dead_letter_topic};
-pub use state::{ApplyItem, BrokerState, QueueProgress, StateExport, StoredRecord};
+pub use state::{
+    ApplyItem, BrokerState, HIGHEST_COMMAND_KIND, QueueProgress, StateExport, StoredRecord,
+};

@@ -50,6 +50,11 @@ pub enum ApplyItem {
     Command(std::sync::Arc<pb::Command>),
 }
 
+/// The highest `Command.kind` field number this version applies. Raise it with every new
+/// kind: nodes report it in their status, and a command of a new kind is only proposed once
+/// every member applies it (an older replica stops at an entry it does not know).
+pub const HIGHEST_COMMAND_KIND: u32 = 13;
+
 /// A message read back from a queue.
 #[derive(Debug, Clone)]
 pub struct StoredRecord {
