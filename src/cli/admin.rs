@@ -258,6 +258,7 @@ fn node_json(
             "disk_low": s.disk_low,
             "disk_full": s.disk_full,
             "leading_since_ms": s.leading_since_ms,
+            "highest_command_kind": s.highest_command_kind,
         }),
         Err(e) => json!({"endpoint": endpoint, "reachable": false, "error": e}),
     }
