@@ -324,6 +324,43 @@ async fn the_producer_sends_normal_messages_of_every_size() -> anyhow::Result<()
 // ---------------------------------------------------------------------------------------
 // SimpleConsumer.
 
+/// Receive until every message of `sent` has come once, each as a first delivery with what
+/// was sent, acknowledging each; at most 40 s.
+async fn receive_each_once(
+    consumer: &SimpleConsumer,
+    topic: &str,
+    sent: &HashMap<String, Sent>,
+    cluster: &Cluster,
+) -> anyhow::Result<()> {
+    let mut received: HashSet<String> = HashSet::new();
+    let give_up = Instant::now() + Duration::from_secs(40);
+    while received.len() < sent.len() {
+        ensure!(
+            Instant::now() < give_up,
+            "received {} of {} messages after 40 s; missing {:?}\n{}",
+            received.len(),
+            sent.len(),
+            sent.keys()
+                .filter(|id| !received.contains(*id))
+                .collect::<Vec<_>>(),
+            cluster.log_tails(30)
+        );
+        let messages = receive(consumer, topic, &all_tags(), 32, Duration::from_secs(4))
+            .await
+            .with_context(|| cluster.log_tails(30))?;
+        for message in &messages {
+            let id = message.message_id().to_string();
+            let expected = sent
+                .get(&id)
+                .unwrap_or_else(|| panic!("received {id}, which was never sent"));
+            assert!(received.insert(id.clone()), "{id} was delivered twice");
+            check_delivered(topic, message, expected, 1);
+            ack(consumer, message).await?;
+        }
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_new_group_receives_everything_sent_before_it_started() -> anyhow::Result<()> {
     let panics = watch_panics();
@@ -371,33 +408,9 @@ async fn a_new_group_receives_everything_sent_before_it_started() -> anyhow::Res
     sent.insert(id, bare);
 
     let consumer = start_consumer(&access, "rc-roundtrip-g", &[TOPIC], POLL).await?;
-    let mut received: HashSet<String> = HashSet::new();
-    let give_up = Instant::now() + Duration::from_secs(40);
-    while received.len() < sent.len() {
-        assert!(
-            Instant::now() < give_up,
-            "received {} of {} messages after 40 s; missing {:?}\n{}",
-            received.len(),
-            sent.len(),
-            sent.keys()
-                .filter(|id| !received.contains(*id))
-                .collect::<Vec<_>>(),
-            cluster.log_tails(30)
-        );
-        let messages = receive(&consumer, TOPIC, &all_tags(), 32, Duration::from_secs(4))
-            .await
-            .with_context(|| cluster.log_tails(30))?;
-        for message in &messages {
-            let id = message.message_id().to_string();
-            let expected = sent
-                .get(&id)
-                .unwrap_or_else(|| panic!("received {id}, which was never sent"));
-            assert!(!received.contains(&id), "{id} was delivered twice");
-            check_delivered(TOPIC, message, expected, 1);
-            ack(&consumer, message).await?;
-            received.insert(id);
-        }
-    }
+    receive_each_once(&consumer, TOPIC, &sent, &cluster)
+        .await
+        .context("the first receive")?;
 
     // Acknowledged messages never come back, not even after their invisible duration (4 s).
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -446,25 +459,9 @@ async fn a_new_group_receives_everything_sent_before_it_started() -> anyhow::Res
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert_eq!((4, 0, sent.len() as u64), describe_group()?);
-    let mut replayed: HashSet<String> = HashSet::new();
-    let give_up = Instant::now() + Duration::from_secs(40);
-    while replayed.len() < sent.len() {
-        assert!(
-            Instant::now() < give_up,
-            "received {} of {} messages again after the reset",
-            replayed.len(),
-            sent.len()
-        );
-        for message in receive(&consumer, TOPIC, &all_tags(), 32, Duration::from_secs(4)).await? {
-            let id = message.message_id().to_string();
-            let expected = sent
-                .get(&id)
-                .unwrap_or_else(|| panic!("received {id}, which was never sent"));
-            assert!(replayed.insert(id.clone()), "{id} was replayed twice");
-            check_delivered(TOPIC, &message, expected, 1);
-            ack(&consumer, &message).await?;
-        }
-    }
+    receive_each_once(&consumer, TOPIC, &sent, &cluster)
+        .await
+        .context("the replay after the reset")?;
     assert_eq!((4, sent.len() as u64, 0), describe_group()?);
 
     // That reset is a Raft command older versions do not know, proposed only once every member
