@@ -491,8 +491,8 @@ impl AdminService for Admin {
 }
 
 impl Admin {
-    /// An admin client of the leader, for a request only the leader can serve.
-    /// The admin service of another member, through its client address.
+    /// The admin service of another member (the leader, for a request only it can serve),
+    /// through its client address.
     fn admin_of(&self, id: u64) -> Result<AdminServiceClient<Channel>, Status> {
         let node = &self.broker.node;
         let addr = node
