@@ -225,7 +225,7 @@ impl BrokerState {
             return Ok(());
         };
         let dlq = dead_letter_topic(group);
-        if !pending.topics.contains_key(&dlq) && !cache.topics.contains_key(&dlq) {
+        if pending.topic(cache, &dlq).is_none() {
             let config = pb::TopicConfig {
                 name: dlq.clone(),
                 queues: 1,
@@ -255,11 +255,7 @@ impl BrokerState {
             log_index,
             deliveries: Vec::new(),
         };
-        let queues = match pending
-            .topics
-            .get(&pop.topic)
-            .or_else(|| cache.topics.get(&pop.topic))
-        {
+        let queues = match pending.topic(cache, &pop.topic) {
             Some(topic) => topic.queues,
             None => return Ok(result),
         };
@@ -353,9 +349,7 @@ impl BrokerState {
     /// Queues the topic does not have (or a topic that does not exist) are left alone.
     pub(crate) fn apply_reset_pop(cache: &Cache, pending: &mut PendingApply, reset: &pb::ResetPop) {
         let queues = pending
-            .topics
-            .get(&reset.topic)
-            .or_else(|| cache.topics.get(&reset.topic))
+            .topic(cache, &reset.topic)
             .map_or(0, |topic| topic.queues);
         for queue in reset.queues.iter().filter(|q| q.queue_id < queues) {
             pending.pops.insert(

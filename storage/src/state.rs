@@ -442,36 +442,30 @@ impl BrokerState {
             Some(Kind::Append(append)) => {
                 ResultKind::Append(self.apply_append(cache, pending, batch, log_index, append)?)
             }
-            Some(Kind::CreateTopic(create)) => {
-                let existing = pending
-                    .topics
-                    .get(&create.name)
-                    .or_else(|| cache.topics.get(&create.name));
-                match existing {
-                    Some(topic) => ResultKind::Topic(pb::TopicResult {
-                        topic: Some(topic.clone()),
-                        created: false,
-                    }),
-                    None => {
-                        let topic = pb::TopicConfig {
-                            name: create.name.clone(),
-                            queues: create.queues.max(1),
-                            created_ms: create.created_ms,
-                            message_type: create.message_type,
-                        };
-                        batch.put_cf(
-                            &self.db.cf(CF_META),
-                            keys::topic_key(&topic.name),
-                            topic.encode_to_vec(),
-                        );
-                        pending.topics.insert(topic.name.clone(), topic.clone());
-                        ResultKind::Topic(pb::TopicResult {
-                            topic: Some(topic),
-                            created: true,
-                        })
-                    }
+            Some(Kind::CreateTopic(create)) => match pending.topic(cache, &create.name) {
+                Some(topic) => ResultKind::Topic(pb::TopicResult {
+                    topic: Some(topic.clone()),
+                    created: false,
+                }),
+                None => {
+                    let topic = pb::TopicConfig {
+                        name: create.name.clone(),
+                        queues: create.queues.max(1),
+                        created_ms: create.created_ms,
+                        message_type: create.message_type,
+                    };
+                    batch.put_cf(
+                        &self.db.cf(CF_META),
+                        keys::topic_key(&topic.name),
+                        topic.encode_to_vec(),
+                    );
+                    pending.topics.insert(topic.name.clone(), topic.clone());
+                    ResultKind::Topic(pb::TopicResult {
+                        topic: Some(topic),
+                        created: true,
+                    })
                 }
-            }
+            },
             Some(Kind::CommitOffset(commit)) => {
                 ResultKind::Offset(self.apply_commit_offset(pending, batch, log_index, commit)?)
             }
@@ -1039,6 +1033,13 @@ pub(crate) struct PendingApply {
     pub(crate) txns: HashMap<Vec<u8>, pb::TransactionRecord>,
     /// Consumer offsets committed by this call: `offsets` key → log index of the commit.
     pub(crate) offsets_changed_at: HashMap<Vec<u8>, u64>,
+}
+
+impl PendingApply {
+    /// A topic as of the item being applied: created earlier in this call, or before it.
+    pub(crate) fn topic<'a>(&'a self, cache: &'a Cache, name: &str) -> Option<&'a pb::TopicConfig> {
+        self.topics.get(name).or_else(|| cache.topics.get(name))
+    }
 }
 
 #[cfg(test)]
