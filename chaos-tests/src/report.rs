@@ -45,7 +45,7 @@ pub struct FaultWindow {
     /// Every node caught up with the leader's commit index (or the wait gave up).
     pub recovered_ms: u64,
     pub recovery_error: Option<String>,
-    /// When a leader of a newer term was first seen, and which node.
+    /// When a new leader took office (by its own `leading_since_ms`), and which node.
     pub new_leader_ms: Option<u64>,
     pub new_leader: Option<u64>,
     /// Filled in by the report: see [`FaultWindow::measure_unavailable`].
@@ -108,9 +108,10 @@ pub struct FaultRow {
     pub duplicated: usize,
     pub reordered: usize,
     pub unavailable_ms: Spread,
-    /// Injection to a new leader seen (detection and election together).
+    /// Injection to the moment a new leader took office, by its own clock (detection and
+    /// election together).
     pub election_ms: Spread,
-    /// New leader seen to the first acknowledgement: the clients finding their way to it.
+    /// New leader in office to the first acknowledgement: the clients finding their way to it.
     pub reroute_ms: Spread,
     pub not_recovered: usize,
 }

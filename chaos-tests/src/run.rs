@@ -80,6 +80,9 @@ impl RunOptions {
 /// What the workload tasks share.
 struct Workload {
     started: Instant,
+    /// `started` on the wall clock (ms since the epoch), to place a node's `leading_since_ms`
+    /// on the run's timeline; the nodes run on this host and share its clock.
+    started_wall_ms: i64,
     history: History,
     ops: Mutex<Vec<Op>>,
     /// Bodies some consumer received (each must be committed: still present at the end).
@@ -94,6 +97,12 @@ struct Workload {
 impl Workload {
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
+    }
+
+    /// A node's `leading_since_ms` on the run's timeline, no later than now (ms since start).
+    fn since_start_ms(&self, wall_ms: i64) -> u64 {
+        let at = u64::try_from(wall_ms.saturating_sub(self.started_wall_ms)).unwrap_or(0);
+        at.min(self.now_ms())
     }
 }
 
@@ -146,6 +155,9 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<RunReport> {
 
     let workload = Arc::new(Workload {
         started: Instant::now(),
+        started_wall_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
         history: History::default(),
         ops: Mutex::new(Vec::new()),
         consumed: Mutex::new(HashSet::new()),
@@ -278,9 +290,11 @@ async fn run_step(
     })
 }
 
-/// The first node seen leading other than `old_leader` in `old_term`, and when (ms since
-/// start). Every node is probed on its own, each probe bounded and on a fresh connection, so
-/// a paused or cut-off node cannot slow the watch down.
+/// The first node seen leading other than `old_leader` in `old_term`, and when it took the
+/// lead (ms since start): its own `leading_since_ms`, so the time does not depend on how often
+/// this watch polls (the moment it was seen when a node does not report it). Every node is
+/// probed on its own, each probe bounded and on a fresh connection, so a paused or cut-off
+/// node cannot slow the watch down.
 async fn watch_new_leader(
     workload: Arc<Workload>,
     endpoints: Vec<String>,
@@ -302,7 +316,11 @@ async fn watch_new_leader(
                             && s.role == "leader"
                             && (s.term > old_term || Some(s.node_id) != old_leader)
                         {
-                            return (s.node_id, workload.now_ms());
+                            let at = s.leading_since_ms.map_or_else(
+                                || workload.now_ms(),
+                                |ms| workload.since_start_ms(ms),
+                            );
+                            return (s.node_id, at);
                         }
                     }
                 }

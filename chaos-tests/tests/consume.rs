@@ -199,6 +199,11 @@ async fn the_cli_produces_consumes_and_reports() -> anyhow::Result<()> {
     );
     let table = run(&["admin", "cluster"]);
     assert!(table.contains("leader"), "{table}");
+    let leader_id = nodes.iter().find(|n| n["role"] == "leader").unwrap()["node_id"].clone();
+    assert!(
+        table.contains(&format!("node {leader_id} has led term")),
+        "the table says how long the leader has led:\n{table}"
+    );
 
     let described = run(&["admin", "topic", "describe", "cli"]);
     assert!(described.contains("cli"), "{described}");

@@ -1,5 +1,7 @@
 //! `raftmq admin`: cluster status, topics and consumer groups.
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use raftmq_proto::admin::v1 as admin;
 use serde_json::json;
 
@@ -212,6 +214,34 @@ fn all_unreachable_is_an_error(
     Ok(())
 }
 
+/// How long the leader has led, from its own clock: after a failover drill this is the first
+/// thing an operator looks for.
+fn tenure_line(leader: &admin::NodeStatus) -> Option<String> {
+    let since = leader.leading_since_ms?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()?
+        .as_millis() as i64;
+    let led = Duration::from_millis(u64::try_from(now - since).unwrap_or(0));
+    Some(format!(
+        "node {} has led term {} for {}",
+        leader.node_id,
+        leader.term,
+        led_for_text(led)
+    ))
+}
+
+/// `850 ms`, `12.4 s`, `7m 03s`, `5h 02m`.
+fn led_for_text(led: Duration) -> String {
+    let secs = led.as_secs();
+    match secs {
+        0 => format!("{} ms", led.as_millis()),
+        1..60 => format!("{:.1} s", led.as_secs_f64()),
+        60..3600 => format!("{}m {:02}s", secs / 60, secs % 60),
+        _ => format!("{}h {:02}m", secs / 3600, secs % 3600 / 60),
+    }
+}
+
 fn opt(value: Option<u64>) -> String {
     value.map_or_else(|| "-".into(), |v| v.to_string())
 }
@@ -345,7 +375,7 @@ fn print_group_progress(name: &str, reply: &admin::DescribeGroupResponse) {
 
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     let mut client = args.endpoints.client()?;
-    client.timeout = std::time::Duration::from_millis(args.timeout_ms);
+    client.timeout = Duration::from_millis(args.timeout_ms);
     match args.command {
         AdminCommand::Cluster { json } => {
             let statuses = client.cluster_status().await;
@@ -404,6 +434,9 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                         "?", "unreachable", "-", "-", "-", "-", "-", "-", "-"
                     ),
                 }
+            }
+            if let Some(line) = leader.and_then(tenure_line) {
+                println!("{line}");
             }
             all_unreachable_is_an_error(&statuses)?;
         }
@@ -670,4 +703,22 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         },
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leaders_tenure_reads_in_the_unit_that_fits() {
+        let cases = [
+            (850, "850 ms"),
+            (12_400, "12.4 s"),
+            (423_000, "7m 03s"),
+            (18_120_000, "5h 02m"),
+        ];
+        for (ms, text) in cases {
+            assert_eq!(led_for_text(Duration::from_millis(ms)), text);
+        }
+    }
 }
