@@ -207,7 +207,20 @@ async fn the_cli_produces_consumes_and_reports() -> anyhow::Result<()> {
 
     let described = run(&["admin", "topic", "describe", "cli"]);
     assert!(described.contains("cli"), "{described}");
+
+    // A read never creates a topic, even where sends do: a mistyped name is refused.
+    let typo = cli.run(&["consume", "--topic", "clj", "--from", "beginning"]);
+    let stderr = String::from_utf8_lossy(&typo.stderr);
+    assert!(!typo.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("topic `clj` does not exist, so there is nothing to consume"),
+        "{stderr}"
+    );
     let listed = run(&["admin", "topic", "list"]);
+    assert!(
+        !listed.contains("clj"),
+        "the consume created the topic:\n{listed}"
+    );
     assert!(listed.contains("cli"), "{listed}");
 
     // The produce benchmark: what it sends during its warmup is stored but left out of its

@@ -190,9 +190,9 @@ impl AdminService for Admin {
         let name = request.into_inner().name;
         let topic = self
             .broker
-            .node
-            .state
-            .topic(&name)
+            .existing_topic(&name)
+            .await
+            .map_err(to_status)?
             .ok_or_else(|| Status::not_found(format!("topic `{name}` does not exist")))?;
         Ok(Response::new(admin::DescribeTopicResponse {
             topic: Some(self.topic_info(topic)),

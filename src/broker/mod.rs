@@ -68,13 +68,7 @@ impl Broker {
     /// A topic for a write or read: known locally, or created now when auto-create is on.
     pub async fn resolve_topic(&self, name: &str) -> Result<pb::TopicConfig, Rejection> {
         validate::topic_name(name)?;
-        if let Some(topic) = self.node.state.topic(name) {
-            return Ok(topic);
-        }
-        // This node may lag behind (a follower catching up): look again once it has applied
-        // everything committed so far, so that no node denies a topic that exists.
-        self.node.read_barrier(PROPOSE_DEADLINE).await?;
-        if let Some(topic) = self.node.state.topic(name) {
+        if let Some(topic) = self.existing_topic(name).await? {
             return Ok(topic);
         }
         if !self.config.auto_create_topics {
@@ -89,6 +83,17 @@ impl Broker {
             .create_topic(name, self.config.default_queues, 0)
             .await?;
         Ok(created.topic.unwrap_or_default())
+    }
+
+    /// A topic as the group has committed it. This node may lag behind (a follower catching
+    /// up): when it does not know the name, it looks again once it has applied everything
+    /// committed so far, so that no node denies a topic that exists.
+    pub async fn existing_topic(&self, name: &str) -> Result<Option<pb::TopicConfig>, Rejection> {
+        if let Some(topic) = self.node.state.topic(name) {
+            return Ok(Some(topic));
+        }
+        self.node.read_barrier(PROPOSE_DEADLINE).await?;
+        Ok(self.node.state.topic(name))
     }
 
     /// Create a topic; `message_type` is the one type it accepts (0: every type).

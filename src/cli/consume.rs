@@ -3,9 +3,13 @@
 
 use std::time::Duration;
 
+use raftmq_proto::admin::v1 as admin;
+use raftmq_proto::admin::v1::admin_service_client::AdminServiceClient;
 use raftmq_proto::rocketmq::v2;
+use tonic::transport::Channel;
 
 use super::EndpointArgs;
+use crate::client::{Client, ClientError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum StartFrom {
@@ -39,6 +43,7 @@ pub struct ConsumeArgs {
 
 pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     let client = args.endpoints.client()?;
+    require_topic(&client, &args.topic).await?;
     let queues = client.route(&args.topic).await?.len() as i32;
     let mut offsets = Vec::with_capacity(queues as usize);
     for queue in 0..queues {
@@ -112,4 +117,27 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     }
     eprintln!("{received} message(s) received; every queue is drained");
     Ok(())
+}
+
+/// Reading must not create the topic, as the route query does where the group auto-creates
+/// topics: a mistyped name would leave an empty topic behind and read nothing.
+async fn require_topic(client: &Client, topic: &str) -> anyhow::Result<()> {
+    let describe = |mut admin: AdminServiceClient<Channel>| {
+        let request = admin::DescribeTopicRequest {
+            name: topic.to_string(),
+        };
+        async move { admin.describe_topic(request).await }
+    };
+    match client.admin(describe).await {
+        Ok(_) => Ok(()),
+        Err(ClientError::AdminRefused {
+            code: tonic::Code::NotFound,
+            ..
+        }) => anyhow::bail!(
+            "topic `{topic}` does not exist, so there is nothing to consume (create it with \
+             `raftmq admin topic create {topic}`, or send to it first where topics are \
+             auto-created)"
+        ),
+        Err(e) => Err(e.into()),
+    }
 }
