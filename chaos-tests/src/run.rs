@@ -155,9 +155,7 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<RunReport> {
 
     let workload = Arc::new(Workload {
         started: Instant::now(),
-        started_wall_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64),
+        started_wall_ms: raftmq::broker::messages::now_ms(),
         history: History::default(),
         ops: Mutex::new(Vec::new()),
         consumed: Mutex::new(HashSet::new()),

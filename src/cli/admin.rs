@@ -1,11 +1,12 @@
 //! `raftmq admin`: cluster status, topics and consumer groups.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use raftmq_proto::admin::v1 as admin;
 use serde_json::json;
 
 use super::EndpointArgs;
+use crate::broker::messages::now_ms;
 
 #[derive(Debug, clap::Args)]
 pub struct AdminArgs {
@@ -218,11 +219,7 @@ fn all_unreachable_is_an_error(
 /// thing an operator looks for.
 fn tenure_line(leader: &admin::NodeStatus) -> Option<String> {
     let since = leader.leading_since_ms?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .ok()?
-        .as_millis() as i64;
-    let led = Duration::from_millis(u64::try_from(now - since).unwrap_or(0));
+    let led = Duration::from_millis(u64::try_from(now_ms() - since).unwrap_or(0));
     Some(format!(
         "node {} has led term {} for {}",
         leader.node_id,
