@@ -5,7 +5,8 @@
     python rocketmq_scenarios.py SCENARIO --endpoints "127.0.0.1:P1;127.0.0.1:P2;127.0.0.1:P3" \
         --topic TOPIC [--group GROUP] [--duration SECONDS] [--timeout SECONDS]
 
-Scenarios (the topic, and for `fifo` the FIFO consumer group, must exist beforehand):
+Scenarios (the topic, and for `fifo` the FIFO consumer group, must exist beforehand, except
+for `consumer_first`, whose topic must not exist on a cluster that auto-creates topics):
 
     produce    NORMAL messages with tag, keys and properties, bodies from 1 byte to 4 MiB
     simple     SimpleConsumer: tag filter, long polling, message fields, ack
@@ -15,6 +16,8 @@ Scenarios (the topic, and for `fifo` the FIFO consumer group, must exist beforeh
     transaction  commit, rollback, and an unknown outcome resolved by the broker's check-back
     push       PushConsumer: a listener acks, a FAILURE is redelivered
     failover   produce and consume for --duration seconds while the caller kills nodes
+    consumer_first  a simple and a push consumer start before their topic exists; the
+               producer's first send creates it and both consumers get every message
 
 Progress goes to stdout. The last stdout line is a JSON summary with `"ok": true|false`. The
 exit status is 0 on success, 1 when an expectation failed, 2 on bad usage and 3 when the
@@ -902,6 +905,44 @@ def scenario_failover(args, clients):
     check(not missing, f"{len(missing)} acknowledged messages were never received, e.g. {missing[:5]}")
 
 
+def scenario_consumer_first(args, clients):
+    simple = clients.simple_consumer(args.group, args.topic, "*", await_duration=3)
+    sent = Sent()
+    listener = RecordingListener(args.topic, sent)
+    push = PushConsumer(clients.config, f"{args.group}-push", listener,
+                        {args.topic: FilterExpression("*")}, consumption_thread_count=2)
+    clients.start(push, f"push consumer {args.group}-push", seconds=25)
+    # The caller checks that starting consumers created no topic while this receive waits.
+    log("PHASE consumers started")
+    messages, took = receive(simple, 16, 15, await_s=3)
+    check(not messages, f"a receive on a topic nobody sent to returned {len(messages)} messages")
+    SUMMARY["empty_poll_s"] = round(took, 2)
+
+    producer = clients.producer(args.topic)
+    for seq in range(10):
+        sent.send(producer, make_message(args.topic, seq, f"first {seq}".encode()))
+    wanted = set(sent.by_id)
+    received = set()
+    deadline = time.monotonic() + 30
+    while True:
+        with listener.lock:
+            pushed = {mid for mid, _, _ in listener.deliveries}
+        if wanted <= received and wanted <= pushed:
+            break
+        check(not listener.problems, f"push listener saw: {listener.problems[:5]}")
+        check(time.monotonic() < deadline,
+              f"after 30s the simple consumer had {len(received & wanted)} and the push consumer "
+              f"{len(pushed & wanted)} of {len(wanted)} messages")
+        messages, _ = receive(simple, 16, 15, await_s=3)
+        for msg in ours(simple, messages):
+            check(msg.message_id in wanted, f"unexpected message {msg.message_id}")
+            check_delivered(msg, sent.by_id[msg.message_id], args.topic, attempt=1)
+            bounded("consumer.ack()", lambda: simple.ack(msg), 10)
+            received.add(msg.message_id)
+    log(f"both consumers got all {len(wanted)} messages sent after they started")
+    SUMMARY.update(sent=len(wanted), received=len(received), pushed=len(pushed & wanted))
+
+
 SCENARIOS = {
     "produce": scenario_produce,
     "simple": scenario_simple,
@@ -911,6 +952,7 @@ SCENARIOS = {
     "transaction": scenario_transaction,
     "push": scenario_push,
     "failover": scenario_failover,
+    "consumer_first": scenario_consumer_first,
 }
 
 

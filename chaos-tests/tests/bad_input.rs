@@ -6,6 +6,7 @@ use bytes::Bytes;
 use chaos_tests::cluster::{Cluster, ClusterOptions};
 use raftmq::cli::bench_connection::{BenchConnection, CallError};
 use raftmq::client::{Client, ClientError, message};
+use raftmq_proto::admin::v1 as admin;
 use raftmq_proto::raft::v1::NodeStatusRequest;
 use raftmq_proto::raft::v1::raft_service_client::RaftServiceClient;
 use raftmq_proto::rocketmq::v2::{Code, HeartbeatRequest, HeartbeatResponse, Message};
@@ -170,7 +171,8 @@ async fn each_bad_input_gets_its_code() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn topics_are_auto_created_when_enabled() -> anyhow::Result<()> {
+async fn topics_are_auto_created_by_the_first_send_and_never_by_reads() -> anyhow::Result<()> {
+    use raftmq_proto::rocketmq::v2::QueryOffsetPolicy;
     let cluster = Cluster::start(ClusterOptions {
         auto_create_topics: true,
         extra_args: vec!["--default-queues".into(), "4".into()],
@@ -178,11 +180,91 @@ async fn topics_are_auto_created_when_enabled() -> anyhow::Result<()> {
     })
     .await?;
     let client = cluster.client();
+    let topics = || async {
+        let listed = client
+            .admin(|mut c| async move { c.list_topics(admin::ListTopicsRequest {}).await })
+            .await?;
+        anyhow::Ok(
+            listed
+                .into_inner()
+                .topics
+                .into_iter()
+                .map(|t| (t.name, t.queues))
+                .collect::<Vec<_>>(),
+        )
+    };
+
+    // A consumer that starts first sees an empty topic of the default queue count, on every
+    // node, and none of its calls creates the topic.
+    for node in 1..=3 {
+        let reader = cluster.node_client(node);
+        assert_eq!(reader.route("fresh").await?.len(), 4);
+        let (pulled, next) = reader.pull("g", "fresh", 3, 0, 10, Duration::ZERO).await?;
+        assert!(pulled.is_empty());
+        assert_eq!(next, 0);
+        assert_eq!(
+            reader
+                .query_offset("fresh", 2, QueryOffsetPolicy::End)
+                .await?,
+            0
+        );
+        assert_eq!(reader.get_offset("g", "fresh", 0).await?, None);
+        let received = reader
+            .receive("g", "fresh", 8, Duration::from_secs(30), Duration::ZERO)
+            .await?;
+        assert!(received.is_empty());
+        assert_eq!(
+            code_of(reader.pull("g", "fresh", 4, 0, 10, Duration::ZERO).await),
+            Code::BadRequest,
+            "queue 4 is past the default queue count"
+        );
+    }
+    assert_eq!(topics().await?, Vec::<(String, u32)>::new());
+
+    // Pulls on every queue and a receive, all waiting on the topic that does not exist yet:
+    // the first send creates it, and the pull of its queue and the receive wake with it.
+    let mut pulls = tokio::task::JoinSet::new();
+    for queue in 0..4 {
+        let reader = cluster.node_client(2);
+        pulls.spawn(async move {
+            reader
+                .pull("g", "fresh", queue, 0, 10, Duration::from_secs(10))
+                .await
+        });
+    }
+    let receiving = {
+        let reader = cluster.node_client(3);
+        tokio::spawn(async move {
+            let invisible = Duration::from_secs(30);
+            reader
+                .receive("g2", "fresh", 8, invisible, Duration::from_secs(10))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let sent = client
         .send(vec![message("fresh", b"hello".to_vec(), None, &[])])
         .await?;
     assert_eq!(sent[0].offset, 0);
+    let mut pulled = Vec::new();
+    while pulled.is_empty()
+        && let Some(done) = pulls.join_next().await
+    {
+        pulled = done??.0;
+    }
+    pulls.abort_all();
+    assert_eq!(pulled.len(), 1, "a waiting pull got the first message");
+    assert_eq!(pulled[0].body, "hello");
+    let received = receiving.await??;
+    assert_eq!(
+        received.len(),
+        1,
+        "the waiting receive got the first message"
+    );
+    assert_eq!(received[0].body, "hello");
+    assert_eq!(topics().await?, vec![("fresh".to_string(), 4)]);
     assert_eq!(client.route("fresh").await?.len(), 4);
+
     // Illegal names are still refused, not created.
     assert_eq!(
         code_of(
@@ -192,12 +274,15 @@ async fn topics_are_auto_created_when_enabled() -> anyhow::Result<()> {
         ),
         Code::IllegalTopic
     );
+    assert_eq!(
+        code_of(client.route("no/slashes").await),
+        Code::IllegalTopic
+    );
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_typed_topic_accepts_only_its_message_type() -> anyhow::Result<()> {
-    use raftmq_proto::admin::v1 as admin;
     use raftmq_proto::rocketmq::v2::MessageType;
     let cluster = Cluster::start(ClusterOptions::default()).await?;
     let client = cluster.client();

@@ -321,6 +321,54 @@ async fn python_push_consumer_acks_and_gets_a_failed_message_again() -> anyhow::
     Ok(())
 }
 
+/// The names of the topics the group holds.
+async fn topic_names(cluster: &Cluster) -> anyhow::Result<Vec<String>> {
+    use raftmq_proto::admin::v1::ListTopicsRequest;
+    let listed = cluster
+        .client()
+        .admin(|mut c| async move { c.list_topics(ListTopicsRequest {}).await })
+        .await?;
+    Ok(listed
+        .into_inner()
+        .topics
+        .into_iter()
+        .map(|t| t.name)
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn python_consumers_started_before_their_topic_exists_get_its_first_messages()
+-> anyhow::Result<()> {
+    python()?;
+    let cluster = Cluster::start(ClusterOptions {
+        auto_create_topics: true,
+        extra_args: vec!["--default-queues".into(), QUEUES.to_string()],
+        ..Default::default()
+    })
+    .await?;
+    let args = vec![
+        "--endpoints".to_string(),
+        follower_access_point(&cluster).await?,
+        "--topic".to_string(),
+        "py-first".to_string(),
+        "--timeout".to_string(),
+        "50".to_string(),
+    ];
+    let scenario = Scenario::spawn("consumer_first", &args)?;
+    scenario
+        .wait_for_line("PHASE consumers started", Duration::from_secs(40))
+        .await?;
+    // Route queries, assignments and receives of the starting consumers created nothing.
+    assert_eq!(topic_names(&cluster).await?, Vec::<String>::new());
+    let outcome = scenario.finish(Duration::from_secs(60)).await?;
+    outcome.assert_passed(&cluster);
+    assert_eq!(outcome.number("received"), 10, "{}", outcome.summary);
+    assert_eq!(outcome.number("pushed"), 10, "{}", outcome.summary);
+    // The producer's first send created it.
+    assert_eq!(topic_names(&cluster).await?, vec!["py-first".to_string()]);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn python_delay_messages_arrive_at_their_delivery_time() -> anyhow::Result<()> {
     let cluster = cluster_with_topic("py-delay").await?;

@@ -192,7 +192,7 @@ impl Broker {
             .as_ref()
             .ok_or_else(|| Rejection::bad_request("ReceiveMessage without message_queue"))?;
         let topic = self
-            .resolve_topic(queue.topic.as_ref().map(|t| t.name.as_str()).unwrap_or(""))
+            .topic_for_read(queue.topic.as_ref().map(|t| t.name.as_str()).unwrap_or(""))
             .await?;
         let filter = TagFilter::parse(request.filter_expression.as_ref())?;
         let tags = match filter {
@@ -449,7 +449,7 @@ impl Broker {
             .as_ref()
             .map(|t| t.name.as_str())
             .unwrap_or("");
-        let topic = self.resolve_topic(topic_name).await?;
+        let topic = self.topic_for_read(topic_name).await?;
         let fifo = self.node.state.group(group).is_some_and(|g| g.fifo);
         let queue_ids: Vec<i32> = if fifo {
             (0..topic.queues as i32).collect()

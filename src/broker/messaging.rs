@@ -183,7 +183,7 @@ impl Messaging {
     ) -> Result<Vec<v2::MessageQueue>, Rejection> {
         let broker = &self.broker;
         let topic = broker
-            .resolve_topic(resource_name(request.topic.as_ref()))
+            .topic_for_read(resource_name(request.topic.as_ref()))
             .await?;
         let resource = request.topic.clone().unwrap_or_default();
         Ok((0..topic.queues)
@@ -232,7 +232,7 @@ impl Messaging {
             validate::message(message, broker.config.max_body_bytes)?;
             validate::delivery_time(message, now, broker.config.max_delay)?;
         }
-        let topic = broker.resolve_topic(&topic_name).await?;
+        let topic = broker.topic_for_send(&topic_name).await?;
         for message in &request.messages {
             validate::message_type_fits(message, topic.message_type)?;
         }
@@ -287,7 +287,7 @@ impl Messaging {
             .as_ref()
             .ok_or_else(|| Rejection::bad_request("PullMessage without message_queue"))?;
         let topic = broker
-            .resolve_topic(resource_name(queue.topic.as_ref()))
+            .topic_for_read(resource_name(queue.topic.as_ref()))
             .await?;
         let queue_id = broker.check_queue(&topic, queue.id)?;
         let filter = TagFilter::parse(request.filter_expression.as_ref())?;
@@ -350,7 +350,7 @@ impl Messaging {
         let queue = self.message_queue(request.message_queue.as_ref())?;
         let topic = self
             .broker
-            .resolve_topic(resource_name(queue.topic.as_ref()))
+            .topic_for_read(resource_name(queue.topic.as_ref()))
             .await?;
         let queue_id = self.broker.check_queue(&topic, queue.id)?;
         let state = &self.broker.node.state;
@@ -381,7 +381,7 @@ impl Messaging {
         let queue = self.message_queue(request.message_queue.as_ref())?;
         let topic = self
             .broker
-            .resolve_topic(resource_name(queue.topic.as_ref()))
+            .topic_for_read(resource_name(queue.topic.as_ref()))
             .await?;
         let queue_id = self.broker.check_queue(&topic, queue.id)?;
         // A consumer resumes from this offset: a node that lags behind (or was cut off and
@@ -420,7 +420,7 @@ impl Messaging {
         let queue = self.message_queue(request.message_queue.as_ref())?;
         let topic = self
             .broker
-            .resolve_topic(resource_name(queue.topic.as_ref()))
+            .topic_for_read(resource_name(queue.topic.as_ref()))
             .await?;
         let queue_id = self.broker.check_queue(&topic, queue.id)?;
         let offset = u64::try_from(request.offset)

@@ -65,24 +65,46 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// A topic for a write or read: known locally, or created now when auto-create is on.
-    pub async fn resolve_topic(&self, name: &str) -> Result<pb::TopicConfig, Rejection> {
-        validate::topic_name(name)?;
-        if let Some(topic) = self.existing_topic(name).await? {
+    /// The topic a send stores into: known, or created now when auto-create is on.
+    pub async fn topic_for_send(&self, name: &str) -> Result<pb::TopicConfig, Rejection> {
+        if let Some(topic) = self.topic_if_known(name).await? {
             return Ok(topic);
-        }
-        if !self.config.auto_create_topics {
-            return Err(Rejection::new(
-                Code::TopicNotFound,
-                format!(
-                    "topic `{name}` does not exist (create it with `raftmq admin topic create {name}`)"
-                ),
-            ));
         }
         let created = self
             .create_topic(name, self.config.default_queues, 0)
             .await?;
         Ok(created.topic.unwrap_or_default())
+    }
+
+    /// The topic a route query, a read or an offset names. These never create a topic: with
+    /// auto-create on, an unknown name is an empty topic of the default queue count, the
+    /// queues its first send will create. So a consumer may start before its producer, and a
+    /// consumer with a mistyped name leaves nothing behind.
+    pub async fn topic_for_read(&self, name: &str) -> Result<pb::TopicConfig, Rejection> {
+        Ok(self
+            .topic_if_known(name)
+            .await?
+            .unwrap_or_else(|| pb::TopicConfig {
+                name: name.to_string(),
+                queues: self.config.default_queues,
+                ..Default::default()
+            }))
+    }
+
+    /// A valid topic name's config if the topic exists; `None` if it does not but sends may
+    /// create it; refused with TOPIC_NOT_FOUND if they may not.
+    async fn topic_if_known(&self, name: &str) -> Result<Option<pb::TopicConfig>, Rejection> {
+        validate::topic_name(name)?;
+        match self.existing_topic(name).await? {
+            Some(topic) => Ok(Some(topic)),
+            None if self.config.auto_create_topics => Ok(None),
+            None => Err(Rejection::new(
+                Code::TopicNotFound,
+                format!(
+                    "topic `{name}` does not exist (create it with `raftmq admin topic create {name}`)"
+                ),
+            )),
+        }
     }
 
     /// A topic as the group has committed it. This node may lag behind (a follower catching

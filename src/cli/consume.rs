@@ -119,8 +119,8 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reading must not create the topic, as the route query does where the group auto-creates
-/// topics: a mistyped name would leave an empty topic behind and read nothing.
+/// A mistyped name must be told, not waited on: where the group auto-creates topics, the
+/// broker answers reads of an unknown name as an empty topic, and `--follow` would wait forever.
 async fn require_topic(client: &Client, topic: &str) -> anyhow::Result<()> {
     let describe = |mut admin: AdminServiceClient<Channel>| {
         let request = admin::DescribeTopicRequest {
