@@ -14,9 +14,8 @@ ensure_chaos_deps
 use_cached_rocksdb
 scripts/python-env.sh
 
-# One build, never rebuilt piecemeal here: incremental compilation's caches would only take
-# disk (2 GB of a cold build's 5 GB; without them and with line tables only, 2.1 GB).
-export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+# One build, never rebuilt piecemeal here (incremental compilation is off in
+# .cargo/config.toml: its caches would only take disk).
 report_free_space "$PWD"
 
 echo "=== building (tests and the raftmq binary)"
