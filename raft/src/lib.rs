@@ -25,3 +25,10 @@ pub mod types;
 
 pub use node::{MembershipError, NodeConfig, ProposeError, RaftNode, TransferError};
 pub use types::{NodeId, Raft, TypeConfig};
+
+/// Milliseconds since the Unix epoch by this node's wall clock (0 if the clock is before it).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

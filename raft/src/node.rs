@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError};
@@ -115,7 +115,7 @@ fn check_identity(log: &LogStore, config: &NodeConfig) -> Result<bool, StartErro
         node_id: config.node_id,
         group: config.group.clone(),
         storage_id: uuid::Uuid::new_v4().to_string(),
-        created_ms: wall_clock_ms(),
+        created_ms: crate::now_ms(),
     };
     log.save_identity(&identity)?;
     if empty {
@@ -317,7 +317,7 @@ impl RaftNode {
                 Some(id) if known != Some((id, term)) => {
                     if id == self.id {
                         self.leading_since_ms
-                            .store(wall_clock_ms(), Ordering::Relaxed);
+                            .store(crate::now_ms(), Ordering::Relaxed);
                         tracing::info!(term, "this node leads the group");
                     } else {
                         self.leading_since_ms.store(0, Ordering::Relaxed);
@@ -1005,10 +1005,4 @@ enum Forwarded {
     /// The leader refused it for lack of disk space (nothing was written).
     NoRoom(String),
     Unknown(String),
-}
-
-fn wall_clock_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -1,18 +1,11 @@
 //! Converting messages between the RocketMQ v2 wire form and the stored form.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use md5::{Digest, Md5};
 use raftmq_proto::raft::v1 as pb;
 use raftmq_proto::rocketmq::v2;
 use raftmq_storage::StoredRecord;
 
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
+pub use raftmq_raft::now_ms;
 
 fn timestamp_ms(ts: &prost_types::Timestamp) -> i64 {
     ts.seconds.saturating_mul(1000) + i64::from(ts.nanos / 1_000_000)
