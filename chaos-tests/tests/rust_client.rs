@@ -1499,6 +1499,49 @@ async fn delay_messages_arrive_at_their_time() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where topics are auto-created, a consumer may start before its topic exists. The client
+/// never refreshes its route, so the route it got then (the default queue count) must still
+/// serve once the producer's first send has created the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_consumer_started_before_its_topic_exists_receives_the_first_messages()
+-> anyhow::Result<()> {
+    let mark = watch_panics();
+    let cluster = Cluster::start(ClusterOptions {
+        auto_create_topics: true,
+        ..Default::default()
+    })
+    .await?;
+    let access = cluster.nodes[0].client_addr.clone();
+    let consumer = start_consumer(&access, "rs-first-g", &["rs-first"], POLL).await?;
+    let early = drain(&consumer, "rs-first", 1, Instant::now() + POLL).await?;
+    assert!(early.is_empty(), "received {early:?} before any send");
+
+    let producer = start_producer(&access, &["rs-first"]).await?;
+    let bodies: HashSet<String> = (0..10).map(|i| format!("first-{i}")).collect();
+    for body in &bodies {
+        let message = MessageBuilder::builder()
+            .set_topic("rs-first")
+            .set_body(body.clone().into_bytes())
+            .build()
+            .map_err(|e| anyhow::anyhow!("build: {}", describe(&e)))?;
+        producer
+            .send(message)
+            .await
+            .map_err(|e| anyhow::anyhow!("send: {}", describe(&e)))?;
+    }
+    let arrived = drain(
+        &consumer,
+        "rs-first",
+        bodies.len(),
+        Instant::now() + Duration::from_secs(30),
+    )
+    .await?;
+    let received: HashSet<String> = arrived.into_iter().map(|(body, _, _)| body).collect();
+    assert_eq!(bodies, received);
+    assert_no_client_panic(mark);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn transactions_commit_roll_back_and_resolve_by_check_back() -> anyhow::Result<()> {
     use rocketmq::model::transaction::{Transaction, TransactionResolution};
