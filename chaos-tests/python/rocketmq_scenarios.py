@@ -261,6 +261,17 @@ class Sent:
             }
         return receipt
 
+    def wait_for(self, message_id, seconds=5):
+        """The record of a message of this run, or None. A push consumer may be handed a message
+        before the producer's thread has recorded its receipt: give that thread a moment."""
+        deadline = time.monotonic() + seconds
+        while True:
+            with self.lock:
+                record = self.by_id.get(message_id)
+            if record is not None or time.monotonic() >= deadline:
+                return record
+            time.sleep(0.01)
+
 
 def check_delivered(msg, expected, topic, attempt=None):
     """The fields a delivered message must carry, compared with what was sent."""
@@ -595,7 +606,7 @@ class RecordingListener(MessageListener):
         if message.properties.get("run") != RUN:
             return ConsumeResult.SUCCESS
         try:
-            expected = self.sent.by_id.get(mid)
+            expected = self.sent.wait_for(mid)
             check(expected is not None, f"unexpected message {mid}")
             check_delivered(message, expected, self.topic)
             check(message.delivery_attempt in (1, 2), f"message {mid}: delivery_attempt {message.delivery_attempt}")
