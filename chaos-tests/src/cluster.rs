@@ -592,6 +592,20 @@ impl Cluster {
         }
     }
 
+    /// The topics the group holds, (name, queues) each, through the admin API.
+    pub async fn topics(&self) -> anyhow::Result<Vec<(String, u32)>> {
+        let listed = self
+            .client()
+            .admin(|mut c| async move { c.list_topics(admin::ListTopicsRequest {}).await })
+            .await?;
+        Ok(listed
+            .into_inner()
+            .topics
+            .into_iter()
+            .map(|t| (t.name, t.queues))
+            .collect())
+    }
+
     /// Create a topic through the admin API.
     pub async fn create_topic(&self, name: &str, queues: u32) -> anyhow::Result<()> {
         let client = self.client();

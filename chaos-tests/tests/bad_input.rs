@@ -6,7 +6,6 @@ use bytes::Bytes;
 use chaos_tests::cluster::{Cluster, ClusterOptions};
 use raftmq::cli::bench_connection::{BenchConnection, CallError};
 use raftmq::client::{Client, ClientError, message};
-use raftmq_proto::admin::v1 as admin;
 use raftmq_proto::raft::v1::NodeStatusRequest;
 use raftmq_proto::raft::v1::raft_service_client::RaftServiceClient;
 use raftmq_proto::rocketmq::v2::{Code, HeartbeatRequest, HeartbeatResponse, Message};
@@ -180,20 +179,6 @@ async fn topics_are_auto_created_by_the_first_send_and_never_by_reads() -> anyho
     })
     .await?;
     let client = cluster.client();
-    let topics = || async {
-        let listed = client
-            .admin(|mut c| async move { c.list_topics(admin::ListTopicsRequest {}).await })
-            .await?;
-        anyhow::Ok(
-            listed
-                .into_inner()
-                .topics
-                .into_iter()
-                .map(|t| (t.name, t.queues))
-                .collect::<Vec<_>>(),
-        )
-    };
-
     // A consumer that starts first sees an empty topic of the default queue count, on every
     // node, and none of its calls creates the topic.
     for node in 1..=3 {
@@ -219,7 +204,7 @@ async fn topics_are_auto_created_by_the_first_send_and_never_by_reads() -> anyho
             "queue 4 is past the default queue count"
         );
     }
-    assert_eq!(topics().await?, Vec::<(String, u32)>::new());
+    assert_eq!(cluster.topics().await?, Vec::<(String, u32)>::new());
 
     // Pulls on every queue and a receive, all waiting on the topic that does not exist yet:
     // the first send creates it, and the pull of its queue and the receive wake with it.
@@ -262,7 +247,7 @@ async fn topics_are_auto_created_by_the_first_send_and_never_by_reads() -> anyho
         "the waiting receive got the first message"
     );
     assert_eq!(received[0].body, "hello");
-    assert_eq!(topics().await?, vec![("fresh".to_string(), 4)]);
+    assert_eq!(cluster.topics().await?, vec![("fresh".to_string(), 4)]);
     assert_eq!(client.route("fresh").await?.len(), 4);
 
     // Illegal names are still refused, not created.
@@ -283,6 +268,7 @@ async fn topics_are_auto_created_by_the_first_send_and_never_by_reads() -> anyho
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_typed_topic_accepts_only_its_message_type() -> anyhow::Result<()> {
+    use raftmq_proto::admin::v1 as admin;
     use raftmq_proto::rocketmq::v2::MessageType;
     let cluster = Cluster::start(ClusterOptions::default()).await?;
     let client = cluster.client();

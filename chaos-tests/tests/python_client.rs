@@ -323,16 +323,11 @@ async fn python_push_consumer_acks_and_gets_a_failed_message_again() -> anyhow::
 
 /// The names of the topics the group holds.
 async fn topic_names(cluster: &Cluster) -> anyhow::Result<Vec<String>> {
-    use raftmq_proto::admin::v1::ListTopicsRequest;
-    let listed = cluster
-        .client()
-        .admin(|mut c| async move { c.list_topics(ListTopicsRequest {}).await })
-        .await?;
-    Ok(listed
-        .into_inner()
-        .topics
+    Ok(cluster
+        .topics()
+        .await?
         .into_iter()
-        .map(|t| t.name)
+        .map(|(name, _)| name)
         .collect())
 }
 
