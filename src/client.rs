@@ -66,6 +66,9 @@ pub(crate) fn check(status: Option<&v2::Status>) -> Result<(), ClientError> {
 
 pub struct Client {
     endpoints: Vec<String>,
+    /// Sent with every call (`x-mq-client-id`, as the official clients do), so the broker can
+    /// tell this consumer from others of its group.
+    client_id: tonic::metadata::AsciiMetadataValue,
     channels: Vec<Channel>,
     current: AtomicUsize,
     pub timeout: Duration,
@@ -89,8 +92,16 @@ impl Client {
                     .map_err(|_| ClientError::BadEndpoint(addr.clone()))
             })
             .collect::<Result<_, _>>()?;
+        let started_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default();
+        let client_id = format!("raftmq-cli@{}@{started_ms:x}", std::process::id())
+            .parse()
+            .expect("a client id is ASCII");
         Ok(Client {
             endpoints: endpoints.to_vec(),
+            client_id,
             channels,
             current: AtomicUsize::new(0),
             timeout: Duration::from_secs(5),
@@ -115,6 +126,9 @@ impl Client {
     pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.set_timeout(self.timeout);
+        request
+            .metadata_mut()
+            .insert("x-mq-client-id", self.client_id.clone());
         request
     }
 
@@ -189,6 +203,24 @@ impl Client {
         .await
     }
 
+    /// Tell every node that this consumer of `group` stops (NotifyClientTermination), so that
+    /// the group counts it as gone at once instead of after its silence. Best effort: a node
+    /// that does not answer forgets the client by itself.
+    pub async fn notify_termination(&self, group: &str) {
+        let calls = (0..self.endpoints.len()).map(|index| {
+            let mut client = self.messaging(index);
+            let mut request = self.request(v2::NotifyClientTerminationRequest {
+                group: Some(resource(group)),
+            });
+            request.set_timeout(Duration::from_secs(1));
+            async move {
+                let call = client.notify_client_termination(request);
+                let _ = tokio::time::timeout(Duration::from_secs(1), call).await;
+            }
+        });
+        futures::future::join_all(calls).await;
+    }
+
     pub async fn route(&self, topic: &str) -> Result<Vec<v2::MessageQueue>, ClientError> {
         self.with_failover(|mut client| {
             let request = self.request(v2::QueryRouteRequest {
@@ -220,7 +252,7 @@ impl Client {
     ) -> Result<(Vec<v2::Message>, u64), ClientError> {
         use v2::pull_message_response::Content;
         self.with_failover(|mut client| {
-            let mut request = tonic::Request::new(v2::PullMessageRequest {
+            let mut request = self.request(v2::PullMessageRequest {
                 group: Some(resource(group)),
                 message_queue: Some(queue(topic, queue_id)),
                 offset: offset as i64,
@@ -271,7 +303,7 @@ impl Client {
     ) -> Result<Vec<v2::Message>, ClientError> {
         use v2::receive_message_response::Content;
         self.with_failover(|mut client| {
-            let mut request = tonic::Request::new(v2::ReceiveMessageRequest {
+            let mut request = self.request(v2::ReceiveMessageRequest {
                 group: Some(resource(group)),
                 message_queue: Some(queue(topic, -1)),
                 filter_expression: None,

@@ -952,6 +952,12 @@ def scenario_consumer_first(args, clients):
             received.add(msg.message_id)
     log(f"both consumers got all {len(wanted)} messages sent after they started")
     SUMMARY.update(sent=len(wanted), received=len(received), pushed=len(pushed & wanted))
+    if args.hold_file:
+        # The caller looks at the consumers while they run, then creates the file.
+        log("PHASE consumers caught up")
+        deadline = time.monotonic() + 20
+        while not os.path.exists(args.hold_file) and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 SCENARIOS = {
@@ -977,6 +983,8 @@ def main():
     parser.add_argument("--duration", type=float, default=15, help="failover: seconds of producing")
     parser.add_argument("--drain", type=float, default=25, help="failover: seconds to wait for the rest")
     parser.add_argument("--timeout", type=float, default=55, help="give up after this many seconds")
+    parser.add_argument("--hold-file", default=None,
+                        help="consumer_first: keep the consumers running until this file exists (20 s at most)")
     args = parser.parse_args()
     if args.group is None:
         args.group = f"py-{args.scenario}-{RUN}"

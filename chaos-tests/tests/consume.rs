@@ -526,7 +526,7 @@ async fn admin_group_describe_shows_committed_offsets_and_lag() -> anyhow::Resul
     for (group, reason) in [
         (
             "nobody",
-            "was never created and has committed no offset (NotFound)",
+            "was never created, has committed no offset and has no consumer online (NotFound)",
         ),
         ("bad group!", "illegal consumer group"),
     ] {
@@ -631,4 +631,186 @@ async fn admin_group_reset_offsets_replays_and_skips() -> anyhow::Result<()> {
         assert!(stderr.contains(reason), "{all:?}: {stderr}");
     }
     Ok(())
+}
+
+/// A pull consumer keeps its position in memory and commits it again, so a reset of its
+/// group's offsets on its topic is refused while it runs, naming it, unless forced. `admin
+/// group describe` lists it; once it stops it says goodbye and the reset goes through at once.
+/// A member that cannot say which consumers call it also stops a reset, short of --force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reset_is_refused_while_a_pull_consumer_of_the_group_runs() -> anyhow::Result<()> {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
+    cluster.create_topic("watched", 2).await?;
+    cluster.create_topic("unwatched", 1).await?;
+    cluster.create_topic("looked", 1).await?;
+    let cli = Cli::for_cluster(&cluster)?;
+    cli.ok(&["produce", "--topic", "watched", "--count", "4"]);
+    let describe = || -> anyhow::Result<serde_json::Value> {
+        let output = cli.ok(&["admin", "group", "describe", "watchers", "--json"]);
+        Ok(serde_json::from_str(&output)?)
+    };
+    let reset = |topic: &str, extra: &[&str]| {
+        let mut args = vec![
+            "admin",
+            "group",
+            "reset-offsets",
+            "watchers",
+            "--topic",
+            topic,
+        ];
+        args.extend_from_slice(extra);
+        cli.run(&args)
+    };
+
+    let mut consumer = KillOnDrop(
+        Command::new(&cli.binary)
+            .args([
+                "consume", "--topic", "watched", "--group", "watchers", "--follow",
+            ])
+            .args(["--endpoints", &cli.endpoints])
+            .stdout(std::process::Stdio::null())
+            .spawn()?,
+    );
+    // Listed once it has pulled, and caught up once its commits reach the end.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let consumer_id = loop {
+        let listed = cli.run(&["admin", "group", "describe", "watchers", "--json"]);
+        if listed.status.success() {
+            let progress: serde_json::Value = serde_json::from_slice(&listed.stdout)?;
+            if let [client] = progress["clients"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or(&[])
+                && progress["lag"] == 0
+                && progress["queues"].as_array().is_some_and(|q| q.len() == 2)
+            {
+                assert_eq!(client["kind"], "pull", "{progress}");
+                assert_eq!(
+                    client["topics"],
+                    serde_json::json!(["watched"]),
+                    "{progress}"
+                );
+                assert_eq!(progress["unanswered_nodes"], serde_json::json!([]));
+                break client["client_id"].as_str().unwrap_or_default().to_string();
+            }
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the running consumer was never listed with its commits: {}",
+            String::from_utf8_lossy(&listed.stdout)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(consumer_id.starts_with("raftmq-cli@"), "{consumer_id}");
+
+    let refused = reset("watched", &["--to-earliest"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success(),
+        "a reset under a running consumer"
+    );
+    for part in [
+        "group `watchers` has 1 pull consumer(s) online on `watched`",
+        consumer_id.as_str(),
+        "--force",
+    ] {
+        assert!(stderr.contains(part), "`{part}` missing: {stderr}");
+    }
+    assert_eq!(describe()?["lag"], 0, "the refused reset moved nothing");
+    // A dry run and a topic the consumer does not read are not refused.
+    assert!(
+        reset("watched", &["--to-earliest", "--dry-run"])
+            .status
+            .success()
+    );
+    assert!(reset("unwatched", &["--to-latest"]).status.success());
+    // Forced, the reset happens.
+    let forced = reset("watched", &["--to-earliest", "--force"]);
+    assert!(forced.status.success(), "{forced:?}");
+    assert_eq!(describe()?["lag"], 4);
+
+    // A consumer that commits nothing: its group, never created, is described by the topic it
+    // reads, every queue lagging by all its messages.
+    cli.ok(&["produce", "--topic", "looked", "--count", "3"]);
+    let _looker = KillOnDrop(
+        Command::new(&cli.binary)
+            .args(["consume", "--topic", "looked", "--group", "lookers"])
+            .args(["--follow", "--no-commit", "--endpoints", &cli.endpoints])
+            .stdout(std::process::Stdio::null())
+            .spawn()?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = cli.run(&["admin", "group", "describe", "lookers", "--json"]);
+        if listed.status.success() {
+            let progress: serde_json::Value = serde_json::from_slice(&listed.stdout)?;
+            assert_eq!(progress["group"], serde_json::Value::Null, "{progress}");
+            assert_eq!(
+                progress["queues"],
+                serde_json::json!([{
+                    "topic": "looked",
+                    "queue_id": 0,
+                    "committed_offset": null,
+                    "max_offset": 3,
+                    "lag": 3,
+                }]),
+                "{progress}"
+            );
+            break;
+        }
+        let stderr = String::from_utf8_lossy(&listed.stderr);
+        assert!(stderr.contains("no consumer online"), "{stderr}");
+        anyhow::ensure!(Instant::now() < deadline, "the reader was never listed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Stopped, it says goodbye: no longer listed, and a reset needs no force.
+    kill(Pid::from_raw(consumer.0.id() as i32), Signal::SIGINT)?;
+    let status = consumer.0.wait()?;
+    assert!(status.success(), "consume stopped by SIGINT: {status}");
+    assert_eq!(describe()?["clients"], serde_json::json!([]));
+    let after = reset("watched", &["--to-latest"]);
+    assert!(after.status.success(), "{after:?}");
+    assert_eq!(describe()?["lag"], 0);
+
+    // A member that does not answer might serve a pull consumer.
+    cluster.stop_node(3);
+    cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let mut progress = describe()?;
+    for _ in 0..50 {
+        if progress["unanswered_nodes"] == serde_json::json!([3]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        progress = describe()?;
+    }
+    assert_eq!(
+        progress["unanswered_nodes"],
+        serde_json::json!([3]),
+        "{progress}"
+    );
+    let unknown = reset("watched", &["--to-earliest"]);
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(!unknown.status.success(), "a reset with a member silent");
+    assert!(stderr.contains("node 3 did not say"), "{stderr}");
+    assert!(
+        reset("watched", &["--to-earliest", "--force"])
+            .status
+            .success()
+    );
+    assert_eq!(describe()?["lag"], 4);
+    Ok(())
+}
+
+/// A child process that must not outlive a failed test.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

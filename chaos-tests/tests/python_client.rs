@@ -341,13 +341,18 @@ async fn python_consumers_started_before_their_topic_exists_get_its_first_messag
         ..Default::default()
     })
     .await?;
+    let hold_file = cluster.root().join("consumers-looked-at");
     let args = vec![
         "--endpoints".to_string(),
         follower_access_point(&cluster).await?,
         "--topic".to_string(),
         "py-first".to_string(),
+        "--group".to_string(),
+        "py-first-g".to_string(),
         "--timeout".to_string(),
         "50".to_string(),
+        "--hold-file".to_string(),
+        hold_file.display().to_string(),
     ];
     let scenario = Scenario::spawn("consumer_first", &args)?;
     scenario
@@ -355,6 +360,27 @@ async fn python_consumers_started_before_their_topic_exists_get_its_first_messag
         .await?;
     // Route queries, assignments and receives of the starting consumers created nothing.
     assert_eq!(topic_names(&cluster).await?, Vec::<String>::new());
+    // Both running consumers are listed among their groups' consumers online, each of its
+    // kind (the push consumer's Heartbeat says push) and with the topic it reads.
+    scenario
+        .wait_for_line("PHASE consumers caught up", Duration::from_secs(40))
+        .await?;
+    for (group, kind) in [("py-first-g-push", "push"), ("py-first-g", "simple")] {
+        let output = std::process::Command::new(chaos_tests::cluster::raftmq_binary()?)
+            .args(["admin", "group", "describe", group, "--json"])
+            .args(["--endpoints", &cluster.endpoints().join(",")])
+            .output()?;
+        let described: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .with_context(|| String::from_utf8_lossy(&output.stderr).into_owned())?;
+        let clients = described["clients"].as_array().cloned().unwrap_or_default();
+        anyhow::ensure!(
+            clients.len() == 1
+                && clients[0]["kind"] == kind
+                && clients[0]["topics"] == serde_json::json!(["py-first"]),
+            "group {group}: one {kind} consumer of py-first expected: {described}"
+        );
+    }
+    std::fs::write(&hold_file, b"")?;
     let outcome = scenario.finish(Duration::from_secs(60)).await?;
     outcome.assert_passed(&cluster);
     assert_eq!(outcome.number("received"), 10, "{}", outcome.summary);

@@ -426,13 +426,16 @@ async fn a_new_group_receives_everything_sent_before_it_started() -> anyhow::Res
 
     // A simple consumer's progress is its group's committed offset: everything acknowledged,
     // so `admin group describe` shows no lag in any of the topic's queues.
-    let describe_group = || -> anyhow::Result<(usize, u64, u64)> {
+    let group_json = || -> anyhow::Result<serde_json::Value> {
         let output = std::process::Command::new(chaos_tests::cluster::raftmq_binary()?)
             .args(["admin", "group", "describe", "rc-roundtrip-g", "--json"])
             .args(["--endpoints", &access])
             .output()?;
-        let progress: serde_json::Value = serde_json::from_slice(&output.stdout)
-            .with_context(|| String::from_utf8_lossy(&output.stderr).into_owned())?;
+        serde_json::from_slice(&output.stdout)
+            .with_context(|| String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    let describe_group = || -> anyhow::Result<(usize, u64, u64)> {
+        let progress = group_json()?;
         let queues = progress["queues"].as_array().context("queues")?;
         let committed = queues
             .iter()
@@ -442,6 +445,14 @@ async fn a_new_group_receives_everything_sent_before_it_started() -> anyhow::Res
         Ok((queues.len(), committed, lag))
     };
     assert_eq!((4, sent.len() as u64, 0), describe_group()?);
+    // The running consumer is listed among the group's consumers online, as a simple consumer
+    // of the topic.
+    let clients = group_json()?["clients"].clone();
+    let [client] = clients.as_array().map(Vec::as_slice).unwrap_or(&[]) else {
+        anyhow::bail!("one consumer online expected: {clients}");
+    };
+    assert_eq!(client["kind"], "simple", "{client}");
+    assert_eq!(client["topics"], serde_json::json!([TOPIC]), "{client}");
 
     // Its progress lives in the pop records. A reset to the earliest moves them back, with the
     // consumer still running: it receives every message again, each once, as a first delivery.

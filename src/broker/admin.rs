@@ -13,6 +13,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::Broker;
+use super::group_clients::ConsumerKind;
 use super::status::Rejection;
 
 /// Marks a request a follower passed on to the leader, so it is passed on at most once.
@@ -251,17 +252,30 @@ impl AdminService for Admin {
     ) -> Result<Response<admin::DescribeGroupResponse>, Status> {
         let name = request.into_inner().name;
         super::validate::group_name(&name).map_err(to_status)?;
+        let (clients, unanswered_nodes) = self.group_clients_of_every_member(&name).await;
         let state = &self.broker.node.state;
         // Read the applied index first: the figures below are at least that recent.
         let applied_index = state.applied_index();
         let group = state.group(&name).map(group_info);
-        let progress = state.group_progress(&name).map_err(|e| {
+        let mut progress = state.group_progress(&name).map_err(|e| {
             tracing::error!(group = %name, error = %e, "reading a group's offsets failed");
             Status::internal(format!("reading the offsets of group `{name}` failed: {e}"))
         })?;
-        if group.is_none() && progress.is_empty() {
+        // A topic its consumers read but the group has not committed in yet lags too.
+        let read: std::collections::BTreeSet<&str> = clients
+            .iter()
+            .flat_map(|c| c.topics.iter().map(String::as_str))
+            .collect();
+        for topic in read {
+            if !progress.iter().any(|q| q.topic == topic) {
+                progress.extend(state.uncommitted_progress(topic));
+            }
+        }
+        progress.sort_by(|a, b| (&a.topic, a.queue_id).cmp(&(&b.topic, b.queue_id)));
+        if group.is_none() && progress.is_empty() && clients.is_empty() {
             return Err(Status::not_found(format!(
-                "consumer group `{name}` was never created and has committed no offset"
+                "consumer group `{name}` was never created, has committed no offset and has \
+                 no consumer online"
             )));
         }
         let queues = progress
@@ -279,6 +293,19 @@ impl AdminService for Admin {
             queues,
             applied_index,
             node_id: self.broker.node.id,
+            clients,
+            unanswered_nodes,
+        }))
+    }
+
+    async fn list_group_clients(
+        &self,
+        request: Request<admin::ListGroupClientsRequest>,
+    ) -> Result<Response<admin::ListGroupClientsResponse>, Status> {
+        let group = request.into_inner().group;
+        super::validate::group_name(&group).map_err(to_status)?;
+        Ok(Response::new(admin::ListGroupClientsResponse {
+            clients: self.local_group_clients(&group),
         }))
     }
 
@@ -330,12 +357,19 @@ impl AdminService for Admin {
             // deliveries in flight), which the next acknowledgement would write back over a
             // moved offset: they are reset in one command of their own. Pull consumers' offsets
             // are plain commits, which replicas of every version understand.
-            let commands: Vec<pb::Command> = if state.has_pop_progress(group, topic_name) {
+            let pop = state.has_pop_progress(group, topic_name);
+            if pop {
                 self.require_every_member_applies(
                     RESET_POP_KIND,
                     "reset a simple or push consumer group",
                 )
                 .await?;
+            }
+            if !request.force {
+                self.refuse_while_pull_consumers_online(group, topic_name)
+                    .await?;
+            }
+            let commands: Vec<pb::Command> = if pop {
                 vec![pb::Command {
                     kind: Some(pb::command::Kind::ResetPop(pb::ResetPop {
                         group: group.clone(),
@@ -543,6 +577,111 @@ impl Admin {
         Ok(())
     }
 
+    /// The group's clients this node heard from within the online window.
+    fn local_group_clients(&self, group: &str) -> Vec<admin::GroupClient> {
+        self.broker
+            .group_clients
+            .online(group)
+            .into_iter()
+            .map(|client| admin::GroupClient {
+                client_id: client.client_id,
+                kind: client
+                    .kind
+                    .map(ConsumerKind::name)
+                    .unwrap_or_default()
+                    .into(),
+                topics: client.topics,
+                idle_ms: u64::try_from(client.idle.as_millis()).unwrap_or(u64::MAX),
+                node_ids: vec![self.broker.node.id],
+            })
+            .collect()
+    }
+
+    /// The group's clients as every member heard from them, one entry per client id, and the
+    /// members that could not say (down, or a version without ListGroupClients).
+    async fn group_clients_of_every_member(
+        &self,
+        group: &str,
+    ) -> (Vec<admin::GroupClient>, Vec<u64>) {
+        let node = &self.broker.node;
+        let others: Vec<u64> = node
+            .metrics()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .filter(|id| *id != node.id)
+            .collect();
+        let asks = others.into_iter().map(|id| async move {
+            let request = admin::ListGroupClientsRequest {
+                group: group.to_string(),
+            };
+            let answer = match self.admin_of(id) {
+                Ok(mut member) => {
+                    let call = member.list_group_clients(request);
+                    match tokio::time::timeout(MEMBER_STATUS_TIMEOUT, call).await {
+                        Ok(Ok(reply)) => Some(reply.into_inner().clients),
+                        Ok(Err(_)) | Err(_) => None,
+                    }
+                }
+                Err(_) => None,
+            };
+            (id, answer)
+        });
+        let mut clients = self.local_group_clients(group);
+        let mut unanswered = Vec::new();
+        for (id, answer) in futures::future::join_all(asks).await {
+            match answer {
+                Some(theirs) => clients.extend(theirs),
+                None => unanswered.push(id),
+            }
+        }
+        (merge_group_clients(clients), unanswered)
+    }
+
+    /// A pull consumer keeps its position in memory and commits it again after a reset, so a
+    /// reset waits until the group's pull consumers on the topic are stopped (Kafka refuses a
+    /// reset of an active group for the same reason).
+    async fn refuse_while_pull_consumers_online(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<(), Status> {
+        let (clients, unanswered) = self.group_clients_of_every_member(group).await;
+        let online: Vec<String> = clients
+            .iter()
+            .filter(|c| c.kind == ConsumerKind::Pull.name() && c.topics.iter().any(|t| t == topic))
+            .map(|c| {
+                let nodes: Vec<String> = c.node_ids.iter().map(u64::to_string).collect();
+                format!(
+                    "`{}` (via node {}, heard from {:.1} s ago)",
+                    c.client_id,
+                    nodes.join(", "),
+                    c.idle_ms as f64 / 1000.0
+                )
+            })
+            .collect();
+        if !online.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "group `{group}` has {} pull consumer(s) online on `{topic}`: {}. A pull \
+                 consumer keeps its position in memory and would commit it again over the \
+                 reset: stop the group's consumers first, or pass --force",
+                online.len(),
+                online.join(", ")
+            )));
+        }
+        if !unanswered.is_empty() {
+            let nodes: Vec<String> = unanswered.iter().map(u64::to_string).collect();
+            return Err(Status::failed_precondition(format!(
+                "cannot tell whether group `{group}` has pull consumers online on `{topic}`: \
+                 node {} did not say. Bring it back (or finish upgrading it), or pass --force \
+                 once the group's consumers are stopped",
+                nodes.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
     /// The group's members as this node sees them, with the leader's replication progress.
     fn members(&self) -> Vec<admin::MemberInfo> {
         let metrics = self.broker.node.metrics();
@@ -563,6 +702,38 @@ impl Admin {
             })
             .collect()
     }
+}
+
+/// One entry per client id: a client that called several members appears once, with every
+/// topic and member, the shortest silence, and its kind (pull wins: it is the kind a reset
+/// must know about).
+fn merge_group_clients(clients: Vec<admin::GroupClient>) -> Vec<admin::GroupClient> {
+    let mut merged: std::collections::BTreeMap<String, admin::GroupClient> = Default::default();
+    for client in clients {
+        match merged.get_mut(&client.client_id) {
+            None => {
+                merged.insert(client.client_id.clone(), client);
+            }
+            Some(known) => {
+                known.topics.extend(client.topics);
+                known.node_ids.extend(client.node_ids);
+                known.idle_ms = known.idle_ms.min(client.idle_ms);
+                if known.kind.is_empty() || client.kind == ConsumerKind::Pull.name() {
+                    known.kind = client.kind;
+                }
+            }
+        }
+    }
+    merged
+        .into_values()
+        .map(|mut client| {
+            client.topics.sort();
+            client.topics.dedup();
+            client.node_ids.sort();
+            client.node_ids.dedup();
+            client
+        })
+        .collect()
 }
 
 /// The request again, marked so that the leader does not pass it on a second time.
@@ -607,5 +778,36 @@ mod tests {
         };
         let key = command.encode_to_vec()[0];
         assert_eq!(RESET_POP_KIND, u32::from(key >> 3));
+    }
+
+    #[test]
+    fn a_client_seen_by_several_members_is_listed_once() {
+        let seen =
+            |id: &str, kind: &str, topic: &str, idle_ms: u64, node: u64| admin::GroupClient {
+                client_id: id.into(),
+                kind: kind.into(),
+                topics: vec![topic.into()],
+                idle_ms,
+                node_ids: vec![node],
+            };
+        let merged = merge_group_clients(vec![
+            seen("b", "simple", "orders", 900, 1),
+            seen("a", "simple", "orders", 500, 2),
+            seen("a", "pull", "refunds", 2000, 3),
+            seen("a", "simple", "orders", 100, 1),
+        ]);
+        assert_eq!(
+            merged,
+            vec![
+                admin::GroupClient {
+                    client_id: "a".into(),
+                    kind: "pull".into(),
+                    topics: vec!["orders".into(), "refunds".into()],
+                    idle_ms: 100,
+                    node_ids: vec![1, 2, 3],
+                },
+                seen("b", "simple", "orders", 900, 1),
+            ]
+        );
     }
 }

@@ -28,6 +28,9 @@ use super::{MAX_CLIENT_MESSAGE_BYTES, unary};
 /// The services of the client port, routed by the service name in the call's path.
 #[derive(Clone)]
 pub struct ClientApi {
+    /// The connection's peer, shown for a client that sends no client id (see
+    /// `admin group describe`); set per connection.
+    peer: Option<std::net::SocketAddr>,
     /// SendMessage's handler, called without tonic's codec (see `unary.rs`).
     sends: Arc<Messaging>,
     messaging: MessagingServiceServer<Messaging>,
@@ -37,6 +40,7 @@ pub struct ClientApi {
 impl ClientApi {
     pub fn new(messaging: Arc<Messaging>, admin: AdminServiceServer<Admin>) -> ClientApi {
         ClientApi {
+            peer: None,
             sends: messaging.clone(),
             messaging: messaging::service(messaging),
             admin,
@@ -75,6 +79,15 @@ impl hyper::service::Service<http::Request<Incoming>> for ClientApi {
             // The generated tonic services are always ready; they take `&mut self`.
             self.admin.clone().call(request)
         } else {
+            // Where tonic's own server would put it, for `Request::remote_addr`. SendMessage
+            // goes without: its callers are not listed.
+            let mut request = request;
+            request
+                .extensions_mut()
+                .insert(tonic::transport::server::TcpConnectInfo {
+                    local_addr: None,
+                    remote_addr: self.peer,
+                });
             self.messaging.clone().call(request)
         }
     }
@@ -95,11 +108,11 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             biased;
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(err) => {
                     // Out of file descriptors and the like: wait a moment rather than spin.
                     tracing::warn!(error = %err, "accepting a client connection failed");
@@ -112,7 +125,9 @@ pub async fn serve(
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(error = %err, "could not set TCP_NODELAY on a client connection");
         }
-        let connection = builder.serve_connection(TokioIo::new(stream), api.clone());
+        let mut connection_api = api.clone();
+        connection_api.peer = Some(peer);
+        let connection = builder.serve_connection(TokioIo::new(stream), connection_api);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(err) = connection.await {

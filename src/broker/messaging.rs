@@ -22,6 +22,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::consumer::grpc_timeout;
 use super::filter::TagFilter;
+use super::group_clients::{Activity, ConsumerKind};
 use super::messages::{now_ms, to_delivered, to_stored};
 use super::status::{ClientKind, Rejection, ok};
 use super::{Broker, MAX_CLIENT_MESSAGE_BYTES, PROPOSE_DEADLINE, validate};
@@ -89,6 +90,19 @@ fn client_id_of<T>(request: &Request<T>) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string()
+}
+
+/// Who made a call, for the list of a group's clients: the client id the official clients
+/// send, or the peer's address for a client that sends none.
+fn caller_of<T>(request: &Request<T>) -> String {
+    let id = client_id_of(request);
+    if !id.is_empty() {
+        return id;
+    }
+    match request.remote_addr() {
+        Some(addr) => format!("unnamed client at {addr}"),
+        None => "unnamed client".into(),
+    }
 }
 
 fn rejected(rpc: &'static str, client: ClientKind, rejection: &Rejection) -> v2::Status {
@@ -568,8 +582,18 @@ impl MessagingService for Messaging {
 
     async fn heartbeat(
         &self,
-        _request: Request<v2::HeartbeatRequest>,
+        request: Request<v2::HeartbeatRequest>,
     ) -> Result<Response<v2::HeartbeatResponse>, Status> {
+        let caller = caller_of(&request);
+        let request = request.into_inner();
+        let kind = ConsumerKind::from_client_type(request.client_type);
+        if let (Some(group), Some(kind)) = (request.group, kind)
+            && validate::group_name(&group.name).is_ok()
+        {
+            self.broker
+                .group_clients
+                .heartbeat(&group.name, &caller, kind);
+        }
         Ok(Response::new(v2::HeartbeatResponse { status: Some(ok()) }))
     }
 
@@ -650,10 +674,19 @@ impl MessagingService for Messaging {
             })
             .await
         {
-            Ok(assignments) => v2::QueryAssignmentResponse {
-                status: Some(ok()),
-                assignments,
-            },
+            Ok(assignments) => {
+                let query = request.get_ref();
+                self.broker.group_clients.touched(
+                    resource_name(query.group.as_ref()),
+                    &caller_of(&request),
+                    resource_name(query.topic.as_ref()),
+                    Activity::Receive,
+                );
+                v2::QueryAssignmentResponse {
+                    status: Some(ok()),
+                    assignments,
+                }
+            }
             Err(rejection) => v2::QueryAssignmentResponse {
                 status: Some(rejected("QueryAssignment", client, &rejection)),
                 assignments: Vec::new(),
@@ -671,10 +704,21 @@ impl MessagingService for Messaging {
         use v2::receive_message_response::Content;
         let client = ClientKind::of(&request);
         let client_id = client_id_of(&request);
+        let caller = caller_of(&request);
         let deadline = client_timeout(&request);
         let request = request.into_inner();
         // Status first, then the messages, then (always last) the delivery timestamp.
-        let mut frames = match self.broker.receive(&request, deadline, &client_id).await {
+        let received = self.broker.receive(&request, deadline, &client_id).await;
+        if received.is_ok() {
+            let topic = request.message_queue.as_ref().map(|q| q.topic.as_ref());
+            self.broker.group_clients.touched(
+                resource_name(request.group.as_ref()),
+                &caller,
+                resource_name(topic.flatten()),
+                Activity::Receive,
+            );
+        }
+        let mut frames = match received {
             Ok(messages) if messages.is_empty() => vec![Content::Status(v2::Status {
                 code: Code::MessageNotFound as i32,
                 message: "no new message".into(),
@@ -708,9 +752,18 @@ impl MessagingService for Messaging {
         request: Request<v2::AckMessageRequest>,
     ) -> Result<Response<v2::AckMessageResponse>, Status> {
         let client = ClientKind::of(&request);
+        let caller = caller_of(&request);
         let request = request.into_inner();
         let outcomes = match self.broker.ack(&request).await {
-            Ok(outcomes) => outcomes,
+            Ok(outcomes) => {
+                self.broker.group_clients.touched(
+                    resource_name(request.group.as_ref()),
+                    &caller,
+                    resource_name(request.topic.as_ref()),
+                    Activity::Receive,
+                );
+                outcomes
+            }
             Err(rejection) => request
                 .entries
                 .iter()
@@ -775,10 +828,20 @@ impl MessagingService for Messaging {
     ) -> Result<Response<Self::PullMessageStream>, Status> {
         use v2::pull_message_response::Content;
         let client = ClientKind::of(&request);
+        let caller = caller_of(&request);
         let request = request.into_inner();
         let requested_offset = request.offset;
+        let group = resource_name(request.group.as_ref()).to_string();
+        let topic = request
+            .message_queue
+            .as_ref()
+            .map(|queue| resource_name(queue.topic.as_ref()).to_string())
+            .unwrap_or_default();
         let frames = match self.pull(request).await {
             Ok((messages, next_offset)) => {
+                self.broker
+                    .group_clients
+                    .touched(&group, &caller, &topic, Activity::Pull);
                 metrics::counter!("raftmq_messages_consumed_total", "via" => "pull")
                     .increment(messages.len() as u64);
                 let status = if messages.is_empty() {
@@ -815,7 +878,17 @@ impl MessagingService for Messaging {
         let client = ClientKind::of(&request);
         let deadline = call_deadline(&request);
         let status = match self.update_offset(request.get_ref(), deadline).await {
-            Ok(()) => ok(),
+            Ok(()) => {
+                let update = request.get_ref();
+                let topic = update.message_queue.as_ref().map(|q| q.topic.as_ref());
+                self.broker.group_clients.touched(
+                    resource_name(update.group.as_ref()),
+                    &caller_of(&request),
+                    resource_name(topic.flatten()),
+                    Activity::Pull,
+                );
+                ok()
+            }
             Err(rejection) => rejected("UpdateOffset", client, &rejection),
         };
         Ok(Response::new(v2::UpdateOffsetResponse {
@@ -914,8 +987,11 @@ impl MessagingService for Messaging {
 
     async fn notify_client_termination(
         &self,
-        _request: Request<v2::NotifyClientTerminationRequest>,
+        request: Request<v2::NotifyClientTerminationRequest>,
     ) -> Result<Response<v2::NotifyClientTerminationResponse>, Status> {
+        let caller = caller_of(&request);
+        let group = request.get_ref().group.as_ref().map(|g| g.name.as_str());
+        self.broker.group_clients.terminated(group, &caller);
         Ok(Response::new(v2::NotifyClientTerminationResponse {
             status: Some(ok()),
         }))
@@ -927,10 +1003,19 @@ impl MessagingService for Messaging {
     ) -> Result<Response<v2::ChangeInvisibleDurationResponse>, Status> {
         let client = ClientKind::of(&request);
         let reply = match self.broker.change_invisible(request.get_ref()).await {
-            Ok(receipt_handle) => v2::ChangeInvisibleDurationResponse {
-                status: Some(ok()),
-                receipt_handle,
-            },
+            Ok(receipt_handle) => {
+                let change = request.get_ref();
+                self.broker.group_clients.touched(
+                    resource_name(change.group.as_ref()),
+                    &caller_of(&request),
+                    resource_name(change.topic.as_ref()),
+                    Activity::Receive,
+                );
+                v2::ChangeInvisibleDurationResponse {
+                    status: Some(ok()),
+                    receipt_handle,
+                }
+            }
             Err(rejection) => v2::ChangeInvisibleDurationResponse {
                 status: Some(rejected("ChangeInvisibleDuration", client, &rejection)),
                 receipt_handle: request.into_inner().receipt_handle,

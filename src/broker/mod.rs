@@ -16,6 +16,7 @@ pub mod clients;
 pub mod consumer;
 pub mod disk;
 pub mod filter;
+pub mod group_clients;
 pub mod http;
 pub mod messages;
 pub mod messaging;
@@ -57,6 +58,8 @@ pub struct Broker {
     pub sends: batcher::SendBatcher,
     /// Clients with a Telemetry stream to this node.
     pub clients: clients::ClientRegistry,
+    /// The consumers each group has on this node, by the calls they make.
+    pub group_clients: group_clients::GroupClients,
     /// Push-consumer deliveries this node keeps invisible until they are acknowledged.
     pub renewals: renewals::Renewals,
     /// Set when shutdown starts: `/readyz` fails from then on.
@@ -250,6 +253,7 @@ pub async fn run(
         node: node.clone(),
         sends: batcher::SendBatcher::start(node.clone(), config.max_pending_send_bytes),
         clients: clients::ClientRegistry::default(),
+        group_clients: group_clients::GroupClients::default(),
         renewals: renewals::Renewals::default(),
         draining: AtomicBool::new(false),
         round_robin: AtomicU64::new(0),

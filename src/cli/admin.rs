@@ -103,15 +103,17 @@ pub enum GroupCommand {
         #[arg(long)]
         json: bool,
     },
-    /// The group's committed offset and lag in every queue it has consumed from.
+    /// The group's committed offset and lag in every queue it has consumed from, and its
+    /// consumers online.
     Describe {
         name: String,
         #[arg(long)]
         json: bool,
     },
     /// Move a group's offsets in every queue of a topic: replay from the start or a point in
-    /// time, or skip a backlog. Stop a group's pull consumers first (they would commit their
-    /// old position again); simple and push consumers may keep running.
+    /// time, or skip a backlog. Refused while a pull consumer of the group is online on the
+    /// topic (it would commit its old position again); simple and push consumers may keep
+    /// running.
     #[command(group(clap::ArgGroup::new("to").required(true)))]
     ResetOffsets {
         name: String,
@@ -132,6 +134,10 @@ pub enum GroupCommand {
         /// Show the new offsets without committing them.
         #[arg(long)]
         dry_run: bool,
+        /// Reset even while a pull consumer of the group is online on the topic, or a node
+        /// cannot say whether one is.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -331,10 +337,25 @@ fn group_progress_json(reply: &admin::DescribeGroupResponse) -> serde_json::Valu
             })
         })
         .collect();
+    let clients: Vec<_> = reply
+        .clients
+        .iter()
+        .map(|c| {
+            json!({
+                "client_id": c.client_id,
+                "kind": c.kind,
+                "topics": c.topics,
+                "idle_ms": c.idle_ms,
+                "node_ids": c.node_ids,
+            })
+        })
+        .collect();
     json!({
         "group": reply.group.as_ref().map(group_json),
         "lag": total_lag(reply),
         "queues": queues,
+        "clients": clients,
+        "unanswered_nodes": reply.unanswered_nodes,
         "node_id": reply.node_id,
         "applied_index": reply.applied_index,
     })
@@ -368,6 +389,32 @@ fn print_group_progress(name: &str, reply: &admin::DescribeGroupResponse) {
         reply.node_id,
         reply.applied_index
     );
+    if reply.clients.is_empty() {
+        println!("no consumer online");
+    } else {
+        println!(
+            "{:<40} {:<7} {:>8} {:<8} TOPICS",
+            "CONSUMER", "KIND", "IDLE_S", "NODES"
+        );
+        for c in &reply.clients {
+            let nodes: Vec<String> = c.node_ids.iter().map(u64::to_string).collect();
+            println!(
+                "{:<40} {:<7} {:>8.1} {:<8} {}",
+                c.client_id,
+                if c.kind.is_empty() { "-" } else { &c.kind },
+                c.idle_ms as f64 / 1000.0,
+                nodes.join(","),
+                c.topics.join(",")
+            );
+        }
+    }
+    if !reply.unanswered_nodes.is_empty() {
+        let nodes: Vec<String> = reply.unanswered_nodes.iter().map(u64::to_string).collect();
+        println!(
+            "node {} did not say which consumers call it",
+            nodes.join(", ")
+        );
+    }
 }
 
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
@@ -661,6 +708,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 to_timestamp_ms,
                 to_offset,
                 dry_run,
+                force,
             } => {
                 use admin::reset_offsets_request::To;
                 let to = match (to_earliest, to_latest, to_timestamp_ms, to_offset) {
@@ -675,6 +723,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                     topic: topic.clone(),
                     to: Some(to),
                     dry_run,
+                    force,
                 };
                 let reply = client
                     .admin(|mut c| {

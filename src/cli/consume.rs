@@ -43,7 +43,18 @@ pub struct ConsumeArgs {
 
 pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     let client = args.endpoints.client()?;
-    require_topic(&client, &args.topic).await?;
+    let result = tokio::select! {
+        result = consume(&client, &args) => result,
+        () = super::shutdown_signal() => Ok(()),
+    };
+    // The broker lists this consumer among the group's until it says goodbye or falls silent
+    // for 30 s, and refuses to reset the group's offsets meanwhile.
+    client.notify_termination(&args.group).await;
+    result
+}
+
+async fn consume(client: &Client, args: &ConsumeArgs) -> anyhow::Result<()> {
+    require_topic(client, &args.topic).await?;
     let queues = client.route(&args.topic).await?.len() as i32;
     let mut offsets = Vec::with_capacity(queues as usize);
     for queue in 0..queues {

@@ -824,6 +824,20 @@ impl BrokerState {
         ))
     }
 
+    /// Every queue of `topic` as the progress of a group that has committed nothing there:
+    /// each lags by all its messages.
+    pub fn uncommitted_progress(&self, topic: &str) -> Vec<QueueProgress> {
+        let queues = self.topic(topic).map_or(0, |t| t.queues);
+        (0..queues)
+            .map(|queue_id| QueueProgress {
+                topic: topic.to_string(),
+                queue_id,
+                committed: None,
+                max_offset: self.queue_next_offset(topic, queue_id),
+            })
+            .collect()
+    }
+
     /// `group_progress` of every group that has committed an offset, by group name.
     pub fn all_group_progress(&self) -> Result<BTreeMap<String, Vec<QueueProgress>>, StorageError> {
         let mut by_group: BTreeMap<String, BTreeMap<(String, u32), u64>> = BTreeMap::new();

@@ -1,0 +1,276 @@
+//! The consumers of each group that this node has heard from: which client pulled, received,
+//! acknowledged or committed on which topics, and how long ago.
+//!
+//! Operators see them in `admin group describe`, and a reset of a group's offsets is refused
+//! while one of its pull consumers is online: a pull consumer keeps its position in memory and
+//! would commit it again over the reset. Nothing here is replicated; each node knows the
+//! clients that call it, and the admin service asks every member.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use raftmq_proto::rocketmq::v2;
+
+/// A client silent for this long counts as gone: three of the official clients' 10 s
+/// heartbeats. A client that says goodbye (NotifyClientTermination) is gone at once.
+pub const ONLINE_WINDOW: Duration = Duration::from_secs(30);
+
+/// How a consumer reads: pull consumers commit offsets themselves; simple and push consumers
+/// receive and acknowledge, and the broker keeps their progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumerKind {
+    Pull,
+    Simple,
+    Push,
+}
+
+impl ConsumerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ConsumerKind::Pull => "pull",
+            ConsumerKind::Simple => "simple",
+            ConsumerKind::Push => "push",
+        }
+    }
+
+    /// The kind a Heartbeat declares; None for producers and unspecified clients.
+    pub fn from_client_type(client_type: i32) -> Option<ConsumerKind> {
+        use v2::ClientType;
+        match ClientType::try_from(client_type).ok()? {
+            ClientType::PullConsumer => Some(ConsumerKind::Pull),
+            ClientType::SimpleConsumer | ClientType::LiteSimpleConsumer => {
+                Some(ConsumerKind::Simple)
+            }
+            ClientType::PushConsumer | ClientType::LitePushConsumer => Some(ConsumerKind::Push),
+            ClientType::Producer | ClientType::Unspecified => None,
+        }
+    }
+}
+
+/// What a call says about its client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activity {
+    /// PullMessage or UpdateOffset: only pull consumers make these.
+    Pull,
+    /// QueryAssignment, ReceiveMessage, AckMessage, ChangeInvisibleDuration: a simple or a
+    /// push consumer (its Heartbeat tells which).
+    Receive,
+}
+
+struct Seen {
+    kind: Option<ConsumerKind>,
+    topics: BTreeSet<String>,
+    last: Instant,
+}
+
+/// One client of a group, as this node saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnlineClient {
+    pub client_id: String,
+    pub kind: Option<ConsumerKind>,
+    pub topics: Vec<String>,
+    /// Time since this node last heard from it.
+    pub idle: Duration,
+}
+
+pub struct GroupClients {
+    window: Duration,
+    /// By group, then by client id.
+    groups: Mutex<HashMap<String, HashMap<String, Seen>>>,
+}
+
+impl Default for GroupClients {
+    fn default() -> Self {
+        GroupClients::new(ONLINE_WINDOW)
+    }
+}
+
+impl GroupClients {
+    pub fn new(window: Duration) -> GroupClients {
+        GroupClients {
+            window,
+            groups: Mutex::default(),
+        }
+    }
+
+    /// A call of `client` for `group` on `topic`.
+    pub fn touched(&self, group: &str, client: &str, topic: &str, activity: Activity) {
+        let now = Instant::now();
+        let mut groups = self.groups.lock().expect("group clients poisoned");
+        let seen = Self::entry(&mut groups, group, client, now, self.window);
+        seen.last = now;
+        match activity {
+            Activity::Pull => seen.kind = Some(ConsumerKind::Pull),
+            // A receive does not tell a simple consumer from a push consumer; keep what the
+            // Heartbeat said.
+            Activity::Receive => {
+                seen.kind.get_or_insert(ConsumerKind::Simple);
+            }
+        }
+        if !seen.topics.contains(topic) {
+            seen.topics.insert(topic.to_string());
+        }
+    }
+
+    /// A Heartbeat: the client is still there, and says what kind of consumer it is.
+    pub fn heartbeat(&self, group: &str, client: &str, kind: ConsumerKind) {
+        let now = Instant::now();
+        let mut groups = self.groups.lock().expect("group clients poisoned");
+        let seen = Self::entry(&mut groups, group, client, now, self.window);
+        seen.last = now;
+        seen.kind = Some(kind);
+    }
+
+    /// NotifyClientTermination: the client is gone from `group`, or from every group when the
+    /// call names none.
+    pub fn terminated(&self, group: Option<&str>, client: &str) {
+        let mut groups = self.groups.lock().expect("group clients poisoned");
+        match group {
+            Some(group) => {
+                if let Some(clients) = groups.get_mut(group) {
+                    clients.remove(client);
+                }
+            }
+            None => {
+                for clients in groups.values_mut() {
+                    clients.remove(client);
+                }
+            }
+        }
+        groups.retain(|_, clients| !clients.is_empty());
+    }
+
+    /// The group's clients heard from within the window, by client id.
+    pub fn online(&self, group: &str) -> Vec<OnlineClient> {
+        let now = Instant::now();
+        let groups = self.groups.lock().expect("group clients poisoned");
+        let mut online: Vec<OnlineClient> = groups
+            .get(group)
+            .into_iter()
+            .flatten()
+            .filter(|(_, seen)| now.duration_since(seen.last) < self.window)
+            .map(|(id, seen)| OnlineClient {
+                client_id: id.clone(),
+                kind: seen.kind,
+                topics: seen.topics.iter().cloned().collect(),
+                idle: now.duration_since(seen.last),
+            })
+            .collect();
+        online.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        online
+    }
+
+    /// The record of `client` in `group`, made when missing. Adding a client first drops the
+    /// group's clients that fell silent, so the map stays as large as the clients online.
+    fn entry<'a>(
+        groups: &'a mut HashMap<String, HashMap<String, Seen>>,
+        group: &str,
+        client: &str,
+        now: Instant,
+        window: Duration,
+    ) -> &'a mut Seen {
+        if !groups.contains_key(group) {
+            groups.retain(|_, clients| {
+                clients.retain(|_, seen| now.duration_since(seen.last) < window);
+                !clients.is_empty()
+            });
+            groups.insert(group.to_string(), HashMap::new());
+        }
+        let clients = groups.get_mut(group).expect("inserted above");
+        if !clients.contains_key(client) {
+            clients.retain(|_, seen| now.duration_since(seen.last) < window);
+            clients.insert(
+                client.to_string(),
+                Seen {
+                    kind: None,
+                    topics: BTreeSet::new(),
+                    last: now,
+                },
+            );
+        }
+        clients.get_mut(client).expect("inserted above")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_say_what_kind_of_consumer_a_client_is() {
+        let clients = GroupClients::default();
+        clients.touched("g", "puller", "orders", Activity::Pull);
+        clients.touched("g", "puller", "refunds", Activity::Pull);
+        clients.touched("g", "receiver", "orders", Activity::Receive);
+        clients.heartbeat("g", "pusher", ConsumerKind::Push);
+        clients.touched("g", "pusher", "orders", Activity::Receive);
+        clients.touched("other", "someone", "orders", Activity::Pull);
+
+        let online = clients.online("g");
+        let summary: Vec<_> = online
+            .iter()
+            .map(|c| (c.client_id.as_str(), c.kind, c.topics.join(",")))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("puller", Some(ConsumerKind::Pull), "orders,refunds".into()),
+                ("pusher", Some(ConsumerKind::Push), "orders".into()),
+                ("receiver", Some(ConsumerKind::Simple), "orders".into()),
+            ]
+        );
+        assert!(clients.online("nobody").is_empty());
+    }
+
+    #[test]
+    fn a_client_that_says_goodbye_is_gone_at_once() {
+        let clients = GroupClients::default();
+        clients.touched("g", "a", "t", Activity::Pull);
+        clients.touched("h", "a", "t", Activity::Pull);
+        clients.touched("g", "b", "t", Activity::Pull);
+        clients.terminated(Some("g"), "a");
+        let ids = |group| -> Vec<String> {
+            clients
+                .online(group)
+                .into_iter()
+                .map(|c| c.client_id)
+                .collect()
+        };
+        assert_eq!(ids("g"), vec!["b"]);
+        assert_eq!(ids("h"), vec!["a"], "only the group it named");
+        clients.terminated(None, "a");
+        assert!(ids("h").is_empty(), "every group when it names none");
+    }
+
+    #[test]
+    fn a_silent_client_drops_out_after_the_window() {
+        let clients = GroupClients::new(Duration::from_millis(50));
+        clients.touched("g", "quiet", "t", Activity::Pull);
+        assert_eq!(clients.online("g").len(), 1);
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(clients.online("g").is_empty());
+        // A new client's arrival prunes it from the map.
+        clients.touched("g", "loud", "t", Activity::Pull);
+        clients.touched("h", "x", "t", Activity::Pull);
+        let groups = clients.groups.lock().unwrap();
+        assert_eq!(groups["g"].len(), 1);
+        assert_eq!(groups.len(), 2);
+    }
+
+    #[test]
+    fn a_heartbeat_names_the_kind_for_every_consumer_type() {
+        use v2::ClientType;
+        for (client_type, kind) in [
+            (ClientType::PullConsumer, Some(ConsumerKind::Pull)),
+            (ClientType::SimpleConsumer, Some(ConsumerKind::Simple)),
+            (ClientType::PushConsumer, Some(ConsumerKind::Push)),
+            (ClientType::LitePushConsumer, Some(ConsumerKind::Push)),
+            (ClientType::Producer, None),
+            (ClientType::Unspecified, None),
+        ] {
+            assert_eq!(ConsumerKind::from_client_type(client_type as i32), kind);
+        }
+        assert_eq!(ConsumerKind::from_client_type(99), None);
+    }
+}
