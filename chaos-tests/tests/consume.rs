@@ -9,6 +9,7 @@ use raftmq::client::message;
 use raftmq_proto::raft::v1 as pb;
 use raftmq_proto::raft::v1::raft_service_client::RaftServiceClient;
 use raftmq_proto::rocketmq::v2::QueryOffsetPolicy;
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_waiting_pull_wakes_when_a_message_is_committed() -> anyhow::Result<()> {
@@ -510,9 +511,13 @@ async fn admin_group_describe_shows_committed_offsets_and_lag() -> anyhow::Resul
     let entry = |name: &str| listed.iter().find(|g| g["name"] == name).cloned();
     let readers = entry("readers").expect("readers listed");
     assert_eq!(
-        (Some(false), Some(0)),
-        (readers["created"].as_bool(), readers["lag"].as_u64()),
-        "{readers}"
+        (Some(false), Some(0), Some(0)),
+        (
+            readers["created"].as_bool(),
+            readers["lag"].as_u64(),
+            readers["consumers_online"].as_u64()
+        ),
+        "{readers}: its consumers said goodbye when they stopped"
     );
     let idle = entry("idle").expect("idle listed");
     assert!(idle["created"] == true && idle["lag"].is_null(), "{idle}");
@@ -766,6 +771,30 @@ async fn a_reset_is_refused_while_a_pull_consumer_of_the_group_runs() -> anyhow:
         anyhow::ensure!(Instant::now() < deadline, "the reader was never listed");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // `group list` counts each group's consumers online, and names a group known by nothing
+    // else.
+    let listed: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["admin", "group", "list", "--json"]))?;
+    let online: Vec<_> = listed["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|g| {
+            (
+                g["name"].clone(),
+                g["consumers_online"].clone(),
+                g["lag"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        online,
+        vec![
+            (json!("lookers"), json!(1), json!(null)),
+            (json!("watchers"), json!(1), json!(4)),
+        ],
+        "{listed}"
+    );
 
     // Stopped, it says goodbye: no longer listed, and a reset needs no force.
     kill(Pid::from_raw(consumer.0.id() as i32), Signal::SIGINT)?;

@@ -88,6 +88,7 @@ fn group_info(group: pb::GroupConfig) -> admin::GroupInfo {
         created_ms: group.created_ms,
         created: true,
         lag: None,
+        consumers_online: None,
     }
 }
 
@@ -220,6 +221,7 @@ impl AdminService for Admin {
         &self,
         _request: Request<admin::ListGroupsRequest>,
     ) -> Result<Response<admin::ListGroupsResponse>, Status> {
+        let (clients, unanswered_nodes) = self.group_clients_of_every_member(None).await;
         let state = &self.broker.node.state;
         let progress = state.all_group_progress().map_err(|e| {
             tracing::error!(error = %e, "reading the groups' offsets failed");
@@ -241,8 +243,22 @@ impl AdminService for Admin {
                 })
                 .lag = Some(lag);
         }
+        // And groups whose consumers run before anything is committed.
+        for group in groups.values_mut() {
+            group.consumers_online = Some(0);
+        }
+        for client in clients {
+            let group = groups
+                .entry(client.group.clone())
+                .or_insert_with(|| admin::GroupInfo {
+                    name: client.group,
+                    ..Default::default()
+                });
+            *group.consumers_online.get_or_insert(0) += 1;
+        }
         Ok(Response::new(admin::ListGroupsResponse {
             groups: groups.into_values().collect(),
+            unanswered_nodes,
         }))
     }
 
@@ -252,7 +268,7 @@ impl AdminService for Admin {
     ) -> Result<Response<admin::DescribeGroupResponse>, Status> {
         let name = request.into_inner().name;
         super::validate::group_name(&name).map_err(to_status)?;
-        let (clients, unanswered_nodes) = self.group_clients_of_every_member(&name).await;
+        let (clients, unanswered_nodes) = self.group_clients_of_every_member(Some(&name)).await;
         let state = &self.broker.node.state;
         // Read the applied index first: the figures below are at least that recent.
         let applied_index = state.applied_index();
@@ -303,9 +319,12 @@ impl AdminService for Admin {
         request: Request<admin::ListGroupClientsRequest>,
     ) -> Result<Response<admin::ListGroupClientsResponse>, Status> {
         let group = request.into_inner().group;
-        super::validate::group_name(&group).map_err(to_status)?;
+        if !group.is_empty() {
+            super::validate::group_name(&group).map_err(to_status)?;
+        }
+        let group = Some(group.as_str()).filter(|g| !g.is_empty());
         Ok(Response::new(admin::ListGroupClientsResponse {
-            clients: self.local_group_clients(&group),
+            clients: self.local_group_clients(group),
         }))
     }
 
@@ -577,13 +596,15 @@ impl Admin {
         Ok(())
     }
 
-    /// The group's clients this node heard from within the online window.
-    fn local_group_clients(&self, group: &str) -> Vec<admin::GroupClient> {
+    /// The clients of `group` (of every group: None) this node heard from within the online
+    /// window.
+    fn local_group_clients(&self, group: Option<&str>) -> Vec<admin::GroupClient> {
         self.broker
             .group_clients
             .online(group)
             .into_iter()
             .map(|client| admin::GroupClient {
+                group: client.group,
                 client_id: client.client_id,
                 kind: client
                     .kind
@@ -597,11 +618,12 @@ impl Admin {
             .collect()
     }
 
-    /// The group's clients as every member heard from them, one entry per client id, and the
-    /// members that could not say (down, or a version without ListGroupClients).
+    /// The clients of `group` (of every group: None) as every member heard from them, one
+    /// entry per group and client id, and the members that could not say (down, or a version
+    /// without ListGroupClients).
     async fn group_clients_of_every_member(
         &self,
-        group: &str,
+        group: Option<&str>,
     ) -> (Vec<admin::GroupClient>, Vec<u64>) {
         let node = &self.broker.node;
         let others: Vec<u64> = node
@@ -614,7 +636,7 @@ impl Admin {
             .collect();
         let asks = others.into_iter().map(|id| async move {
             let request = admin::ListGroupClientsRequest {
-                group: group.to_string(),
+                group: group.unwrap_or_default().to_string(),
             };
             let answer = match self.admin_of(id) {
                 Ok(mut member) => {
@@ -647,7 +669,7 @@ impl Admin {
         group: &str,
         topic: &str,
     ) -> Result<(), Status> {
-        let (clients, unanswered) = self.group_clients_of_every_member(group).await;
+        let (clients, unanswered) = self.group_clients_of_every_member(Some(group)).await;
         let online: Vec<String> = clients
             .iter()
             .filter(|c| c.kind == ConsumerKind::Pull.name() && c.topics.iter().any(|t| t == topic))
@@ -704,15 +726,17 @@ impl Admin {
     }
 }
 
-/// One entry per client id: a client that called several members appears once, with every
-/// topic and member, the shortest silence, and its kind (pull wins: it is the kind a reset
-/// must know about).
+/// One entry per group and client id: a client that called several members appears once,
+/// with every topic and member, the shortest silence, and its kind (pull wins: it is the kind
+/// a reset must know about).
 fn merge_group_clients(clients: Vec<admin::GroupClient>) -> Vec<admin::GroupClient> {
-    let mut merged: std::collections::BTreeMap<String, admin::GroupClient> = Default::default();
+    let mut merged: std::collections::BTreeMap<(String, String), admin::GroupClient> =
+        Default::default();
     for client in clients {
-        match merged.get_mut(&client.client_id) {
+        let key = (client.group.clone(), client.client_id.clone());
+        match merged.get_mut(&key) {
             None => {
-                merged.insert(client.client_id.clone(), client);
+                merged.insert(key, client);
             }
             Some(known) => {
                 known.topics.extend(client.topics);
@@ -782,31 +806,36 @@ mod tests {
 
     #[test]
     fn a_client_seen_by_several_members_is_listed_once() {
-        let seen =
-            |id: &str, kind: &str, topic: &str, idle_ms: u64, node: u64| admin::GroupClient {
+        let seen = |group: &str, id: &str, kind: &str, topic: &str, idle_ms: u64, node: u64| {
+            admin::GroupClient {
+                group: group.into(),
                 client_id: id.into(),
                 kind: kind.into(),
                 topics: vec![topic.into()],
                 idle_ms,
                 node_ids: vec![node],
-            };
+            }
+        };
         let merged = merge_group_clients(vec![
-            seen("b", "simple", "orders", 900, 1),
-            seen("a", "simple", "orders", 500, 2),
-            seen("a", "pull", "refunds", 2000, 3),
-            seen("a", "simple", "orders", 100, 1),
+            seen("g", "b", "simple", "orders", 900, 1),
+            seen("g", "a", "simple", "orders", 500, 2),
+            seen("g", "a", "pull", "refunds", 2000, 3),
+            seen("h", "a", "simple", "orders", 700, 2),
+            seen("g", "a", "simple", "orders", 100, 1),
         ]);
         assert_eq!(
             merged,
             vec![
                 admin::GroupClient {
+                    group: "g".into(),
                     client_id: "a".into(),
                     kind: "pull".into(),
                     topics: vec!["orders".into(), "refunds".into()],
                     idle_ms: 100,
                     node_ids: vec![1, 2, 3],
                 },
-                seen("b", "simple", "orders", 900, 1),
+                seen("g", "b", "simple", "orders", 900, 1),
+                seen("h", "a", "simple", "orders", 700, 2),
             ]
         );
     }

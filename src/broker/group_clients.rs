@@ -67,6 +67,7 @@ struct Seen {
 /// One client of a group, as this node saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OnlineClient {
+    pub group: String,
     pub client_id: String,
     pub kind: Option<ConsumerKind>,
     pub topics: Vec<String>,
@@ -141,23 +142,25 @@ impl GroupClients {
         groups.retain(|_, clients| !clients.is_empty());
     }
 
-    /// The group's clients heard from within the window, by client id.
-    pub fn online(&self, group: &str) -> Vec<OnlineClient> {
+    /// The clients of `group` (of every group: None) heard from within the window, by group
+    /// and client id.
+    pub fn online(&self, group: Option<&str>) -> Vec<OnlineClient> {
         let now = Instant::now();
         let groups = self.groups.lock().expect("group clients poisoned");
         let mut online: Vec<OnlineClient> = groups
-            .get(group)
-            .into_iter()
-            .flatten()
-            .filter(|(_, seen)| now.duration_since(seen.last) < self.window)
-            .map(|(id, seen)| OnlineClient {
+            .iter()
+            .filter(|(name, _)| group.is_none_or(|group| group == name.as_str()))
+            .flat_map(|(name, clients)| clients.iter().map(move |client| (name, client)))
+            .filter(|(_, (_, seen))| now.duration_since(seen.last) < self.window)
+            .map(|(name, (id, seen))| OnlineClient {
+                group: name.clone(),
                 client_id: id.clone(),
                 kind: seen.kind,
                 topics: seen.topics.iter().cloned().collect(),
                 idle: now.duration_since(seen.last),
             })
             .collect();
-        online.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        online.sort_by(|a, b| (&a.group, &a.client_id).cmp(&(&b.group, &b.client_id)));
         online
     }
 
@@ -207,7 +210,7 @@ mod tests {
         clients.touched("g", "pusher", "orders", Activity::Receive);
         clients.touched("other", "someone", "orders", Activity::Pull);
 
-        let online = clients.online("g");
+        let online = clients.online(Some("g"));
         let summary: Vec<_> = online
             .iter()
             .map(|c| (c.client_id.as_str(), c.kind, c.topics.join(",")))
@@ -220,7 +223,14 @@ mod tests {
                 ("receiver", Some(ConsumerKind::Simple), "orders".into()),
             ]
         );
-        assert!(clients.online("nobody").is_empty());
+        assert!(clients.online(Some("nobody")).is_empty());
+        let everywhere: Vec<_> = clients
+            .online(None)
+            .into_iter()
+            .map(|c| (c.group, c.client_id))
+            .collect();
+        assert_eq!(everywhere.len(), 4);
+        assert_eq!(everywhere[3], ("other".to_string(), "someone".to_string()));
     }
 
     #[test]
@@ -232,7 +242,7 @@ mod tests {
         clients.terminated(Some("g"), "a");
         let ids = |group| -> Vec<String> {
             clients
-                .online(group)
+                .online(Some(group))
                 .into_iter()
                 .map(|c| c.client_id)
                 .collect()
@@ -247,9 +257,9 @@ mod tests {
     fn a_silent_client_drops_out_after_the_window() {
         let clients = GroupClients::new(Duration::from_millis(50));
         clients.touched("g", "quiet", "t", Activity::Pull);
-        assert_eq!(clients.online("g").len(), 1);
+        assert_eq!(clients.online(Some("g")).len(), 1);
         std::thread::sleep(Duration::from_millis(80));
-        assert!(clients.online("g").is_empty());
+        assert!(clients.online(None).is_empty());
         // A new client's arrival prunes it from the map.
         clients.touched("g", "loud", "t", Activity::Pull);
         clients.touched("h", "x", "t", Activity::Pull);

@@ -316,6 +316,7 @@ fn group_json(g: &admin::GroupInfo) -> serde_json::Value {
         "max_delivery_attempts": g.max_delivery_attempts,
         "created_ms": g.created_ms,
         "lag": g.lag,
+        "consumers_online": g.consumers_online,
     })
 }
 
@@ -660,26 +661,37 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                     .await?;
                 if json {
                     let groups: Vec<_> = reply.groups.iter().map(group_json).collect();
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&json!({ "groups": groups }))?
-                    );
+                    let document = json!({
+                        "groups": groups,
+                        "unanswered_nodes": reply.unanswered_nodes,
+                    });
+                    println!("{}", serde_json::to_string_pretty(&document)?);
                 } else {
                     println!(
-                        "{:<40} {:>5} {:>13} {:>12}",
-                        "GROUP", "FIFO", "MAX_ATTEMPTS", "LAG"
+                        "{:<40} {:>5} {:>13} {:>12} {:>7}",
+                        "GROUP", "FIFO", "MAX_ATTEMPTS", "LAG", "ONLINE"
                     );
                     let or_dash = |shown: bool, value: String| {
                         if shown { value } else { "-".to_string() }
                     };
                     for g in &reply.groups {
-                        // A group known only by its pull consumers' offsets has no settings.
+                        // A group known only by its consumers (offsets committed, or running)
+                        // has no settings.
                         println!(
-                            "{:<40} {:>5} {:>13} {:>12}",
+                            "{:<40} {:>5} {:>13} {:>12} {:>7}",
                             g.name,
                             or_dash(g.created, g.fifo.to_string()),
                             or_dash(g.created, g.max_delivery_attempts.to_string()),
-                            opt(g.lag)
+                            opt(g.lag),
+                            opt(g.consumers_online.map(u64::from))
+                        );
+                    }
+                    if !reply.unanswered_nodes.is_empty() {
+                        let nodes: Vec<String> =
+                            reply.unanswered_nodes.iter().map(u64::to_string).collect();
+                        println!(
+                            "node {} did not say which consumers call it",
+                            nodes.join(", ")
                         );
                     }
                 }
