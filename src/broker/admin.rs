@@ -674,11 +674,10 @@ impl Admin {
             .iter()
             .filter(|c| c.kind == ConsumerKind::Pull.name() && c.topics.iter().any(|t| t == topic))
             .map(|c| {
-                let nodes: Vec<String> = c.node_ids.iter().map(u64::to_string).collect();
                 format!(
                     "`{}` (via node {}, heard from {:.1} s ago)",
                     c.client_id,
-                    nodes.join(", "),
+                    node_list(&c.node_ids),
                     c.idle_ms as f64 / 1000.0
                 )
             })
@@ -693,12 +692,11 @@ impl Admin {
             )));
         }
         if !unanswered.is_empty() {
-            let nodes: Vec<String> = unanswered.iter().map(u64::to_string).collect();
             return Err(Status::failed_precondition(format!(
                 "cannot tell whether group `{group}` has pull consumers online on `{topic}`: \
                  node {} did not say. Bring it back (or finish upgrading it), or pass --force \
                  once the group's consumers are stopped",
-                nodes.join(", ")
+                node_list(&unanswered)
             )));
         }
         Ok(())
@@ -724,6 +722,11 @@ impl Admin {
             })
             .collect()
     }
+}
+
+fn node_list(ids: &[u64]) -> String {
+    let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
+    ids.join(", ")
 }
 
 /// One entry per group and client id: a client that called several members appears once,

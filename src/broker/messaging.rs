@@ -168,6 +168,22 @@ fn endpoints_of(addrs: &[&str], own: &str) -> v2::Endpoints {
 }
 
 impl Messaging {
+    /// A consumer's call that succeeded, for the group's list of consumers online.
+    fn consumer_seen(
+        &self,
+        caller: &str,
+        group: Option<&v2::Resource>,
+        topic: Option<&v2::Resource>,
+        activity: Activity,
+    ) {
+        self.broker.group_clients.touched(
+            resource_name(group),
+            caller,
+            resource_name(topic),
+            activity,
+        );
+    }
+
     /// The endpoints a client is told to use for queue `queue_id` (-1: any queue).
     ///
     /// The Rust client balances over several addresses in one `Endpoints`, so it gets every
@@ -676,12 +692,8 @@ impl MessagingService for Messaging {
         {
             Ok(assignments) => {
                 let query = request.get_ref();
-                self.broker.group_clients.touched(
-                    resource_name(query.group.as_ref()),
-                    &caller_of(&request),
-                    resource_name(query.topic.as_ref()),
-                    Activity::Receive,
-                );
+                let (group, topic) = (query.group.as_ref(), query.topic.as_ref());
+                self.consumer_seen(&caller_of(&request), group, topic, Activity::Receive);
                 v2::QueryAssignmentResponse {
                     status: Some(ok()),
                     assignments,
@@ -710,13 +722,11 @@ impl MessagingService for Messaging {
         // Status first, then the messages, then (always last) the delivery timestamp.
         let received = self.broker.receive(&request, deadline, &client_id).await;
         if received.is_ok() {
-            let topic = request.message_queue.as_ref().map(|q| q.topic.as_ref());
-            self.broker.group_clients.touched(
-                resource_name(request.group.as_ref()),
-                &caller,
-                resource_name(topic.flatten()),
-                Activity::Receive,
-            );
+            let topic = request
+                .message_queue
+                .as_ref()
+                .and_then(|q| q.topic.as_ref());
+            self.consumer_seen(&caller, request.group.as_ref(), topic, Activity::Receive);
         }
         let mut frames = match received {
             Ok(messages) if messages.is_empty() => vec![Content::Status(v2::Status {
@@ -756,12 +766,8 @@ impl MessagingService for Messaging {
         let request = request.into_inner();
         let outcomes = match self.broker.ack(&request).await {
             Ok(outcomes) => {
-                self.broker.group_clients.touched(
-                    resource_name(request.group.as_ref()),
-                    &caller,
-                    resource_name(request.topic.as_ref()),
-                    Activity::Receive,
-                );
+                let (group, topic) = (request.group.as_ref(), request.topic.as_ref());
+                self.consumer_seen(&caller, group, topic, Activity::Receive);
                 outcomes
             }
             Err(rejection) => request
@@ -880,13 +886,9 @@ impl MessagingService for Messaging {
         let status = match self.update_offset(request.get_ref(), deadline).await {
             Ok(()) => {
                 let update = request.get_ref();
-                let topic = update.message_queue.as_ref().map(|q| q.topic.as_ref());
-                self.broker.group_clients.touched(
-                    resource_name(update.group.as_ref()),
-                    &caller_of(&request),
-                    resource_name(topic.flatten()),
-                    Activity::Pull,
-                );
+                let topic = update.message_queue.as_ref().and_then(|q| q.topic.as_ref());
+                let group = update.group.as_ref();
+                self.consumer_seen(&caller_of(&request), group, topic, Activity::Pull);
                 ok()
             }
             Err(rejection) => rejected("UpdateOffset", client, &rejection),
@@ -1005,12 +1007,8 @@ impl MessagingService for Messaging {
         let reply = match self.broker.change_invisible(request.get_ref()).await {
             Ok(receipt_handle) => {
                 let change = request.get_ref();
-                self.broker.group_clients.touched(
-                    resource_name(change.group.as_ref()),
-                    &caller_of(&request),
-                    resource_name(change.topic.as_ref()),
-                    Activity::Receive,
-                );
+                let (group, topic) = (change.group.as_ref(), change.topic.as_ref());
+                self.consumer_seen(&caller_of(&request), group, topic, Activity::Receive);
                 v2::ChangeInvisibleDurationResponse {
                     status: Some(ok()),
                     receipt_handle,

@@ -398,22 +398,30 @@ fn print_group_progress(name: &str, reply: &admin::DescribeGroupResponse) {
             "CONSUMER", "KIND", "IDLE_S", "NODES"
         );
         for c in &reply.clients {
-            let nodes: Vec<String> = c.node_ids.iter().map(u64::to_string).collect();
             println!(
                 "{:<40} {:<7} {:>8.1} {:<8} {}",
                 c.client_id,
                 if c.kind.is_empty() { "-" } else { &c.kind },
                 c.idle_ms as f64 / 1000.0,
-                nodes.join(","),
+                node_list(&c.node_ids, ","),
                 c.topics.join(",")
             );
         }
     }
-    if !reply.unanswered_nodes.is_empty() {
-        let nodes: Vec<String> = reply.unanswered_nodes.iter().map(u64::to_string).collect();
+    print_unanswered(&reply.unanswered_nodes);
+}
+
+fn node_list(ids: &[u64], separator: &str) -> String {
+    let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
+    ids.join(separator)
+}
+
+/// Members that could not say which consumers call them: the consumer figures may be short.
+fn print_unanswered(nodes: &[u64]) {
+    if !nodes.is_empty() {
         println!(
             "node {} did not say which consumers call it",
-            nodes.join(", ")
+            node_list(nodes, ", ")
         );
     }
 }
@@ -686,14 +694,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                             opt(g.consumers_online.map(u64::from))
                         );
                     }
-                    if !reply.unanswered_nodes.is_empty() {
-                        let nodes: Vec<String> =
-                            reply.unanswered_nodes.iter().map(u64::to_string).collect();
-                        println!(
-                            "node {} did not say which consumers call it",
-                            nodes.join(", ")
-                        );
-                    }
+                    print_unanswered(&reply.unanswered_nodes);
                 }
             }
             GroupCommand::Describe { name, json } => {
