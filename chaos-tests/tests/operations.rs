@@ -107,7 +107,7 @@ async fn health_readiness_and_metrics_follow_the_group() -> anyhow::Result<()> {
             in_queue_0 = next;
         }
     }
-    let mut totals = (0.0, 0.0);
+    let mut totals = (0.0, 0.0, 0.0);
     let mut every_node = String::new();
     for node in &cluster.nodes {
         let (status, text) = get(&http, &node.http_addr, "/metrics").await?;
@@ -133,11 +133,16 @@ async fn health_readiness_and_metrics_follow_the_group() -> anyhow::Result<()> {
             "raftmq_requests_rejected_total{rpc=\"SendMessage\",code=\"ILLEGAL_TOPIC\"}",
         )
         .unwrap_or(0.0);
+        totals.2 += sample(
+            &text,
+            "raftmq_consumers_online{group=\"ops-g\",kind=\"pull\"}",
+        )
+        .unwrap_or(0.0);
     }
     assert_eq!(
         totals,
-        (10.0, 1.0),
-        "sends and refusals counted once, where served"
+        (10.0, 1.0, 1.0),
+        "sends and refusals counted once, where served; the pull consumer by the node it called"
     );
     let (_, text) = get(&http, &leader_http, "/metrics").await?;
     let lag = format!(

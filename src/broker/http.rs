@@ -9,9 +9,10 @@
 //! - `/metrics`: Prometheus text format. Counters and histograms are recorded where things
 //!   happen (`metrics::counter!` …); Raft and disk gauges are read when scraped.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -20,6 +21,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
 use openraft::ServerState;
 use serde_json::json;
 
@@ -39,6 +41,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// Appends made durable by one WAL fsync (group commit).
 const FSYNC_BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
+/// How long a gauge that is no longer set stays in `/metrics`.
+const GAUGE_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
 static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// The process-wide Prometheus recorder, installed on first call. `None` if another recorder
@@ -46,7 +51,10 @@ static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 pub fn recorder() -> Option<PrometheusHandle> {
     RECORDER
         .get_or_init(|| {
+            // Every gauge is set at scrape time, just before rendering; one left unset for a
+            // while belongs to something gone (a removed member, a group's departed consumers).
             let builder = PrometheusBuilder::new()
+                .idle_timeout(MetricKindMask::GAUGE, Some(GAUGE_IDLE_TIMEOUT))
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
                 .and_then(|b| {
                     b.set_buckets_for_metric(
@@ -272,9 +280,32 @@ fn record_gauges(broker: &Broker) {
     gauge!("raftmq_send_pending_bytes").set(broker.sends.pending_bytes() as f64);
     gauge!("raftmq_send_pending_limit_bytes").set(broker.config.max_pending_send_bytes as f64);
     record_consumer_lag(broker);
+    record_consumers_online(broker);
     let flag = |on: bool| if on { 1.0 } else { 0.0 };
     gauge!("raftmq_disk_low").set(flag(node.disk.is_low()));
     gauge!("raftmq_disk_full").set(flag(node.disk_full()));
+}
+
+/// Each group's consumers that called this node within the online window, by kind. A series
+/// whose consumers are all gone is set to 0 once and then left to the idle timeout, so that
+/// groups come and go from `/metrics` without piling up.
+fn record_consumers_online(broker: &Broker) {
+    static REPORTED: Mutex<BTreeSet<(String, &'static str)>> = Mutex::new(BTreeSet::new());
+    let mut counts = BTreeMap::<(String, &'static str), u64>::new();
+    for client in broker.group_clients.online(None) {
+        let kind = client.kind.map_or("unknown", |kind| kind.name());
+        *counts.entry((client.group, kind)).or_default() += 1;
+    }
+    let mut reported = REPORTED.lock().expect("reported consumer series poisoned");
+    for (group, kind) in reported.iter().filter(|key| !counts.contains_key(*key)) {
+        metrics::gauge!("raftmq_consumers_online", "group" => group.clone(), "kind" => *kind)
+            .set(0.0);
+    }
+    for ((group, kind), count) in &counts {
+        metrics::gauge!("raftmq_consumers_online", "group" => group.clone(), "kind" => *kind)
+            .set(*count as f64);
+    }
+    *reported = counts.into_keys().collect();
 }
 
 /// Each consumer group's lag per topic, as `admin group describe` totals it, from this node's
