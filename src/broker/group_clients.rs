@@ -64,6 +64,12 @@ struct Seen {
     last: Instant,
 }
 
+impl Seen {
+    fn online(&self, now: Instant, window: Duration) -> bool {
+        now.duration_since(self.last) < window
+    }
+}
+
 /// One client of a group, as this node saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OnlineClient {
@@ -97,30 +103,24 @@ impl GroupClients {
 
     /// A call of `client` for `group` on `topic`.
     pub fn touched(&self, group: &str, client: &str, topic: &str, activity: Activity) {
-        let now = Instant::now();
-        let mut groups = self.groups.lock().expect("group clients poisoned");
-        let seen = Self::entry(&mut groups, group, client, now, self.window);
-        seen.last = now;
-        match activity {
-            Activity::Pull => seen.kind = Some(ConsumerKind::Pull),
-            // A receive does not tell a simple consumer from a push consumer; keep what the
-            // Heartbeat said.
-            Activity::Receive => {
-                seen.kind.get_or_insert(ConsumerKind::Simple);
+        self.called(group, client, |seen| {
+            match activity {
+                Activity::Pull => seen.kind = Some(ConsumerKind::Pull),
+                // A receive does not tell a simple consumer from a push consumer; keep what
+                // the Heartbeat said.
+                Activity::Receive => {
+                    seen.kind.get_or_insert(ConsumerKind::Simple);
+                }
             }
-        }
-        if !seen.topics.contains(topic) {
-            seen.topics.insert(topic.to_string());
-        }
+            if !seen.topics.contains(topic) {
+                seen.topics.insert(topic.to_string());
+            }
+        });
     }
 
     /// A Heartbeat: the client is still there, and says what kind of consumer it is.
     pub fn heartbeat(&self, group: &str, client: &str, kind: ConsumerKind) {
-        let now = Instant::now();
-        let mut groups = self.groups.lock().expect("group clients poisoned");
-        let seen = Self::entry(&mut groups, group, client, now, self.window);
-        seen.last = now;
-        seen.kind = Some(kind);
+        self.called(group, client, |seen| seen.kind = Some(kind));
     }
 
     /// NotifyClientTermination: the client is gone from `group`, or from every group when the
@@ -151,7 +151,7 @@ impl GroupClients {
             .iter()
             .filter(|(name, _)| group.is_none_or(|group| group == name.as_str()))
             .flat_map(|(name, clients)| clients.iter().map(move |client| (name, client)))
-            .filter(|(_, (_, seen))| now.duration_since(seen.last) < self.window)
+            .filter(|(_, (_, seen))| seen.online(now, self.window))
             .map(|(name, (id, seen))| OnlineClient {
                 group: name.clone(),
                 client_id: id.clone(),
@@ -164,25 +164,22 @@ impl GroupClients {
         online
     }
 
-    /// The record of `client` in `group`, made when missing. Adding a client first drops the
-    /// group's clients that fell silent, so the map stays as large as the clients online.
-    fn entry<'a>(
-        groups: &'a mut HashMap<String, HashMap<String, Seen>>,
-        group: &str,
-        client: &str,
-        now: Instant,
-        window: Duration,
-    ) -> &'a mut Seen {
+    /// Record a call of `client` for `group` now, and let `update` say what it tells. A
+    /// client's first call first drops the silent ones (of every group when its group is new
+    /// too), so the map stays as large as the clients online.
+    fn called(&self, group: &str, client: &str, update: impl FnOnce(&mut Seen)) {
+        let (now, window) = (Instant::now(), self.window);
+        let mut groups = self.groups.lock().expect("group clients poisoned");
         if !groups.contains_key(group) {
             groups.retain(|_, clients| {
-                clients.retain(|_, seen| now.duration_since(seen.last) < window);
+                clients.retain(|_, seen| seen.online(now, window));
                 !clients.is_empty()
             });
             groups.insert(group.to_string(), HashMap::new());
         }
         let clients = groups.get_mut(group).expect("inserted above");
         if !clients.contains_key(client) {
-            clients.retain(|_, seen| now.duration_since(seen.last) < window);
+            clients.retain(|_, seen| seen.online(now, window));
             clients.insert(
                 client.to_string(),
                 Seen {
@@ -192,7 +189,9 @@ impl GroupClients {
                 },
             );
         }
-        clients.get_mut(client).expect("inserted above")
+        let seen = clients.get_mut(client).expect("inserted above");
+        seen.last = now;
+        update(seen);
     }
 }
 

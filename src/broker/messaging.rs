@@ -308,7 +308,7 @@ impl Messaging {
 
     async fn pull(
         &self,
-        request: v2::PullMessageRequest,
+        request: &v2::PullMessageRequest,
     ) -> Result<(Vec<v2::Message>, u64), Rejection> {
         let broker = &self.broker;
         validate::group_name(resource_name(request.group.as_ref()))?;
@@ -836,18 +836,13 @@ impl MessagingService for Messaging {
         let client = ClientKind::of(&request);
         let caller = caller_of(&request);
         let request = request.into_inner();
-        let requested_offset = request.offset;
-        let group = resource_name(request.group.as_ref()).to_string();
-        let topic = request
-            .message_queue
-            .as_ref()
-            .map(|queue| resource_name(queue.topic.as_ref()).to_string())
-            .unwrap_or_default();
-        let frames = match self.pull(request).await {
+        let frames = match self.pull(&request).await {
             Ok((messages, next_offset)) => {
-                self.broker
-                    .group_clients
-                    .touched(&group, &caller, &topic, Activity::Pull);
+                let topic = request
+                    .message_queue
+                    .as_ref()
+                    .and_then(|q| q.topic.as_ref());
+                self.consumer_seen(&caller, request.group.as_ref(), topic, Activity::Pull);
                 metrics::counter!("raftmq_messages_consumed_total", "via" => "pull")
                     .increment(messages.len() as u64);
                 let status = if messages.is_empty() {
@@ -866,7 +861,7 @@ impl MessagingService for Messaging {
             }
             Err(rejection) => vec![
                 Content::Status(rejected("PullMessage", client, &rejection)),
-                Content::NextOffset(requested_offset),
+                Content::NextOffset(request.offset),
             ],
         };
         let stream = futures::stream::iter(frames.into_iter().map(|content| {
