@@ -409,6 +409,99 @@ async fn retried_sends_across_a_leader_kill_are_stored_once() -> anyhow::Result<
     Ok(())
 }
 
+/// How many times node `id` has taken its leader for dead (0 before the first time).
+async fn dead_leaders_seen(cluster: &Cluster, id: u64) -> anyhow::Result<f64> {
+    let text = cluster.metrics(id).await?;
+    Ok(sample(&text, "raftmq_dead_leader_detected_total").unwrap_or(0.0))
+}
+
+/// A leader killed with SIGKILL leaves its Raft port closed: the followers notice, end its
+/// lease, and the lowest other voter stands for election at once and is elected, while sends
+/// go on. A paused (SIGSTOP) leader's port still completes connections: no follower takes it
+/// for dead, the usual election replaces it, and nothing acknowledged is lost either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_leader_is_taken_for_dead_and_a_paused_one_is_not() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
+    cluster.create_topic(TOPIC, QUEUES as u32).await?;
+    let history = Arc::new(History::default());
+    let client = cluster.client();
+    history
+        .send_numbered(&client, TOPIC, "before", 100, Duration::from_secs(10))
+        .await?;
+
+    // Sends keep flowing through both faults, so the leader's append streams are open.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let (history, client, stop) = (history.clone(), cluster.client(), stop.clone());
+        tokio::spawn(async move {
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                seq += 1;
+                let body = format!("during:{seq}");
+                // A send that fails for good is simply not acknowledged; the checker
+                // only holds the acknowledged ones to account.
+                let _ = history
+                    .send_until_acked(&client, TOPIC, body, Duration::from_secs(10))
+                    .await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let successor = (1..=3).filter(|id| *id != leader).min().unwrap();
+    let acked_before_kill = history.acked();
+    cluster.kill_node(leader);
+    let new_leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    assert_eq!(
+        new_leader,
+        successor,
+        "the lowest other voter should stand at once\n{}",
+        cluster.log_tails(30)
+    );
+    assert!(
+        dead_leaders_seen(&cluster, successor).await? >= 1.0,
+        "node {successor} did not take the killed leader for dead\n{}",
+        cluster.log_tails(30)
+    );
+    let log = std::fs::read_to_string(cluster.node(successor).log_file())?;
+    assert!(
+        log.contains(&format!("node {successor} stands for election now")),
+        "{}",
+        cluster.log_tails(30)
+    );
+    wait_for_acks(&history, acked_before_kill + 50, Duration::from_secs(10)).await;
+
+    cluster.start_node(leader)?;
+    cluster.wait_caught_up(Duration::from_secs(60)).await?;
+    let mut seen_before_pause = Vec::new();
+    for id in 1..=3 {
+        seen_before_pause.push(dead_leaders_seen(&cluster, id).await?);
+    }
+    let paused = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    cluster.pause_node(paused, true)?;
+    // Longer than the lease and an election timeout: the others elect one of themselves.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let acked_in_pause = history.acked();
+    wait_for_acks(&history, acked_in_pause + 20, Duration::from_secs(10)).await;
+    cluster.pause_node(paused, false)?;
+    for id in 1..=3 {
+        assert_eq!(
+            dead_leaders_seen(&cluster, id).await?,
+            seen_before_pause[id as usize - 1],
+            "node {id} took the paused leader {paused} for dead\n{}",
+            cluster.log_tails(30)
+        );
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    sender.await?;
+    cluster.wait_caught_up(Duration::from_secs(60)).await?;
+    let stored = check_every_node(&cluster, &history, TOPIC, QUEUES).await?;
+    assert_eq!(stored.len(), history.acked());
+    Ok(())
+}
+
 /// `raftmq bench produce`, on its default direct connection to the leader, goes on through a
 /// leader kill: it moves to the new leader, so the sends after the failover are acknowledged
 /// instead of every call after the kill failing on the dead connection.

@@ -7,6 +7,8 @@
 //! * [`log_store`]: `RaftLogStorage` over the RocksDB commit log, with group commit.
 //! * [`state_machine`]: `RaftStateMachine` over the derived broker state.
 //! * [`network`]: Raft RPC client over tonic, one channel per peer.
+//! * [`dead_leader`]: a follower whose leader's process is gone elects a successor without
+//!   waiting out the leader lease.
 //! * [`catchup`]: the leader's byte-rate limit on replication to followers far behind.
 //! * [`service`]: the Raft RPC server, including `Propose`, through which followers hand writes
 //!   to the leader.
@@ -15,6 +17,7 @@
 
 pub mod catchup;
 pub mod convert;
+pub mod dead_leader;
 pub mod log_store;
 pub mod network;
 pub mod node;

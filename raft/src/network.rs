@@ -120,6 +120,11 @@ impl Network {
         }
     }
 
+    /// The address this node's outgoing Raft connections leave from, when it picks one.
+    pub fn local_address(&self) -> Option<std::net::IpAddr> {
+        self.local_address
+    }
+
     pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut channels = self.channels.lock().expect("channel cache lock poisoned");
         if let Some(channel) = channels.get(addr) {

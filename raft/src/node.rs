@@ -22,6 +22,7 @@ use raftmq_proto::raft::v1 as pb;
 use raftmq_storage::{BrokerState, Db, DiskSpace, FlushMode, LogStore, StorageError};
 
 use crate::catchup::CatchUpLimit;
+use crate::dead_leader::LeaderLiveness;
 use crate::log_store::RaftLogStore;
 use crate::network::Network;
 use crate::state_machine::StateMachine;
@@ -189,6 +190,8 @@ pub struct RaftNode {
     stopping: tokio::sync::watch::Sender<bool>,
     /// While this node leads: when it became leader (wall clock, ms since the epoch); else 0.
     leading_since_ms: AtomicI64,
+    /// When this node, as a follower, last heard from its leader (see [`crate::dead_leader`]).
+    pub(crate) liveness: LeaderLiveness,
 }
 
 impl RaftNode {
@@ -264,6 +267,7 @@ impl RaftNode {
             rejoining: AtomicBool::new(empty_disk),
             stopping: tokio::sync::watch::channel(false).0,
             leading_since_ms: AtomicI64::new(0),
+            liveness: LeaderLiveness::default(),
         }))
     }
 

@@ -97,6 +97,7 @@ impl RaftService for RaftGrpc {
         request: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
         self.refuse_if_stopping()?;
+        self.node.heard_from_leader();
         let req = convert::append_request_from_pb(request.into_inner())?;
         let resp = self.node.raft.append_entries(req).await.map_err(fatal)?;
         let mut reply = convert::append_response_to_pb(&resp);
@@ -118,10 +119,18 @@ impl RaftService for RaftGrpc {
         // Answers come in the order of the requests: pair them by position to time each one.
         let received_at = Arc::new(Mutex::new(VecDeque::new()));
         let received = received_at.clone();
-        // Requests that fail to decode end the input; the leader then reconnects.
+        // An error (a request that does not decode, or a broken connection) ends the input;
+        // the leader then reconnects, unless its process is gone: `leader_stream_broke` checks.
+        let node = self.node.clone();
+        let heard = self.node.clone();
         let input = request
             .into_inner()
-            .take_while(|item| futures::future::ready(item.is_ok()))
+            .take_while(move |item| {
+                if item.is_err() {
+                    node.leader_stream_broke();
+                }
+                futures::future::ready(item.is_ok())
+            })
             .filter_map(|item| async move {
                 match item.ok().map(convert::append_request_from_pb) {
                     Some(Ok(req)) => Some(req),
@@ -133,6 +142,7 @@ impl RaftService for RaftGrpc {
                 }
             })
             .inspect(move |_| {
+                heard.heard_from_leader();
                 let mut received = received.lock().expect("received-at lock poisoned");
                 received.push_back(Instant::now());
             })

@@ -319,6 +319,7 @@ pub async fn run(
     tokio::spawn(node.clone().bootstrap());
     tokio::spawn(node.clone().watch_rejoin());
     tokio::spawn(node.clone().watch_followers());
+    tokio::spawn(node.clone().watch_leader_liveness());
     tokio::spawn(node.clone().watch_leadership());
 
     // A stopped Raft core does not come back: the process exits non-zero so that its

@@ -1,0 +1,255 @@
+//! A leader whose process is gone is replaced at once, not after its lease.
+//!
+//! openraft lets a follower campaign only once the leader lease (the maximum election timeout)
+//! and then its own election timeout have passed without a heartbeat, and its peers grant a
+//! vote only once their own lease has run out: 450–600 ms with the default timeouts. That wait
+//! is right while the leader may still be alive (paused, partitioned, slow). But when the
+//! leader's append stream to this follower breaks and the leader's Raft port then refuses
+//! connections, nothing listens there any more: its process died (or its host's network
+//! stack answers for it). Then each follower ends its lease on that leader, and one follower
+//! (the lowest id among the other voters) stands for election at once, as openraft does for
+//! a leadership transfer.
+//!
+//! Only "connection refused" counts. A paused process still completes a TCP handshake (the
+//! kernel accepts into its backlog), and a partitioned or vanished host times out or is
+//! unreachable: those keep openraft's usual timing. Nothing here weakens Raft's safety: the
+//! vote still needs a majority whose logs are no newer than the candidate's, and raftmq reads
+//! with ReadIndex, never by lease.
+
+use std::io::ErrorKind;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::raft::TransferLeaderRequest;
+
+use crate::node::RaftNode;
+use crate::types::{NodeId, Vote};
+
+/// How long one probe of the leader's Raft port may take; longer means "cannot tell".
+const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// The waits before each probe (so probes at 0, 20 and 100 ms). A killed process may still
+/// hold its listening socket for a moment after its connections closed; for a live leader
+/// that merely restarted its stream, three connects are all the check costs.
+const PROBE_AFTER: [Duration; 3] = [
+    Duration::ZERO,
+    Duration::from_millis(20),
+    Duration::from_millis(80),
+];
+
+/// What a connect to the leader's Raft port said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Probe {
+    /// Something listens there.
+    Listening,
+    /// The host answered that nothing listens there.
+    Refused,
+    /// No answer, an unreachable host, a name that does not resolve: cannot tell.
+    Unknown,
+}
+
+/// Connect to `addr` (host:port) once, from `local` when given, and drop the connection.
+pub(crate) async fn probe(addr: &str, local: Option<IpAddr>) -> Probe {
+    let target = match tokio::net::lookup_host(addr).await {
+        Ok(mut found) => match found.next() {
+            Some(target) => target,
+            None => return Probe::Unknown,
+        },
+        Err(_) => return Probe::Unknown,
+    };
+    let connect = async {
+        let socket = match target {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        if let Some(ip) = local.filter(|ip| ip.is_ipv4() == target.is_ipv4()) {
+            socket.bind(SocketAddr::new(ip, 0))?;
+        }
+        socket.connect(target).await
+    };
+    match tokio::time::timeout(PROBE_TIMEOUT, connect).await {
+        Ok(Ok(_connection)) => Probe::Listening,
+        Ok(Err(e)) if e.kind() == ErrorKind::ConnectionRefused => Probe::Refused,
+        Ok(Err(_)) | Err(_) => Probe::Unknown,
+    }
+}
+
+/// The voter that stands for election when `leader` is gone: the lowest other id, so that
+/// the followers agree without talking to each other.
+pub(crate) fn successor(
+    voters: impl IntoIterator<Item = NodeId>,
+    leader: NodeId,
+) -> Option<NodeId> {
+    voters.into_iter().filter(|id| *id != leader).min()
+}
+
+/// Tracks what this node, as a follower, last heard from its leader, and keeps one check of
+/// the leader's port running at a time.
+#[derive(Debug)]
+pub(crate) struct LeaderLiveness {
+    started: Instant,
+    /// Milliseconds after `started` at which the last append or heartbeat arrived.
+    last_heard_ms: AtomicU64,
+    checking: AtomicBool,
+}
+
+impl Default for LeaderLiveness {
+    fn default() -> Self {
+        LeaderLiveness {
+            started: Instant::now(),
+            last_heard_ms: AtomicU64::new(0),
+            checking: AtomicBool::new(false),
+        }
+    }
+}
+
+impl LeaderLiveness {
+    pub(crate) fn heard(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_heard_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn quiet_for(&self) -> Duration {
+        let heard = Duration::from_millis(self.last_heard_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(heard)
+    }
+}
+
+/// Clears `checking` when a check ends, however it ends.
+struct CheckRunning<'a>(&'a AtomicBool);
+
+impl Drop for CheckRunning<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+impl RaftNode {
+    /// An append or a heartbeat from the leader arrived.
+    pub(crate) fn heard_from_leader(&self) {
+        self.liveness.heard();
+    }
+
+    /// The append stream from the leader to this node broke: check, in the background,
+    /// whether the leader's process is gone.
+    pub(crate) fn leader_stream_broke(self: &Arc<Self>) {
+        if self.is_stopping() {
+            return;
+        }
+        tokio::spawn(self.clone().replace_leader_if_gone());
+    }
+
+    /// Check the leader's port each time it has been quiet for two heartbeat intervals (an
+    /// idle group has no append stream to break). One check per quiet spell.
+    pub async fn watch_leader_liveness(self: Arc<Self>) {
+        let heartbeat = Duration::from_millis(self.raft.config().heartbeat_interval);
+        let mut tick = tokio::time::interval(heartbeat / 2);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut checked_this_spell = false;
+        loop {
+            tick.tick().await;
+            if self.is_stopping() || self.metrics().running_state.is_err() {
+                return;
+            }
+            let quiet = self.liveness.quiet_for() >= heartbeat * 2;
+            if !quiet || self.followed_leader().is_none() {
+                checked_this_spell = false;
+                continue;
+            }
+            if !checked_this_spell {
+                checked_this_spell = true;
+                self.clone().replace_leader_if_gone().await;
+            }
+        }
+    }
+
+    async fn replace_leader_if_gone(self: Arc<Self>) {
+        if self.liveness.checking.swap(true, Ordering::Acquire) {
+            return;
+        }
+        let _running = CheckRunning(&self.liveness.checking);
+        let Some((leader, _)) = self.followed_leader() else {
+            return;
+        };
+        let Some(addr) = self.node_addr(leader).map(|node| node.raft_addr) else {
+            return;
+        };
+        let mut refused = false;
+        for wait in PROBE_AFTER {
+            tokio::time::sleep(wait).await;
+            if probe(&addr, self.network().local_address()).await == Probe::Refused {
+                refused = true;
+                break;
+            }
+        }
+        if !refused || self.is_stopping() {
+            return;
+        }
+        // Read again: another leader may have been elected meanwhile (a planned hand-over
+        // ends the old leader's streams too), and then there is nothing to do.
+        let Some((still, vote)) = self.followed_leader() else {
+            return;
+        };
+        if still != leader {
+            return;
+        }
+        let voters = self.voters().into_iter().map(|(id, _)| id);
+        let Some(successor) = successor(voters, leader) else {
+            return;
+        };
+        tracing::warn!(
+            leader,
+            successor,
+            raft_addr = %addr,
+            "the leader's Raft port refuses connections (its process is gone): ending its lease; \
+             node {successor} stands for election now"
+        );
+        metrics::counter!("raftmq_dead_leader_detected_total").increment(1);
+        let request = TransferLeaderRequest::new(vote, successor, None);
+        if let Err(e) = self.raft.handle_transfer_leader(request).await {
+            tracing::warn!(error = %e, "could not end the gone leader's lease");
+        }
+    }
+
+    /// The leader this node follows, with the committed vote it holds for it; `None` when it
+    /// leads, is a candidate, or knows no leader.
+    fn followed_leader(&self) -> Option<(NodeId, Vote)> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let leader = metrics.current_leader?;
+        let vote = metrics.vote;
+        let follows = leader != self.id && vote.committed && vote.leader_id.node_id == leader;
+        follows.then_some((leader, vote))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lowest_other_voter_succeeds() {
+        assert_eq!(successor([1, 2, 3], 1), Some(2));
+        assert_eq!(successor([3, 1, 2], 2), Some(1));
+        assert_eq!(successor([5, 4], 4), Some(5));
+        assert_eq!(successor([1], 1), None);
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_refused_and_an_open_one_listens() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        assert_eq!(probe(&addr, None).await, Probe::Listening);
+        drop(listener);
+        assert_eq!(probe(&addr, None).await, Probe::Refused);
+    }
+
+    #[tokio::test]
+    async fn a_name_that_does_not_resolve_cannot_tell() {
+        assert_eq!(probe("no-such-host.invalid:1", None).await, Probe::Unknown);
+        assert_eq!(probe("not an address", None).await, Probe::Unknown);
+    }
+}
