@@ -3,7 +3,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use chaos_tests::cluster::{Cluster, ClusterOptions, raftmq_binary};
+use chaos_tests::cluster::{Cluster, ClusterOptions, raftmq_binary, sample};
 use chaos_tests::history::read_topic;
 use raftmq::client::message;
 use raftmq_proto::raft::v1 as pb;
@@ -772,7 +772,7 @@ async fn a_reset_is_refused_while_a_pull_consumer_of_the_group_runs() -> anyhow:
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // `group list` counts each group's consumers online, and names a group known by nothing
-    // else.
+    // else, with the lag of the topic its consumer reads.
     let listed: serde_json::Value =
         serde_json::from_str(&cli.ok(&["admin", "group", "list", "--json"]))?;
     let online: Vec<_> = listed["groups"]
@@ -790,10 +790,21 @@ async fn a_reset_is_refused_while_a_pull_consumer_of_the_group_runs() -> anyhow:
     assert_eq!(
         online,
         vec![
-            (json!("lookers"), json!(1), json!(null)),
+            (json!("lookers"), json!(1), json!(3)),
             (json!("watchers"), json!(1), json!(4)),
         ],
         "{listed}"
+    );
+
+    // So does `/metrics`, on the node the consumer calls.
+    let series = r#"raftmq_consumer_lag_messages{group="lookers",topic="looked"}"#;
+    let mut reported = Vec::new();
+    for id in 1..=3 {
+        reported.push(sample(&cluster.metrics(id).await?, series));
+    }
+    assert!(
+        reported.contains(&Some(3.0)) && reported.iter().flatten().all(|lag| *lag == 3.0),
+        "{series} on nodes 1..=3: {reported:?}"
     );
 
     // Stopped, it says goodbye: no longer listed, and a reset needs no force.

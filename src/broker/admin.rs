@@ -223,10 +223,18 @@ impl AdminService for Admin {
     ) -> Result<Response<admin::ListGroupsResponse>, Status> {
         let (clients, unanswered_nodes) = self.group_clients_of_every_member(None).await;
         let state = &self.broker.node.state;
-        let progress = state.all_group_progress().map_err(|e| {
+        let mut progress = state.all_group_progress().map_err(|e| {
             tracing::error!(error = %e, "reading the groups' offsets failed");
             Status::internal(format!("reading the groups' offsets failed: {e}"))
         })?;
+        // Topics their consumers read and they have not committed in lag too, as in describe.
+        for client in &clients {
+            let mut queues = progress.remove(&client.group).unwrap_or_default();
+            state.add_topics_read(&mut queues, client.topics.iter().map(String::as_str));
+            if !queues.is_empty() {
+                progress.insert(client.group.clone(), queues);
+            }
+        }
         let mut groups: std::collections::BTreeMap<String, admin::GroupInfo> = state
             .groups()
             .into_iter()
@@ -278,15 +286,10 @@ impl AdminService for Admin {
             Status::internal(format!("reading the offsets of group `{name}` failed: {e}"))
         })?;
         // A topic its consumers read but the group has not committed in yet lags too.
-        let read: std::collections::BTreeSet<&str> = clients
+        let read = clients
             .iter()
-            .flat_map(|c| c.topics.iter().map(String::as_str))
-            .collect();
-        for topic in read {
-            if !progress.iter().any(|q| q.topic == topic) {
-                progress.extend(state.uncommitted_progress(topic));
-            }
-        }
+            .flat_map(|c| c.topics.iter().map(String::as_str));
+        state.add_topics_read(&mut progress, read);
         progress.sort_by(|a, b| (&a.topic, a.queue_id).cmp(&(&b.topic, b.queue_id)));
         if group.is_none() && progress.is_empty() && clients.is_empty() {
             return Err(Status::not_found(format!(

@@ -309,15 +309,22 @@ fn record_consumers_online(broker: &Broker) {
 }
 
 /// Each consumer group's lag per topic, as `admin group describe` totals it, from this node's
-/// applied state. Summed over queues: a series per queue would multiply with the queues.
+/// applied state. Summed over queues: a series per queue would multiply with the queues. A
+/// topic the group has committed nothing in counts while consumers of the group that call
+/// this node read it.
 fn record_consumer_lag(broker: &Broker) {
-    let groups = match broker.node.state.all_group_progress() {
+    let state = &broker.node.state;
+    let mut groups = match state.all_group_progress() {
         Ok(groups) => groups,
         Err(e) => {
             tracing::warn!(error = %e, "reading consumer offsets for /metrics failed");
             return;
         }
     };
+    for client in broker.group_clients.online(None) {
+        let queues = groups.entry(client.group).or_default();
+        state.add_topics_read(queues, client.topics.iter().map(String::as_str));
+    }
     for (group, queues) in groups {
         let mut by_topic = std::collections::BTreeMap::<&str, u64>::new();
         for queue in &queues {

@@ -824,18 +824,26 @@ impl BrokerState {
         ))
     }
 
-    /// Every queue of `topic` as the progress of a group that has committed nothing there:
-    /// each lags by all its messages.
-    pub fn uncommitted_progress(&self, topic: &str) -> Vec<QueueProgress> {
-        let queues = self.topic(topic).map_or(0, |t| t.queues);
-        (0..queues)
-            .map(|queue_id| QueueProgress {
+    /// Add to a group's `progress` every queue of each topic in `read` that the group has
+    /// committed nothing in: its consumers read the topic, so each of those queues lags by all
+    /// its messages. Topics that do not exist add nothing.
+    pub fn add_topics_read<'a>(
+        &self,
+        progress: &mut Vec<QueueProgress>,
+        read: impl IntoIterator<Item = &'a str>,
+    ) {
+        for topic in read {
+            if progress.iter().any(|q| q.topic == topic) {
+                continue;
+            }
+            let queues = self.topic(topic).map_or(0, |t| t.queues);
+            progress.extend((0..queues).map(|queue_id| QueueProgress {
                 topic: topic.to_string(),
                 queue_id,
                 committed: None,
                 max_offset: self.queue_next_offset(topic, queue_id),
-            })
-            .collect()
+            }));
+        }
     }
 
     /// `group_progress` of every group that has committed an offset, by group name.
