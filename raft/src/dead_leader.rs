@@ -18,8 +18,8 @@
 
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::async_runtime::WatchReceiver;
@@ -94,6 +94,9 @@ pub(crate) struct LeaderLiveness {
     /// Milliseconds after `started` at which the last append or heartbeat arrived.
     last_heard_ms: AtomicU64,
     checking: AtomicBool,
+    /// The vote of the last leader this node took for dead: a broken stream and a quiet
+    /// spell often both find the same leader gone, and one hand-over is enough.
+    taken_for_dead: Mutex<Option<Vote>>,
 }
 
 impl Default for LeaderLiveness {
@@ -102,6 +105,7 @@ impl Default for LeaderLiveness {
             started: Instant::now(),
             last_heard_ms: AtomicU64::new(0),
             checking: AtomicBool::new(false),
+            taken_for_dead: Mutex::new(None),
         }
     }
 }
@@ -195,6 +199,17 @@ impl RaftNode {
         };
         if still != leader {
             return;
+        }
+        {
+            let mut taken = self
+                .liveness
+                .taken_for_dead
+                .lock()
+                .expect("liveness poisoned");
+            if taken.as_ref() == Some(&vote) {
+                return;
+            }
+            *taken = Some(vote);
         }
         let voters = self.voters().into_iter().map(|(id, _)| id);
         let Some(successor) = successor(voters, leader) else {
