@@ -155,7 +155,8 @@ impl RaftNode {
         let mut checked_this_spell = false;
         loop {
             tick.tick().await;
-            if self.is_stopping() || self.metrics().running_state.is_err() {
+            let core_stopped = self.raft.metrics().borrow_watched().running_state.is_err();
+            if self.is_stopping() || core_stopped {
                 return;
             }
             let quiet = self.liveness.quiet_for() >= heartbeat * 2;
