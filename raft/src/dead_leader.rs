@@ -7,8 +7,8 @@
 //! leader's append stream to this follower breaks and the leader's Raft port then refuses
 //! connections, nothing listens there any more: its process died (or its host's network
 //! stack answers for it). Then each follower ends its lease on that leader, and one follower
-//! (the lowest id among the other voters) stands for election at once, as openraft does for
-//! a leadership transfer.
+//! stands for election at once, as openraft does for a leadership transfer: the one whose log
+//! is furthest along (each asks the other voters), the lowest id among equals.
 //!
 //! Only "connection refused" counts. A paused process still completes a TCP handshake (the
 //! kernel accepts into its backlog), and a partitioned or vanished host times out or is
@@ -26,7 +26,10 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::raft::TransferLeaderRequest;
 
 use crate::node::RaftNode;
-use crate::types::{NodeId, Vote};
+use raftmq_proto::raft::v1 as pb;
+
+use crate::convert;
+use crate::types::{LogId, NodeId, Vote};
 
 /// How long one probe of the leader's Raft port may take; longer means "cannot tell".
 const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
@@ -77,13 +80,15 @@ pub(crate) async fn probe(addr: &str, local: Option<IpAddr>) -> Probe {
     }
 }
 
-/// The voter that stands for election when `leader` is gone: the lowest other id, so that
-/// the followers agree without talking to each other.
-pub(crate) fn successor(
-    voters: impl IntoIterator<Item = NodeId>,
-    leader: NodeId,
-) -> Option<NodeId> {
-    voters.into_iter().filter(|id| *id != leader).min()
+/// The voter that stands for election when `leader` is gone, from the last log ids of the
+/// voters that answered: the one whose log is furthest along (its peers would refuse any
+/// other their vote), the lowest id among equals. The leader's followers find the same logs
+/// (nothing is appended once the leader is gone), so they agree without more talk.
+pub(crate) fn successor(logs: &[(NodeId, Option<LogId>)], leader: NodeId) -> Option<NodeId> {
+    logs.iter()
+        .filter(|(id, _)| *id != leader)
+        .max_by(|(a_id, a_log), (b_id, b_log)| a_log.cmp(b_log).then(b_id.cmp(a_id)))
+        .map(|(id, _)| *id)
 }
 
 /// Tracks what this node, as a follower, last heard from its leader, and keeps one check of
@@ -212,8 +217,8 @@ impl RaftNode {
             }
             *taken = Some(vote);
         }
-        let voters = self.voters().into_iter().map(|(id, _)| id);
-        let Some(successor) = successor(voters, leader) else {
+        let logs = self.voter_logs(leader).await;
+        let Some(successor) = successor(&logs, leader) else {
             return;
         };
         tracing::warn!(
@@ -228,6 +233,35 @@ impl RaftNode {
         if let Err(e) = self.raft.handle_transfer_leader(request).await {
             tracing::warn!(error = %e, "could not end the gone leader's lease");
         }
+    }
+
+    /// The last log id of this node and of each other voter but `leader` that answers within
+    /// `PROBE_TIMEOUT`; one that does not answer is left out (it may be down too).
+    async fn voter_logs(&self, leader: NodeId) -> Vec<(NodeId, Option<LogId>)> {
+        let asks = self
+            .voters()
+            .into_iter()
+            .filter(|(id, _)| *id != leader)
+            .map(|(id, node)| async move {
+                if id == self.id {
+                    return self.last_log_id().ok().map(|log| (id, log));
+                }
+                let mut client = self.network().client(&node.raft_addr).ok()?;
+                let mut request = tonic::Request::new(pb::NodeStatusRequest {});
+                request.set_timeout(PROBE_TIMEOUT);
+                let status = tokio::time::timeout(PROBE_TIMEOUT, client.node_status(request))
+                    .await
+                    .ok()?
+                    .ok()?
+                    .into_inner();
+                let log = convert::opt_log_id_from_pb(status.last_log_id.as_ref()).ok()?;
+                Some((id, log))
+            });
+        futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// The leader this node follows, with the committed vote it holds for it; `None` when it
@@ -246,12 +280,24 @@ impl RaftNode {
 mod tests {
     use super::*;
 
+    fn log(term: u64, index: u64) -> Option<LogId> {
+        Some(LogId::new(
+            crate::types::LeaderId { term, node_id: 1 },
+            index,
+        ))
+    }
+
     #[test]
-    fn the_lowest_other_voter_succeeds() {
-        assert_eq!(successor([1, 2, 3], 1), Some(2));
-        assert_eq!(successor([3, 1, 2], 2), Some(1));
-        assert_eq!(successor([5, 4], 4), Some(5));
-        assert_eq!(successor([1], 1), None);
+    fn the_voter_with_the_furthest_log_succeeds_and_the_lowest_id_among_equals() {
+        let equal = [(1, log(2, 10)), (2, log(2, 10)), (3, log(2, 10))];
+        assert_eq!(successor(&equal, 1), Some(2));
+        assert_eq!(successor(&equal, 2), Some(1));
+        let third_ahead = [(2, log(2, 10)), (3, log(2, 11))];
+        assert_eq!(successor(&third_ahead, 1), Some(3));
+        // A later term outranks a longer log of an earlier one, as in a vote.
+        let newer_term = [(2, log(3, 9)), (3, log(2, 11)), (4, None)];
+        assert_eq!(successor(&newer_term, 1), Some(2));
+        assert_eq!(successor(&[(1, log(1, 1))], 1), None);
     }
 
     #[tokio::test]

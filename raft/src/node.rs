@@ -192,6 +192,8 @@ pub struct RaftNode {
     leading_since_ms: AtomicI64,
     /// When this node, as a follower, last heard from its leader (see [`crate::dead_leader`]).
     pub(crate) liveness: LeaderLiveness,
+    /// Read-only use: the last entry's id, which peers ask for when their leader is gone.
+    log: LogStore,
 }
 
 impl RaftNode {
@@ -216,6 +218,7 @@ impl RaftNode {
             config.node_id,
         )?;
         let log = LogStore::new(db.clone());
+        let own_log = LogStore::new(db.clone());
         let empty_disk = check_identity(&log, &config)?;
         let state = Arc::new(BrokerState::open(db)?);
         let raft_config = Config {
@@ -268,6 +271,7 @@ impl RaftNode {
             stopping: tokio::sync::watch::channel(false).0,
             leading_since_ms: AtomicI64::new(0),
             liveness: LeaderLiveness::default(),
+            log: own_log,
         }))
     }
 
@@ -480,6 +484,15 @@ impl RaftNode {
                 .collect();
         }
         voters
+    }
+
+    /// The id of the last entry in this node's log (written, maybe not yet flushed), read
+    /// from the store: openraft's own view of it is not public.
+    pub fn last_log_id(&self) -> Result<Option<crate::types::LogId>, String> {
+        let Some(entry) = self.log.last().map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        crate::convert::opt_log_id_from_pb(entry.log_id.as_ref()).map_err(|e| e.to_string())
     }
 
     pub fn network(&self) -> &Network {

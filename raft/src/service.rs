@@ -288,9 +288,11 @@ impl RaftService for RaftGrpc {
     ) -> Result<Response<pb::NodeStatusResponse>, Status> {
         self.refuse_if_stopping()?;
         let initialized = self.node.raft.is_initialized().await.map_err(fatal)?;
+        let last_log_id = self.node.last_log_id().map_err(Status::internal)?;
         Ok(Response::new(pb::NodeStatusResponse {
             node_id: self.node.id,
             initialized,
+            last_log_id: last_log_id.as_ref().map(convert::log_id_to_pb),
         }))
     }
 }
