@@ -26,6 +26,7 @@ use openraft::ServerState;
 use serde_json::json;
 
 use super::Broker;
+use super::group_clients::OnlineClient;
 
 /// A node stays ready while its applied index is at most this many entries behind the
 /// group's commit index. One entry is one batch of messages, so this is a small bound.
@@ -279,8 +280,10 @@ fn record_gauges(broker: &Broker) {
     }
     gauge!("raftmq_send_pending_bytes").set(broker.sends.pending_bytes() as f64);
     gauge!("raftmq_send_pending_limit_bytes").set(broker.config.max_pending_send_bytes as f64);
-    record_consumer_lag(broker);
-    record_consumers_online(broker);
+    // One look at the registry serves both: each takes its lock and copies every record.
+    let online = broker.group_clients.online(None);
+    record_consumer_lag(broker, &online);
+    record_consumers_online(&online);
     let flag = |on: bool| if on { 1.0 } else { 0.0 };
     gauge!("raftmq_disk_low").set(flag(node.disk.is_low()));
     gauge!("raftmq_disk_full").set(flag(node.disk_full()));
@@ -289,12 +292,12 @@ fn record_gauges(broker: &Broker) {
 /// Each group's consumers that called this node within the online window, by kind. A series
 /// whose consumers are all gone is set to 0 once and then left to the idle timeout, so that
 /// groups come and go from `/metrics` without piling up.
-fn record_consumers_online(broker: &Broker) {
+fn record_consumers_online(online: &[OnlineClient]) {
     static REPORTED: Mutex<BTreeSet<(String, &'static str)>> = Mutex::new(BTreeSet::new());
     let mut counts = BTreeMap::<(String, &'static str), u64>::new();
-    for client in broker.group_clients.online(None) {
+    for client in online {
         let kind = client.kind.map_or("unknown", |kind| kind.name());
-        *counts.entry((client.group, kind)).or_default() += 1;
+        *counts.entry((client.group.clone(), kind)).or_default() += 1;
     }
     let mut reported = REPORTED.lock().expect("reported consumer series poisoned");
     for (group, kind) in reported.iter().filter(|key| !counts.contains_key(*key)) {
@@ -312,7 +315,7 @@ fn record_consumers_online(broker: &Broker) {
 /// applied state. Summed over queues: a series per queue would multiply with the queues. A
 /// topic the group has committed nothing in counts while consumers of the group that call
 /// this node read it.
-fn record_consumer_lag(broker: &Broker) {
+fn record_consumer_lag(broker: &Broker, online: &[OnlineClient]) {
     let state = &broker.node.state;
     let mut groups = match state.all_group_progress() {
         Ok(groups) => groups,
@@ -321,12 +324,12 @@ fn record_consumer_lag(broker: &Broker) {
             return;
         }
     };
-    for client in broker.group_clients.online(None) {
-        let queues = groups.entry(client.group).or_default();
+    for client in online {
+        let queues = groups.entry(client.group.clone()).or_default();
         state.add_topics_read(queues, client.topics.iter().map(String::as_str));
     }
     for (group, queues) in groups {
-        let mut by_topic = std::collections::BTreeMap::<&str, u64>::new();
+        let mut by_topic = BTreeMap::<&str, u64>::new();
         for queue in &queues {
             *by_topic.entry(queue.topic.as_str()).or_default() += queue.lag();
         }
