@@ -34,6 +34,9 @@ pub const DEFAULT_QUEUES: u32 = 8;
 /// A catch-up limit above a TiB a second is a typo.
 pub const MAX_CATCHUP_MB_PER_SEC: u64 = 1 << 20;
 pub const DEFAULT_HTTP_PORT: u16 = 8080;
+/// Out of touch with a majority this long, a node stops serving clients: past the longest
+/// election after a leader stops answering (lease plus election timeout, 600 ms by default).
+pub const DEFAULT_CUT_OFF_AFTER_MS: u64 = 1000;
 /// More queues than this per topic is almost certainly a typo.
 pub const MAX_QUEUES: u32 = 1024;
 
@@ -132,6 +135,12 @@ pub struct BrokerArgs {
     /// limit).
     #[arg(long, env = "RAFTMQ_CATCHUP_MB_PER_SEC")]
     pub catchup_mb_per_sec: Option<u64>,
+    /// A node that has been out of touch with a majority of its group for this many ms (no
+    /// heartbeat from a leader, too few peers answering) closes its client connections and
+    /// refuses new ones until it is back, so that clients move to a node that can serve them
+    /// (default 1000; 0 turns it off; else at least twice election_timeout_max_ms).
+    #[arg(long, env = "RAFTMQ_CUT_OFF_AFTER_MS")]
+    pub cut_off_after_ms: Option<u64>,
 }
 
 /// The TOML file.
@@ -160,6 +169,7 @@ pub struct BrokerFile {
     pub max_pending_send_mb: Option<usize>,
     pub storage_memory_mb: Option<usize>,
     pub catchup_mb_per_sec: Option<u64>,
+    pub cut_off_after_ms: Option<u64>,
     pub members: Vec<MemberFile>,
 }
 
@@ -202,6 +212,8 @@ pub struct BrokerConfig {
     pub storage_memory_bytes: usize,
     /// Bytes a second of catch-up replication this node sends as leader (0: no limit).
     pub catchup_bytes_per_sec: u64,
+    /// Out of touch with a majority this long, the node stops serving clients (zero: never).
+    pub cut_off_after: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -387,6 +399,11 @@ impl BrokerArgs {
                 }
                 mb << 20
             },
+            cut_off_after: Duration::from_millis(
+                self.cut_off_after_ms
+                    .or(file.cut_off_after_ms)
+                    .unwrap_or(DEFAULT_CUT_OFF_AFTER_MS),
+            ),
         };
         config.validate()
     }
@@ -457,6 +474,14 @@ impl BrokerConfig {
             return Err(invalid(
                 "election_timeout_min_ms",
                 "must be < election_timeout_max_ms",
+            ));
+        }
+        // A follower of a leader that stopped answering may go that long without contact
+        // before its own votes are answered: it must not count as cut off meanwhile.
+        if !self.cut_off_after.is_zero() && self.cut_off_after < self.election_timeout_max * 2 {
+            return Err(invalid(
+                "cut_off_after_ms",
+                "must be 0 (off) or at least twice election_timeout_max_ms",
             ));
         }
         Ok(self)
@@ -633,6 +658,26 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn the_cut_off_time_is_off_or_past_two_election_timeouts() {
+        let config = args("1=a:1/b:2").resolve().unwrap();
+        assert_eq!(Duration::from_millis(1000), config.cut_off_after);
+        let off = BrokerArgs {
+            cut_off_after_ms: Some(0),
+            ..args("1=a:1/b:2")
+        }
+        .resolve()
+        .unwrap();
+        assert!(off.cut_off_after.is_zero());
+        let err = BrokerArgs {
+            cut_off_after_ms: Some(500),
+            ..args("1=a:1/b:2")
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().starts_with("cut_off_after_ms"), "{err}");
     }
 
     #[test]

@@ -15,7 +15,8 @@ for `consumer_first`, whose topic must not exist on a cluster that auto-creates 
     delay      DELAY messages arrive no earlier than their delivery time, and soon after it
     transaction  commit, rollback, and an unknown outcome resolved by the broker's check-back
     push       PushConsumer: a listener acks, a FAILURE is redelivered
-    failover   produce and consume for --duration seconds while the caller kills nodes
+    failover   produce and consume for --duration seconds while the caller kills nodes or
+               cuts them off; the summary lists each send's start, duration and outcome
     consumer_first  a simple and a push consumer start before their topic exists; the
                producer's first send creates it and both consumers get every message
 
@@ -829,6 +830,7 @@ def scenario_failover(args, clients):
     sent = Sent()
     send_failures = []      # (seconds since produce start, error)
     ok_times = []
+    spans = []              # (seconds since produce start, seconds the send took, succeeded)
     received = {}           # message id -> deliveries
     receive_errors = []
     ack_errors = []
@@ -862,14 +864,17 @@ def scenario_failover(args, clients):
     while time.monotonic() - t0 < args.duration:
         msg = make_message(args.topic, seq, f"failover {seq}".encode())
         seq += 1
+        started = time.monotonic() - t0
         try:
             # The client retries 3 times itself; after that the outcome is unknown.
             receipt = producer.send(msg)
             with sent.lock:
                 sent.by_id[receipt.message_id] = {"seq": seq}
             ok_times.append(time.monotonic() - t0)
+            spans.append((round(started, 2), round(time.monotonic() - t0 - started, 3), True))
         except Exception as e:  # noqa: BLE001 - failures during the fault are counted
             send_failures.append((round(time.monotonic() - t0, 2), describe(e)[:200]))
+            spans.append((round(started, 2), round(time.monotonic() - t0 - started, 3), False))
             time.sleep(0.1)
         time.sleep(0.02)
     producing_done.set()
@@ -905,6 +910,7 @@ def scenario_failover(args, clients):
         ack_error_samples=ack_errors[:5],
         longest_send_gap_s=round(max(gaps), 2) if gaps else None,
         last_send_ok_s=round(ok_times[-1], 2) if ok_times else None,
+        send_spans=spans,
     )
     log(f"summary: sent {len(sent.by_id)}, received {len(received)}, missing {len(missing)}, "
         f"duplicates {len(duplicates)}, send failures {len(send_failures)}, "

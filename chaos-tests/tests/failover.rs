@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use chaos_tests::cluster::{Cluster, ClusterOptions, sample};
 use chaos_tests::history::{History, check_every_node};
+use raftmq::client::ClientError;
 
 const TOPIC: &str = "durable";
 const QUEUES: i32 = 8;
@@ -559,5 +560,94 @@ async fn bench_through_a_leader_fault(fault: LeaderFault) -> anyhow::Result<()> 
         stderr.contains("now sending to"),
         "no move to another node reported: {stderr}"
     );
+    Ok(())
+}
+
+/// Whether node `id`'s client port serves a call: a new connection, one try.
+async fn serves_clients(cluster: &Cluster, id: u64) -> bool {
+    let mut client = cluster.node_client(id);
+    client.timeout = Duration::from_secs(2);
+    client.heartbeat().await.is_ok()
+}
+
+async fn cut_off_gauge(cluster: &Cluster, id: u64) -> anyhow::Result<(f64, f64)> {
+    let text = cluster.metrics(id).await?;
+    Ok((
+        sample(&text, "raftmq_cut_off").unwrap_or(-1.0),
+        sample(&text, "raftmq_cut_off_total").unwrap_or(0.0),
+    ))
+}
+
+/// A leader whose followers stop answering can commit nothing: it closes its client
+/// connections, so that a send waiting there fails with its connection, before the broker's
+/// propose deadline would answer it with an error on that same connection (a gRPC client
+/// with one connection would retry there), refuses new connections and says why on /readyz,
+/// and serves again as soon as its followers are back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_cut_off_from_its_followers_refuses_clients_until_they_are_back()
+-> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    cluster.create_topic(TOPIC, QUEUES as u32).await?;
+    let history = History::default();
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let mut on_leader = cluster.node_client(leader);
+    on_leader.timeout = Duration::from_secs(30);
+    history
+        .send_until_acked(&on_leader, TOPIC, "before".into(), Duration::ZERO)
+        .await?;
+    assert_eq!(cut_off_gauge(&cluster, leader).await?, (0.0, 0.0));
+
+    for id in &followers {
+        cluster.pause_node(*id, true)?;
+    }
+    let paused_at = Instant::now();
+    // Waits for a commit that cannot come, on a connection the leader closes once it counts
+    // itself cut off; then the client finds the port refusing and gives up.
+    let outcome = history
+        .send_until_acked(&on_leader, TOPIC, "during".into(), Duration::ZERO)
+        .await;
+    let failed_after = paused_at.elapsed();
+    eprintln!("the send on the cut-off leader failed after {failed_after:?}: {outcome:?}");
+    assert!(
+        matches!(outcome, Err(ClientError::Unavailable(_))),
+        "the send was answered, not cut with its connection: {outcome:?} after \
+         {failed_after:?}\n{}",
+        cluster.log_tails(20)
+    );
+    assert!(!serves_clients(&cluster, leader).await);
+    assert_eq!(cut_off_gauge(&cluster, leader).await?, (1.0, 1.0));
+    let url = format!("http://{}/readyz", cluster.node(leader).http_addr);
+    let readyz = reqwest::get(&url).await?;
+    assert_eq!(readyz.status().as_u16(), 503);
+    let body = readyz.text().await?;
+    assert!(body.contains("cut off from the majority"), "{body}");
+    let log = std::fs::read_to_string(cluster.node(leader).log_file())?;
+    assert!(log.contains("out of touch with the majority"), "{log}");
+
+    for id in &followers {
+        cluster.pause_node(*id, false)?;
+    }
+    let give_up = Instant::now() + Duration::from_secs(15);
+    while !serves_clients(&cluster, leader).await {
+        assert!(
+            Instant::now() < give_up,
+            "node {leader} still refuses clients 15 s after its followers came back\n{}",
+            cluster.log_tails(20)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(cut_off_gauge(&cluster, leader).await?, (0.0, 1.0));
+    // Resumed processes find their evidence old, yet hear from the group within a heartbeat
+    // or two: they never count themselves cut off.
+    for id in &followers {
+        assert_eq!(cut_off_gauge(&cluster, *id).await?, (0.0, 0.0), "node {id}");
+    }
+    history
+        .send_until_acked(&cluster.client(), TOPIC, "after".into(), Duration::ZERO)
+        .await?;
+    cluster.wait_caught_up(Duration::from_secs(30)).await?;
+    let stored = check_every_node(&cluster, &history, TOPIC, QUEUES).await?;
+    assert!(stored.len() >= history.acked());
     Ok(())
 }

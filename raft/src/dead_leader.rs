@@ -121,7 +121,7 @@ impl LeaderLiveness {
         self.last_heard_ms.store(ms, Ordering::Relaxed);
     }
 
-    fn quiet_for(&self) -> Duration {
+    pub(crate) fn quiet_for(&self) -> Duration {
         let heard = Duration::from_millis(self.last_heard_ms.load(Ordering::Relaxed));
         self.started.elapsed().saturating_sub(heard)
     }
@@ -266,7 +266,7 @@ impl RaftNode {
 
     /// The leader this node follows, with the committed vote it holds for it; `None` when it
     /// leads, is a candidate, or knows no leader.
-    fn followed_leader(&self) -> Option<(NodeId, Vote)> {
+    pub(crate) fn followed_leader(&self) -> Option<(NodeId, Vote)> {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow_watched();
         let leader = metrics.current_leader?;

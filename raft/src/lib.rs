@@ -7,6 +7,7 @@
 //! * [`log_store`]: `RaftLogStorage` over the RocksDB commit log, with group commit.
 //! * [`state_machine`]: `RaftStateMachine` over the derived broker state.
 //! * [`network`]: Raft RPC client over tonic, one channel per peer.
+//! * [`contact`]: whether this node is in touch with a majority of its group.
 //! * [`dead_leader`]: a follower whose leader's process is gone elects a successor without
 //!   waiting out the leader lease.
 //! * [`catchup`]: the leader's byte-rate limit on replication to followers far behind.
@@ -16,6 +17,7 @@
 //! * [`timeline`]: per-entry timestamps on the leader, turned into per-stage latency metrics.
 
 pub mod catchup;
+pub mod contact;
 pub mod convert;
 pub mod dead_leader;
 pub mod log_store;

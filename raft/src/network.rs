@@ -24,6 +24,7 @@ use raftmq_proto::raft::v1::raft_service_client::RaftServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::catchup::CatchUpLimit;
+use crate::contact::PeerContact;
 use crate::convert;
 use crate::timeline::Timeline;
 use crate::types::{NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
@@ -89,6 +90,7 @@ pub struct Network {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     disk_reports: Arc<DiskReports>,
     peer_errors: Arc<PeerErrors>,
+    peer_contact: Arc<PeerContact>,
     /// Source address of outgoing connections (see [`Network::from_own_address`]).
     local_address: Option<std::net::IpAddr>,
     /// Followers' acks are stamped here (see [`Timeline`]).
@@ -150,6 +152,11 @@ impl Network {
         &self.peer_errors
     }
 
+    /// When each peer last answered this node (see [`crate::contact`]).
+    pub fn contact(&self) -> &PeerContact {
+        &self.peer_contact
+    }
+
     pub fn catch_up(&self) -> &CatchUpLimit {
         &self.catch_up
     }
@@ -173,6 +180,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             client: self.client(&node.raft_addr).map_err(|e| e.to_string()),
             disk_reports: self.disk_reports.clone(),
             peer_errors: self.peer_errors.clone(),
+            contact: self.peer_contact.clone(),
             timeline: self.timeline.clone(),
             catch_up: self.catch_up.clone(),
             failed_streams: 0,
@@ -186,6 +194,7 @@ pub struct PeerClient {
     client: Result<RaftServiceClient<Channel>, String>,
     disk_reports: Arc<DiskReports>,
     peer_errors: Arc<PeerErrors>,
+    contact: Arc<PeerContact>,
     timeline: Arc<Timeline>,
     catch_up: Arc<CatchUpLimit>,
     /// Replication streams to this peer that failed to open in a row.
@@ -271,6 +280,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             .await
             .map_err(|status| self.peer_errors.failed(self.target, status))?
             .into_inner();
+        self.contact.answered(self.target);
         self.disk_reports.record(self.target, reply.disk_low);
         let response = convert::append_response_from_pb(&reply).map_err(bad_reply)?;
         let stored = match &response {
@@ -327,8 +337,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             };
             let (target, disk_reports) = (self.target, self.disk_reports.clone());
             let (timeline, peer_errors) = (self.timeline.clone(), self.peer_errors.clone());
+            let contact = self.contact.clone();
             let results = replies.map(move |reply| {
                 let reply = reply.map_err(|status| peer_errors.failed(target, status))?;
+                contact.answered(target);
                 if let Some(sent) = sent_at.lock().expect("sent-at lock poisoned").pop_front() {
                     metrics::histogram!("raftmq_replication_round_trip_seconds")
                         .record(sent.elapsed().as_secs_f64());
@@ -356,6 +368,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             .await
             .map_err(|status| self.peer_errors.failed(self.target, status))?
             .into_inner();
+        self.contact.answered(self.target);
         convert::vote_response_from_pb(&reply).map_err(bad_reply)
     }
 
@@ -371,6 +384,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             .await
             .map_err(|status| self.peer_errors.failed(self.target, status))?
             .into_inner();
+        self.contact.answered(self.target);
         convert::vote_response_from_pb(&reply).map_err(bad_reply)
     }
 

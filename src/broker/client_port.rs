@@ -93,10 +93,13 @@ impl hyper::service::Service<http::Request<Incoming>> for ClientApi {
     }
 }
 
-/// Serve `api` on `listener` until `shutdown` resolves, then let open calls finish.
+/// Serve `api` on `listener` until `shutdown` resolves, then let open calls finish. While
+/// `cut_off` is true, connections are closed as soon as they are accepted, and those already
+/// open are closed with their calls (see `cut_off.rs`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     api: ClientApi,
+    cut_off: tokio::sync::watch::Receiver<bool>,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -121,6 +124,12 @@ pub async fn serve(
                 }
             },
         };
+        if *cut_off.borrow() {
+            // Closed before any HTTP/2 settings: a gRPC client counts the address as failed
+            // and tries the next one.
+            tracing::debug!(%peer, "refused a client connection: this node is cut off");
+            continue;
+        }
         // Nagle's algorithm would hold small replies back until the client's delayed ACK.
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(error = %err, "could not set TCP_NODELAY on a client connection");
@@ -129,9 +138,17 @@ pub async fn serve(
         connection_api.peer = Some(peer);
         let connection = builder.serve_connection(TokioIo::new(stream), connection_api);
         let connection = graceful.watch(connection);
+        let mut cut_off = cut_off.clone();
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(error = %err, "client connection ended with an error");
+            tokio::select! {
+                ended = connection => if let Err(err) = ended {
+                    tracing::debug!(error = %err, "client connection ended with an error");
+                },
+                // Dropping the connection closes it; its calls fail at the client, which
+                // retries them elsewhere.
+                Ok(_) = cut_off.wait_for(|cut| *cut) => {
+                    tracing::debug!(%peer, "closed a client connection: this node is cut off");
+                }
             }
         });
     }

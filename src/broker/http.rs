@@ -136,6 +136,14 @@ async fn readyz(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
     if broker.draining.load(Ordering::Relaxed) {
         return not_ready(body, "shutting down".into());
     }
+    if *broker.cut_off.borrow() {
+        return not_ready(
+            body,
+            "cut off from the majority of the group: client connections are refused until it \
+             is back"
+                .into(),
+        );
+    }
     if metrics.current_leader.is_none() {
         return not_ready(body, "no leader known".into());
     }

@@ -14,6 +14,7 @@ pub mod batcher;
 pub mod client_port;
 pub mod clients;
 pub mod consumer;
+pub mod cut_off;
 pub mod disk;
 pub mod filter;
 pub mod group_clients;
@@ -64,6 +65,9 @@ pub struct Broker {
     pub renewals: renewals::Renewals,
     /// Set when shutdown starts: `/readyz` fails from then on.
     pub draining: AtomicBool,
+    /// True while this node is cut off from the majority of its group: the client port
+    /// refuses connections (see `cut_off.rs`).
+    pub cut_off: tokio::sync::watch::Sender<bool>,
     round_robin: AtomicU64,
 }
 
@@ -256,6 +260,7 @@ pub async fn run(
         group_clients: group_clients::GroupClients::default(),
         renewals: renewals::Renewals::default(),
         draining: AtomicBool::new(false),
+        cut_off: tokio::sync::watch::Sender::new(false),
         round_robin: AtomicU64::new(0),
     });
 
@@ -300,6 +305,7 @@ pub async fn run(
             Arc::new(messaging::Messaging::new(broker.clone())),
             admin::service(broker.clone()),
         ),
+        broker.cut_off.subscribe(),
         stopped(stop_rx.clone()),
     );
     let timer_task = tokio::spawn(timers::run(broker.clone(), stop_rx.clone()));
@@ -307,6 +313,7 @@ pub async fn run(
     let renewal_task = tokio::spawn(renewals::run(broker.clone(), stop_rx.clone()));
     tokio::spawn(preferred::run(broker.clone(), stop_rx.clone()));
     tokio::spawn(disk::run(broker.clone(), stop_rx.clone()));
+    tokio::spawn(cut_off::run(broker.clone(), stop_rx.clone()));
     let mut raft_task = tokio::spawn(raft_server);
     let client_task = tokio::spawn(client_server);
     let http_task = http_listener.map(|listener| {

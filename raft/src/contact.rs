@@ -1,0 +1,112 @@
+//! Whether this node is in touch with a majority of its group.
+//!
+//! A node that is cut off from the majority (a partition, a one-way link, a leader whose
+//! followers stopped answering) can neither commit a write nor confirm a read, yet clients
+//! that hold a connection to it keep sending there: the official clients keep one connection
+//! per set of endpoints and only move on when it breaks. The broker asks here, and stops
+//! serving clients while the answer is no (see `src/broker/cut_off.rs`).
+//!
+//! The evidence is what already flows: an append or heartbeat from a leader, or an answer
+//! from a peer to one of this node's own calls (appends as a leader, votes as a candidate).
+//! Answers count whatever they say: a refused vote still shows the peer can be reached.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::node::RaftNode;
+use crate::types::NodeId;
+
+/// When each peer last answered one of this node's Raft calls.
+#[derive(Default)]
+pub struct PeerContact {
+    answered: Mutex<HashMap<NodeId, Instant>>,
+}
+
+impl PeerContact {
+    pub(crate) fn answered(&self, peer: NodeId) {
+        let now = Instant::now();
+        self.answered
+            .lock()
+            .expect("peer contact lock poisoned")
+            .insert(peer, now);
+    }
+
+    /// Whether `peer` answered within the last `window`.
+    fn answered_within(&self, peer: NodeId, window: Duration) -> bool {
+        let answered = self.answered.lock().expect("peer contact lock poisoned");
+        answered.get(&peer).is_some_and(|at| at.elapsed() < window)
+    }
+}
+
+/// Whether `me` and the peers in touch with it make a majority of `voters`. A node that heard
+/// from a leader counts as in touch: that leader had a majority to be elected, and follows the
+/// same rule itself. A node that is no voter (a learner) never counts as cut off.
+pub(crate) fn majority_in_touch(
+    voters: &[NodeId],
+    me: NodeId,
+    heard_from_leader: bool,
+    peer_answered: impl Fn(NodeId) -> bool,
+) -> bool {
+    if !voters.contains(&me) || heard_from_leader {
+        return true;
+    }
+    let peers_in_touch = voters
+        .iter()
+        .filter(|id| **id != me && peer_answered(**id))
+        .count();
+    peers_in_touch + 1 > voters.len() / 2
+}
+
+impl RaftNode {
+    /// Whether, within the last `window`, this node heard from its leader or enough peers
+    /// answered its calls to make a majority of the voters with it.
+    pub fn in_touch_with_quorum(&self, window: Duration) -> bool {
+        let voters: Vec<NodeId> = self.voters().into_iter().map(|(id, _)| id).collect();
+        let heard_from_leader =
+            self.followed_leader().is_some() && self.liveness.quiet_for() < window;
+        let contact = self.network().contact();
+        majority_in_touch(&voters, self.id, heard_from_leader, |peer| {
+            contact.answered_within(peer, window)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_alone_of_three_is_cut_off_and_with_one_peer_is_not() {
+        let voters = [1, 2, 3];
+        assert!(!majority_in_touch(&voters, 1, false, |_| false));
+        assert!(majority_in_touch(&voters, 1, false, |peer| peer == 3));
+        assert!(majority_in_touch(&voters, 1, false, |_| true));
+    }
+
+    #[test]
+    fn five_voters_need_two_peers_in_touch() {
+        let voters = [1, 2, 3, 4, 5];
+        assert!(!majority_in_touch(&voters, 1, false, |peer| peer == 2));
+        assert!(majority_in_touch(&voters, 1, false, |peer| peer == 2 || peer == 5));
+        // Its own id among the answers (it never calls itself) does not count twice.
+        assert!(!majority_in_touch(&voters, 1, false, |peer| peer == 1 || peer == 2));
+    }
+
+    #[test]
+    fn hearing_from_a_leader_is_enough_and_learners_are_never_cut_off() {
+        assert!(majority_in_touch(&[1, 2, 3], 2, true, |_| false));
+        assert!(majority_in_touch(&[1, 2, 3], 4, false, |_| false));
+        assert!(majority_in_touch(&[1], 1, false, |_| false));
+    }
+
+    #[test]
+    fn an_answer_counts_for_the_window_only() {
+        let contact = PeerContact::default();
+        assert!(!contact.answered_within(2, Duration::from_secs(1)));
+        contact.answered(2);
+        assert!(contact.answered_within(2, Duration::from_secs(1)));
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!contact.answered_within(2, Duration::from_millis(10)));
+    }
+}
