@@ -5,8 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chaos_tests::cluster::{Cluster, ClusterOptions, sample};
-use chaos_tests::history::{History, check_every_node};
+use chaos_tests::history::{History, check_every_node, read_topic, replicas_identical};
 use raftmq::client::ClientError;
+use raftmq_proto::rocketmq::v2::Code;
 
 const TOPIC: &str = "durable";
 const QUEUES: i32 = 8;
@@ -649,5 +650,67 @@ async fn a_leader_cut_off_from_its_followers_refuses_clients_until_they_are_back
     cluster.wait_caught_up(Duration::from_secs(30)).await?;
     let stored = check_every_node(&cluster, &history, TOPIC, QUEUES).await?;
     assert!(stored.len() >= history.acked());
+    Ok(())
+}
+
+/// With the cut-off turned off, a send that reaches a leader just as it loses its majority
+/// is held by Raft until the majority is back; the broker answers it by its propose deadline
+/// all the same, as an unknown outcome (the entry may still commit), instead of leaving the
+/// client to its own timeout. Once the followers are back the held entry commits, and a retry
+/// with its message id stores no second copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_held_by_a_leader_without_majority_is_answered_by_the_deadline()
+-> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOptions {
+        env: vec![("RAFTMQ_CUT_OFF_AFTER_MS".into(), "0".into())],
+        ..ClusterOptions::default()
+    })
+    .await?;
+    cluster.create_topic(TOPIC, QUEUES as u32).await?;
+    let history = History::default();
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let mut on_leader = cluster.node_client(leader);
+    on_leader.timeout = Duration::from_secs(30);
+    history
+        .send_until_acked(&on_leader, TOPIC, "before".into(), Duration::ZERO)
+        .await?;
+    for id in (1..=3).filter(|id| *id != leader) {
+        cluster.pause_node(id, true)?;
+    }
+    let held = raftmq::client::message(TOPIC, b"held".to_vec(), None, &[]);
+    let outcome = on_leader.send(vec![held.clone()]).await;
+    eprintln!("the send held by the leader: {outcome:?}");
+    assert!(
+        // The client tries twice: the second attempt may find the leader's lease run out,
+        // which openraft refuses at once (no leader known).
+        matches!(
+            &outcome,
+            Err(ClientError::Rejected { code, .. })
+                if [Code::MasterPersistenceTimeout, Code::HaNotAvailable].contains(code)
+        ),
+        "{outcome:?}"
+    );
+    for id in (1..=3).filter(|id| *id != leader) {
+        cluster.pause_node(id, false)?;
+    }
+    let retried = cluster.client().send(vec![held]).await?;
+    assert_eq!(retried.len(), 1);
+    cluster.wait_caught_up(Duration::from_secs(30)).await?;
+    // "held" is not in the history (sent without it, to retry it with its own message id):
+    // read the replicas directly.
+    let mut replicas = Vec::new();
+    for id in 1..=3 {
+        replicas.push(read_topic(&cluster.node_client(id), TOPIC, QUEUES).await?);
+    }
+    for replica in &replicas[1..] {
+        assert!(replicas_identical(&replicas[0], replica), "{replicas:?}");
+    }
+    let bodies: Vec<&str> = replicas[0].iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(
+        bodies.iter().filter(|b| **b == "held").count(),
+        1,
+        "{bodies:?}"
+    );
+    assert_eq!(bodies.len(), 2, "{bodies:?}");
     Ok(())
 }

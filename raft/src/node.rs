@@ -861,7 +861,21 @@ impl RaftNode {
         loop {
             self.check_room(&command)?;
             let proposed = Instant::now();
-            let leader = match self.raft.client_write(Request::new(command.clone())).await {
+            // A leader cut off from its majority holds the write until it hears from them
+            // again: answer by the deadline all the same. The entry stays in its log and may
+            // still commit; a retry with the same message id is deduplicated.
+            let written = tokio::time::timeout_at(
+                give_up.into(),
+                self.raft.client_write(Request::new(command.clone())),
+            )
+            .await
+            .map_err(|_| {
+                ProposeError::Unknown(
+                    "not committed within the deadline: this leader may have lost its majority"
+                        .into(),
+                )
+            })?;
+            let leader = match written {
                 Ok(response) => {
                     self.timeline.record_result(response.log_id.index, proposed);
                     return response.data.0.ok_or_else(|| {
