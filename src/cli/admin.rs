@@ -491,6 +491,13 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             if let Some(line) = leader.and_then(tenure_line) {
                 println!("{line}");
             }
+            if statuses.iter().any(|(_, status)| status.is_err()) {
+                println!(
+                    "an unreachable node is down, or running but cut off from the majority of \
+                     its group, which makes it refuse client connections: its HTTP port's \
+                     /readyz tells which"
+                );
+            }
             all_unreachable_is_an_error(&statuses)?;
         }
         AdminCommand::Topic { command } => match command {
