@@ -359,6 +359,9 @@ fn admin_cluster_fails_when_no_node_answers() -> anyhow::Result<()> {
         );
         assert!(!output.status.success(), "{format:?}: exited 0\n{stdout}");
         assert!(stdout.contains(unreachable_shown), "{format:?}: {stdout}");
+        if format.is_none() {
+            assert!(stdout.contains("cut off from the majority"), "{stdout}");
+        }
         assert!(
             stderr.contains("no node answered") && stderr.contains(&nobody),
             "{format:?}: {stderr}"
