@@ -63,8 +63,9 @@ impl RaftNode {
     /// answered its calls to make a majority of the voters with it.
     pub fn in_touch_with_quorum(&self, window: Duration) -> bool {
         let voters: Vec<NodeId> = self.voters().into_iter().map(|(id, _)| id).collect();
-        let heard_from_leader =
-            self.followed_leader().is_some() && self.liveness.quiet_for() < window;
+        // Whether it still follows that leader does not matter: a follower that takes its
+        // leader for dead, or starts a campaign, stops following at once.
+        let heard_from_leader = self.liveness.heard_within(window);
         let contact = self.network().contact();
         majority_in_touch(&voters, self.id, heard_from_leader, |peer| {
             contact.answered_within(peer, window)

@@ -98,6 +98,8 @@ pub(crate) struct LeaderLiveness {
     started: Instant,
     /// Milliseconds after `started` at which the last append or heartbeat arrived.
     last_heard_ms: AtomicU64,
+    /// Whether any arrived since this process started (`last_heard_ms` is 0 until then).
+    heard_once: AtomicBool,
     checking: AtomicBool,
     /// The vote of the last leader this node took for dead: a broken stream and a quiet
     /// spell often both find the same leader gone, and one hand-over is enough.
@@ -109,6 +111,7 @@ impl Default for LeaderLiveness {
         LeaderLiveness {
             started: Instant::now(),
             last_heard_ms: AtomicU64::new(0),
+            heard_once: AtomicBool::new(false),
             checking: AtomicBool::new(false),
             taken_for_dead: Mutex::new(None),
         }
@@ -119,9 +122,15 @@ impl LeaderLiveness {
     pub(crate) fn heard(&self) {
         let ms = self.started.elapsed().as_millis() as u64;
         self.last_heard_ms.store(ms, Ordering::Relaxed);
+        self.heard_once.store(true, Ordering::Relaxed);
     }
 
-    pub(crate) fn quiet_for(&self) -> Duration {
+    /// Whether an append or heartbeat from a leader arrived within the last `window`.
+    pub(crate) fn heard_within(&self, window: Duration) -> bool {
+        self.heard_once.load(Ordering::Relaxed) && self.quiet_for() < window
+    }
+
+    fn quiet_for(&self) -> Duration {
         let heard = Duration::from_millis(self.last_heard_ms.load(Ordering::Relaxed));
         self.started.elapsed().saturating_sub(heard)
     }
@@ -266,7 +275,7 @@ impl RaftNode {
 
     /// The leader this node follows, with the committed vote it holds for it; `None` when it
     /// leads, is a candidate, or knows no leader.
-    pub(crate) fn followed_leader(&self) -> Option<(NodeId, Vote)> {
+    fn followed_leader(&self) -> Option<(NodeId, Vote)> {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow_watched();
         let leader = metrics.current_leader?;
@@ -279,6 +288,15 @@ impl RaftNode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_that_heard_no_leader_yet_has_not_heard_one_recently() {
+        let liveness = LeaderLiveness::default();
+        assert!(!liveness.heard_within(Duration::from_secs(60)));
+        liveness.heard();
+        assert!(liveness.heard_within(Duration::from_secs(60)));
+        assert!(!liveness.heard_within(Duration::ZERO));
+    }
 
     fn log(term: u64, index: u64) -> Option<LogId> {
         Some(LogId::new(
