@@ -2,8 +2,8 @@
 //!
 //! A node that is cut off from the majority (a partition, a one-way link, a leader whose
 //! followers stopped answering) can neither commit a write nor confirm a read, yet clients
-//! that hold a connection to it keep sending there: the official clients keep one connection
-//! per set of endpoints and only move on when it breaks. The broker asks here, and stops
+//! that hold a connection to it keep sending there: a gRPC channel that keeps one connection
+//! (pick_first, gRPC's default) only moves on when it breaks. The broker asks here, and stops
 //! serving clients while the answer is no (see `src/broker/cut_off.rs`).
 //!
 //! The evidence is what already flows: an append or heartbeat from a leader, or an answer
@@ -59,7 +59,7 @@ pub(crate) fn majority_in_touch(
 }
 
 impl RaftNode {
-    /// Whether, within the last `window`, this node heard from its leader or enough peers
+    /// Whether, within the last `window`, this node heard from a leader or enough peers
     /// answered its calls to make a majority of the voters with it.
     pub fn in_touch_with_quorum(&self, window: Duration) -> bool {
         let voters: Vec<NodeId> = self.voters().into_iter().map(|(id, _)| id).collect();

@@ -1,9 +1,10 @@
 //! A node cut off from the majority of its group stops serving clients until it is back.
 //!
-//! Such a node can neither commit a send nor confirm a read, so every call it takes waits
-//! out the client's timeout. The official clients keep one connection per set of endpoints
-//! (gRPC's pick_first) and retry on it, so a client holding a connection to a cut-off node
-//! stays stuck there for as long as the cut lasts. Once this node has been out of touch with
+//! Such a node can neither commit a send nor confirm a read, so every send it takes waits for
+//! the propose deadline and fails. A client whose gRPC channel keeps one connection (gRPC's
+//! default pick_first) retries on it, and stays stuck on a cut-off node for as long as the cut
+//! lasts; one that spreads its calls over the nodes loses a deadline on each call that lands
+//! there. Once this node has been out of touch with
 //! a majority for `cut_off_after` (see `RaftNode::in_touch_with_quorum`), the client port
 //! closes its connections and refuses new ones (`client_port::serve`): the clients' next
 //! connection attempt goes to another endpoint, and their retries of the failed calls keep
