@@ -1628,3 +1628,78 @@ async fn transactions_commit_roll_back_and_resolve_by_check_back() -> anyhow::Re
     assert_no_client_panic(mark);
     Ok(())
 }
+
+/// The leader cut off from the other two nodes (each node in its own network namespace; the
+/// client still reaches all three) while the producer sends one message at a time. The Rust
+/// client spreads its calls over every node of the route and never retries a failed send. The
+/// cut-off node closes its client connections and refuses new ones once it counts itself cut
+/// off, and the client's channel then leaves that node out: from 3 s into the cut every send
+/// succeeds at once. Measured with `cut_off_after_ms = 0`: 4 sends in those 7 s, 3 of them
+/// failed after the 2.5 s propose deadline each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sends_leave_a_node_cut_off_from_its_group() -> anyhow::Result<()> {
+    const CUT_AT: Duration = Duration::from_secs(4);
+    const HEAL_AT: Duration = Duration::from_secs(14);
+    /// Time for the node to count itself cut off (1 s without contact, by default).
+    const SETTLE: Duration = Duration::from_secs(3);
+    let panics = watch_panics();
+    let topic = "rust-cut-off";
+    let cluster = Cluster::start(ClusterOptions {
+        netns: true,
+        ..ClusterOptions::default()
+    })
+    .await?;
+    cluster.create_topic(topic, 6).await?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let access = cluster
+        .nodes
+        .iter()
+        .find(|n| n.id != leader)
+        .context("a follower")?
+        .client_addr
+        .clone();
+    let producer = start_producer(&access, &[topic]).await?;
+    let network = cluster.network.as_ref().context("netns cluster")?;
+    let others: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let started = Instant::now();
+    let (mut cut, mut healed) = (false, false);
+    let mut during_cut = 0;
+    let mut seq = 0;
+    while started.elapsed() < HEAL_AT + Duration::from_secs(4) {
+        if !cut && started.elapsed() >= CUT_AT {
+            network.partition(&[leader], &others)?;
+            cut = true;
+        }
+        if !healed && started.elapsed() >= HEAL_AT {
+            network.heal()?;
+            healed = true;
+        }
+        seq += 1;
+        let sent = Sent {
+            tag: None,
+            keys: Vec::new(),
+            properties: HashMap::new(),
+            body: format!("cut {seq}").into_bytes(),
+        };
+        let at = started.elapsed();
+        let outcome = send_normal(&producer, topic, &sent).await;
+        let took = started.elapsed() - at;
+        if at >= CUT_AT + SETTLE && at < HEAL_AT {
+            during_cut += 1;
+            assert!(
+                outcome.is_ok() && took < Duration::from_millis(1500),
+                "a send {at:?} into the run, with node {leader} cut off since {CUT_AT:?}, took \
+                 {took:?}: {outcome:?}\n{}",
+                cluster.log_tails(20)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("{during_cut} sends while node {leader} was cut off, each done within 1.5 s");
+    assert!(
+        during_cut > 50,
+        "only {during_cut} sends while the node was cut off"
+    );
+    assert_no_client_panic(panics);
+    Ok(())
+}
