@@ -96,10 +96,9 @@ pub(crate) fn successor(logs: &[(NodeId, Option<LogId>)], leader: NodeId) -> Opt
 #[derive(Debug)]
 pub(crate) struct LeaderLiveness {
     started: Instant,
-    /// Milliseconds after `started` at which the last append or heartbeat arrived.
+    /// One more than the milliseconds after `started` at which the last append or heartbeat
+    /// arrived; 0 while none has.
     last_heard_ms: AtomicU64,
-    /// Whether any arrived since this process started (`last_heard_ms` is 0 until then).
-    heard_once: AtomicBool,
     checking: AtomicBool,
     /// The vote of the last leader this node took for dead: a broken stream and a quiet
     /// spell often both find the same leader gone, and one hand-over is enough.
@@ -111,7 +110,6 @@ impl Default for LeaderLiveness {
         LeaderLiveness {
             started: Instant::now(),
             last_heard_ms: AtomicU64::new(0),
-            heard_once: AtomicBool::new(false),
             checking: AtomicBool::new(false),
             taken_for_dead: Mutex::new(None),
         }
@@ -121,18 +119,20 @@ impl Default for LeaderLiveness {
 impl LeaderLiveness {
     pub(crate) fn heard(&self) {
         let ms = self.started.elapsed().as_millis() as u64;
-        self.last_heard_ms.store(ms, Ordering::Relaxed);
-        self.heard_once.store(true, Ordering::Relaxed);
+        self.last_heard_ms.store(ms + 1, Ordering::Relaxed);
     }
 
     /// Whether an append or heartbeat from a leader arrived within the last `window`.
     pub(crate) fn heard_within(&self, window: Duration) -> bool {
-        self.heard_once.load(Ordering::Relaxed) && self.quiet_for() < window
+        self.last_heard_ms.load(Ordering::Relaxed) != 0 && self.quiet_for() < window
     }
 
+    /// Time since the last append or heartbeat, or since the process started if none came.
     fn quiet_for(&self) -> Duration {
-        let heard = Duration::from_millis(self.last_heard_ms.load(Ordering::Relaxed));
-        self.started.elapsed().saturating_sub(heard)
+        let heard = self.last_heard_ms.load(Ordering::Relaxed).saturating_sub(1);
+        self.started
+            .elapsed()
+            .saturating_sub(Duration::from_millis(heard))
     }
 }
 
