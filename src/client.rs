@@ -163,7 +163,15 @@ impl Client {
                 Err(err) => return Err(err),
             }
         }
-        Err(last)
+        // Every attempt before the last failed in a way worth retrying too.
+        Err(match last {
+            ClientError::Rejected { code, message, .. } => ClientError::Rejected {
+                code,
+                message,
+                after_unanswered: true,
+            },
+            other => other,
+        })
     }
 
     pub async fn send(

@@ -653,6 +653,131 @@ async fn a_leader_cut_off_from_its_followers_refuses_clients_until_they_are_back
     Ok(())
 }
 
+/// Five nodes, and the leader left with one follower (the three others paused): the leader is
+/// cut off, and so is its follower, although that one still hears from a leader. The leader's
+/// appends say that it is cut off, so its follower stops counting them as contact with the
+/// group. Both serve again once the others are back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_of_a_cut_off_leader_refuses_clients_too() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOptions {
+        nodes: 5,
+        ..ClusterOptions::default()
+    })
+    .await?;
+    cluster.create_topic(TOPIC, QUEUES as u32).await?;
+    let history = History::default();
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    history
+        .send_until_acked(&cluster.client(), TOPIC, "before".into(), Duration::ZERO)
+        .await?;
+    let mut others = (1..=5).filter(|id| *id != leader);
+    let follower = others.next().expect("five nodes");
+    let paused: Vec<u64> = others.collect();
+    for id in &paused {
+        cluster.pause_node(*id, true)?;
+    }
+    let paused_at = Instant::now();
+    for id in [leader, follower] {
+        let give_up = paused_at + Duration::from_secs(10);
+        while serves_clients(&cluster, id).await {
+            assert!(
+                Instant::now() < give_up,
+                "node {id} (leader {leader}) still serves clients 10 s after the rest of the \
+                 group was paused\n{}",
+                cluster.log_tails(20)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!(
+            "node {id} refused clients {:?} after the pause",
+            paused_at.elapsed()
+        );
+        assert_eq!(cut_off_gauge(&cluster, id).await?, (1.0, 1.0), "node {id}");
+    }
+    let url = format!("http://{}/readyz", cluster.node(follower).http_addr);
+    assert_eq!(reqwest::get(&url).await?.status().as_u16(), 503);
+
+    for id in &paused {
+        cluster.pause_node(*id, false)?;
+    }
+    let give_up = Instant::now() + Duration::from_secs(15);
+    for id in [leader, follower] {
+        while !serves_clients(&cluster, id).await {
+            assert!(
+                Instant::now() < give_up,
+                "node {id} still refuses clients 15 s after the group came back\n{}",
+                cluster.log_tails(20)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for id in &paused {
+        assert_eq!(cut_off_gauge(&cluster, *id).await?, (0.0, 0.0), "node {id}");
+    }
+    history
+        .send_until_acked(&cluster.client(), TOPIC, "after".into(), Duration::ZERO)
+        .await?;
+    cluster.wait_caught_up(Duration::from_secs(30)).await?;
+    let stored = check_every_node(&cluster, &history, TOPIC, QUEUES).await?;
+    assert!(stored.len() >= history.acked());
+    Ok(())
+}
+
+/// Every packet towards the leader dropped, the other way open: the leader can commit
+/// nothing, and its heartbeats would keep its followers from standing for election. Over TCP
+/// they stop arriving too (nothing it sends is acknowledged, so its connections stall after a
+/// few segments), the followers elect one of them, and the group serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_that_hears_nothing_from_its_followers_is_replaced() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOptions {
+        netns: true,
+        ..ClusterOptions::default()
+    })
+    .await?;
+    cluster.create_topic(TOPIC, QUEUES as u32).await?;
+    let history = History::default();
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let mut client = cluster.client();
+    client.timeout = Duration::from_secs(2);
+    history
+        .send_until_acked(&client, TOPIC, "before".into(), Duration::ZERO)
+        .await?;
+    let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let network = cluster.network.as_ref().expect("a netns cluster");
+    for id in &followers {
+        network.cut(*id, leader)?;
+    }
+    let cut_at = Instant::now();
+    history
+        .send_until_acked(&client, TOPIC, "during".into(), Duration::from_secs(30))
+        .await?;
+    let served_after = cut_at.elapsed();
+    let statuses = cluster.statuses().await;
+    eprintln!("a send sent after the cut was acknowledged {served_after:?} after it");
+    let new_leaders: Vec<u64> = statuses
+        .iter()
+        .filter_map(|(_, status)| status.as_ref())
+        .filter(|s| s.role == "leader")
+        .map(|s| s.node_id)
+        .filter(|id| *id != leader)
+        .collect();
+    assert_eq!(new_leaders.len(), 1, "{statuses:?}");
+    assert!(
+        served_after < Duration::from_secs(5),
+        "the group served again only {served_after:?} after the cut\n{}",
+        cluster.log_tails(20)
+    );
+
+    network.heal()?;
+    history
+        .send_until_acked(&client, TOPIC, "after".into(), Duration::from_secs(30))
+        .await?;
+    cluster.wait_caught_up(Duration::from_secs(30)).await?;
+    let stored = check_every_node(&cluster, &history, TOPIC, QUEUES).await?;
+    assert!(stored.len() >= history.acked());
+    Ok(())
+}
+
 /// With the cut-off turned off, a send that reaches a leader just as it loses its majority
 /// is held by Raft until the majority is back; the broker answers it by its propose deadline
 /// all the same, as an unknown outcome (the entry may still commit), instead of leaving the

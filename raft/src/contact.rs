@@ -9,9 +9,14 @@
 //! The evidence is what already flows: an append or heartbeat from a leader, or an answer
 //! from a peer to one of this node's own calls (appends as a leader, votes as a candidate).
 //! Answers count whatever they say: a refused vote still shows the peer can be reached.
+//! A leader's appends count only while that leader is itself in touch: a leader left on the
+//! minority side of a split keeps its followers there from elections with its heartbeats,
+//! so it marks its appends once it counts itself cut off ([`RaftNode::report_cut_off`]), and
+//! those followers then find themselves cut off as well.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::node::RaftNode;
@@ -39,9 +44,44 @@ impl PeerContact {
     }
 }
 
+/// What this node's appends say about it: marked once the broker counts this node cut off,
+/// unmarked as soon as enough peers answer again, without waiting for the broker's next
+/// check, so that followers coming back hear at once that their leader is in touch (until
+/// they do, they count themselves cut off).
+#[derive(Default)]
+pub(crate) struct CutOffMark {
+    marked: AtomicBool,
+    /// This node, the voters and the window at the time it was marked.
+    basis: Mutex<(NodeId, Vec<NodeId>, Duration)>,
+}
+
+impl CutOffMark {
+    fn mark(&self, me: NodeId, voters: Vec<NodeId>, window: Duration) {
+        *self.basis.lock().expect("cut-off mark lock poisoned") = (me, voters, window);
+        self.marked.store(true, Ordering::Release);
+    }
+
+    fn unmark(&self) {
+        self.marked.store(false, Ordering::Release);
+    }
+
+    /// Whether an append sent now says that this node is cut off.
+    pub(crate) fn leader_cut_off(&self, contact: &PeerContact) -> bool {
+        if !self.marked.load(Ordering::Acquire) {
+            return false;
+        }
+        let basis = self.basis.lock().expect("cut-off mark lock poisoned");
+        let (me, voters, window) = &*basis;
+        !majority_in_touch(voters, *me, false, |peer| {
+            contact.answered_within(peer, *window)
+        })
+    }
+}
+
 /// Whether `me` and the peers in touch with it make a majority of `voters`. A node that heard
 /// from a leader counts as in touch: that leader had a majority to be elected, and follows the
-/// same rule itself. A node that is no voter (a learner) never counts as cut off.
+/// same rule itself, so it is heard only while it does not count itself cut off (its appends
+/// say so). A node that is no voter (a learner) never counts as cut off.
 pub(crate) fn majority_in_touch(
     voters: &[NodeId],
     me: NodeId,
@@ -65,11 +105,23 @@ impl RaftNode {
         let voters: Vec<NodeId> = self.voters().into_iter().map(|(id, _)| id).collect();
         // Whether it still follows that leader does not matter: a follower that takes its
         // leader for dead, or starts a campaign, stops following at once.
-        let heard_from_leader = self.liveness.heard_within(window);
+        let heard_from_leader = self.liveness.heard_from_in_touch_leader_within(window);
         let contact = self.network().contact();
         majority_in_touch(&voters, self.id, heard_from_leader, |peer| {
             contact.answered_within(peer, window)
         })
+    }
+
+    /// The broker found this node out of touch with its group for `window`, or back in
+    /// touch: while it is out of touch, its appends (as a leader) tell its followers so.
+    pub fn report_cut_off(&self, cut_off: bool, window: Duration) {
+        let mark = self.network().cut_off_mark();
+        if cut_off {
+            let voters = self.voters().into_iter().map(|(id, _)| id).collect();
+            mark.mark(self.id, voters, window);
+        } else {
+            mark.unmark();
+        }
     }
 }
 
@@ -99,6 +151,20 @@ mod tests {
         assert!(majority_in_touch(&[1, 2, 3], 2, true, |_| false));
         assert!(majority_in_touch(&[1, 2, 3], 4, false, |_| false));
         assert!(majority_in_touch(&[1], 1, false, |_| false));
+    }
+
+    #[test]
+    fn a_marked_leader_reads_as_in_touch_once_enough_peers_answer() {
+        let (mark, contact) = (CutOffMark::default(), PeerContact::default());
+        assert!(!mark.leader_cut_off(&contact));
+        mark.mark(1, vec![1, 2, 3, 4, 5], Duration::from_secs(60));
+        assert!(mark.leader_cut_off(&contact));
+        contact.answered(2);
+        assert!(mark.leader_cut_off(&contact), "two of five");
+        contact.answered(3);
+        assert!(!mark.leader_cut_off(&contact), "three of five");
+        mark.unmark();
+        assert!(!mark.leader_cut_off(&PeerContact::default()));
     }
 
     #[test]

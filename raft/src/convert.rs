@@ -237,6 +237,7 @@ pub fn append_request_to_pb(req: AppendEntriesRequest<TypeConfig>) -> pb::Append
         prev_log_id: req.prev_log_id.as_ref().map(log_id_to_pb),
         entries: req.entries.iter().map(encode_entry).collect(),
         leader_commit: req.leader_commit.as_ref().map(log_id_to_pb),
+        leader_cut_off: false,
     }
 }
 

@@ -99,6 +99,8 @@ pub(crate) struct LeaderLiveness {
     /// One more than the milliseconds after `started` at which the last append or heartbeat
     /// arrived; 0 while none has.
     last_heard_ms: AtomicU64,
+    /// The same for the last one from a leader that did not count itself cut off.
+    last_heard_in_touch_ms: AtomicU64,
     checking: AtomicBool,
     /// The vote of the last leader this node took for dead: a broken stream and a quiet
     /// spell often both find the same leader gone, and one hand-over is enough.
@@ -110,6 +112,7 @@ impl Default for LeaderLiveness {
         LeaderLiveness {
             started: Instant::now(),
             last_heard_ms: AtomicU64::new(0),
+            last_heard_in_touch_ms: AtomicU64::new(0),
             checking: AtomicBool::new(false),
             taken_for_dead: Mutex::new(None),
         }
@@ -117,22 +120,31 @@ impl Default for LeaderLiveness {
 }
 
 impl LeaderLiveness {
-    pub(crate) fn heard(&self) {
-        let ms = self.started.elapsed().as_millis() as u64;
-        self.last_heard_ms.store(ms + 1, Ordering::Relaxed);
+    /// An append or heartbeat arrived from a leader, which says whether it counts itself cut
+    /// off from its group.
+    pub(crate) fn heard(&self, leader_cut_off: bool) {
+        let stamp = self.started.elapsed().as_millis() as u64 + 1;
+        self.last_heard_ms.store(stamp, Ordering::Relaxed);
+        if !leader_cut_off {
+            self.last_heard_in_touch_ms.store(stamp, Ordering::Relaxed);
+        }
     }
 
-    /// Whether an append or heartbeat from a leader arrived within the last `window`.
-    pub(crate) fn heard_within(&self, window: Duration) -> bool {
-        self.last_heard_ms.load(Ordering::Relaxed) != 0 && self.quiet_for() < window
+    /// Whether an append or heartbeat arrived within the last `window` from a leader that did
+    /// not count itself cut off.
+    pub(crate) fn heard_from_in_touch_leader_within(&self, window: Duration) -> bool {
+        let stamp = self.last_heard_in_touch_ms.load(Ordering::Relaxed);
+        stamp != 0 && self.since(stamp) < window
     }
 
     /// Time since the last append or heartbeat, or since the process started if none came.
     fn quiet_for(&self) -> Duration {
-        let heard = self.last_heard_ms.load(Ordering::Relaxed).saturating_sub(1);
-        self.started
-            .elapsed()
-            .saturating_sub(Duration::from_millis(heard))
+        self.since(self.last_heard_ms.load(Ordering::Relaxed))
+    }
+
+    fn since(&self, stamp: u64) -> Duration {
+        let at = Duration::from_millis(stamp.saturating_sub(1));
+        self.started.elapsed().saturating_sub(at)
     }
 }
 
@@ -146,9 +158,9 @@ impl Drop for CheckRunning<'_> {
 }
 
 impl RaftNode {
-    /// An append or a heartbeat from the leader arrived.
-    pub(crate) fn heard_from_leader(&self) {
-        self.liveness.heard();
+    /// An append or a heartbeat from the leader arrived (see [`LeaderLiveness::heard`]).
+    pub(crate) fn heard_from_leader(&self, leader_cut_off: bool) {
+        self.liveness.heard(leader_cut_off);
     }
 
     /// The append stream from the leader to this node broke: check, in the background,
@@ -292,10 +304,27 @@ mod tests {
     #[test]
     fn a_process_that_heard_no_leader_yet_has_not_heard_one_recently() {
         let liveness = LeaderLiveness::default();
-        assert!(!liveness.heard_within(Duration::from_secs(60)));
-        liveness.heard();
-        assert!(liveness.heard_within(Duration::from_secs(60)));
-        assert!(!liveness.heard_within(Duration::ZERO));
+        let minute = Duration::from_secs(60);
+        assert!(!liveness.heard_from_in_touch_leader_within(minute));
+        liveness.heard(false);
+        assert!(liveness.heard_from_in_touch_leader_within(minute));
+        assert!(!liveness.heard_from_in_touch_leader_within(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_leader_that_counts_itself_cut_off_keeps_the_follower_quiet_but_not_in_touch() {
+        let liveness = LeaderLiveness::default();
+        liveness.heard(true);
+        assert!(liveness.quiet_for() < Duration::from_secs(60));
+        assert!(!liveness.heard_from_in_touch_leader_within(Duration::from_secs(60)));
+        std::thread::sleep(Duration::from_millis(20));
+        liveness.heard(false);
+        std::thread::sleep(Duration::from_millis(20));
+        liveness.heard(true);
+        // The last append from a leader in touch is older than the last append.
+        assert!(liveness.quiet_for() < Duration::from_millis(20));
+        assert!(!liveness.heard_from_in_touch_leader_within(Duration::from_millis(20)));
+        assert!(liveness.heard_from_in_touch_leader_within(Duration::from_secs(60)));
     }
 
     fn log(term: u64, index: u64) -> Option<LogId> {

@@ -24,7 +24,7 @@ use raftmq_proto::raft::v1::raft_service_client::RaftServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::catchup::CatchUpLimit;
-use crate::contact::PeerContact;
+use crate::contact::{CutOffMark, PeerContact};
 use crate::convert;
 use crate::timeline::Timeline;
 use crate::types::{NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
@@ -91,6 +91,8 @@ pub struct Network {
     disk_reports: Arc<DiskReports>,
     peer_errors: Arc<PeerErrors>,
     peer_contact: Arc<PeerContact>,
+    /// Whether this node's appends say that it is cut off from its group.
+    cut_off: Arc<CutOffMark>,
     /// Source address of outgoing connections (see [`Network::from_own_address`]).
     local_address: Option<std::net::IpAddr>,
     /// Followers' acks are stamped here (see [`Timeline`]).
@@ -157,6 +159,10 @@ impl Network {
         &self.peer_contact
     }
 
+    pub(crate) fn cut_off_mark(&self) -> &CutOffMark {
+        &self.cut_off
+    }
+
     pub fn catch_up(&self) -> &CatchUpLimit {
         &self.catch_up
     }
@@ -181,6 +187,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             disk_reports: self.disk_reports.clone(),
             peer_errors: self.peer_errors.clone(),
             contact: self.peer_contact.clone(),
+            cut_off: self.cut_off.clone(),
             timeline: self.timeline.clone(),
             catch_up: self.catch_up.clone(),
             failed_streams: 0,
@@ -195,6 +202,7 @@ pub struct PeerClient {
     disk_reports: Arc<DiskReports>,
     peer_errors: Arc<PeerErrors>,
     contact: Arc<PeerContact>,
+    cut_off: Arc<CutOffMark>,
     timeline: Arc<Timeline>,
     catch_up: Arc<CatchUpLimit>,
     /// Replication streams to this peer that failed to open in a row.
@@ -221,10 +229,12 @@ fn bad_reply(err: convert::MissingField) -> RPCError<TypeConfig> {
     RPCError::Network(NetworkError::new(&err))
 }
 
-/// Turn an append request into its wire form; one that carries only entries the follower is
-/// catching up on first waits for room under the catch-up limit.
+/// Turn an append request into its wire form, marked when this node counts itself cut off
+/// (see [`CutOffMark`]); one that carries only entries the follower is catching up on first
+/// waits for room under the catch-up limit.
 async fn append_request_on_wire(
     request: AppendEntriesRequest<TypeConfig>,
+    leader_cut_off: bool,
     catch_up: &CatchUpLimit,
 ) -> pb::AppendEntriesRequest {
     let catching_up = request.entries.last().is_some_and(|last| {
@@ -233,7 +243,8 @@ async fn append_request_on_wire(
             request.leader_commit.as_ref().map(|id| id.index),
         )
     });
-    let request = convert::append_request_to_pb(request);
+    let mut request = convert::append_request_to_pb(request);
+    request.leader_cut_off = leader_cut_off;
     if catching_up {
         catch_up.admit(request.encoded_len()).await;
     }
@@ -273,7 +284,9 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         let rpc_last_index = rpc.entries.last().map(|entry| entry.log_id.index);
-        let request = with_timeout(append_request_on_wire(rpc, &self.catch_up).await, &option);
+        let cut_off = self.cut_off.leader_cut_off(&self.contact);
+        let request = append_request_on_wire(rpc, cut_off, &self.catch_up).await;
+        let request = with_timeout(request, &option);
         let reply = self
             .client()?
             .append_entries(request)
@@ -313,11 +326,13 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             // The follower answers the requests of a stream in order: pair them by position.
             let sent_at = Arc::new(Mutex::new(std::collections::VecDeque::new()));
             let sent = sent_at.clone();
+            let (cut_off, contact) = (self.cut_off.clone(), self.contact.clone());
             let catch_up = self.catch_up.clone();
             let requests = input.then(move |request| {
                 let (sent, catch_up) = (sent.clone(), catch_up.clone());
+                let leader_cut_off = cut_off.leader_cut_off(&contact);
                 async move {
-                    let request = append_request_on_wire(request, &catch_up).await;
+                    let request = append_request_on_wire(request, leader_cut_off, &catch_up).await;
                     sent.lock()
                         .expect("sent-at lock poisoned")
                         .push_back(Instant::now());

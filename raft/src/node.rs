@@ -487,12 +487,14 @@ impl RaftNode {
     }
 
     /// The id of the last entry in this node's log (written, maybe not yet flushed), read
-    /// from the store: openraft's own view of it is not public.
+    /// from the store: openraft's own view of it is not public. A log purged up to its end
+    /// (just after a snapshot was installed) ends at its last purged entry, as openraft sees it.
     pub fn last_log_id(&self) -> Result<Option<crate::types::LogId>, String> {
-        let Some(entry) = self.log.last().map_err(|e| e.to_string())? else {
-            return Ok(None);
+        let last = match self.log.last().map_err(|e| e.to_string())? {
+            Some(entry) => entry.log_id,
+            None => self.log.read_purged().map_err(|e| e.to_string())?,
         };
-        crate::convert::opt_log_id_from_pb(entry.log_id.as_ref()).map_err(|e| e.to_string())
+        crate::convert::opt_log_id_from_pb(last.as_ref()).map_err(|e| e.to_string())
     }
 
     pub fn network(&self) -> &Network {

@@ -97,8 +97,9 @@ impl RaftService for RaftGrpc {
         request: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
         self.refuse_if_stopping()?;
-        self.node.heard_from_leader();
-        let req = convert::append_request_from_pb(request.into_inner())?;
+        let request = request.into_inner();
+        self.node.heard_from_leader(request.leader_cut_off);
+        let req = convert::append_request_from_pb(request)?;
         let resp = self.node.raft.append_entries(req).await.map_err(fatal)?;
         let mut reply = convert::append_response_to_pb(&resp);
         reply.disk_low = self.node.disk.is_low();
@@ -131,18 +132,24 @@ impl RaftService for RaftGrpc {
                 }
                 futures::future::ready(item.is_ok())
             })
-            .filter_map(|item| async move {
-                match item.ok().map(convert::append_request_from_pb) {
-                    Some(Ok(req)) => Some(req),
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "dropping malformed append request");
-                        None
+            .filter_map(move |item| {
+                let heard = heard.clone();
+                async move {
+                    let request = item.ok()?;
+                    let leader_cut_off = request.leader_cut_off;
+                    match convert::append_request_from_pb(request) {
+                        Ok(req) => {
+                            heard.heard_from_leader(leader_cut_off);
+                            Some(req)
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "dropping malformed append request");
+                            None
+                        }
                     }
-                    None => None,
                 }
             })
             .inspect(move |_| {
-                heard.heard_from_leader();
                 let mut received = received.lock().expect("received-at lock poisoned");
                 received.push_back(Instant::now());
             })

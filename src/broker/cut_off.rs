@@ -9,7 +9,9 @@
 //! closes its connections and refuses new ones (`client_port::serve`): the clients' next
 //! connection attempt goes to another endpoint, and their retries of the failed calls keep
 //! the message ids, which the group deduplicates. The HTTP port keeps answering (`/readyz`
-//! says why the node is not ready).
+//! says why the node is not ready). A leader also marks its appends while it is cut off, so
+//! that its followers stop counting its heartbeats as contact with the group
+//! (`RaftNode::report_cut_off`).
 //!
 //! A node that has not been in touch with a majority since it started (the group is still
 //! forming, or restarting as a whole) is not cut off: there is nowhere better to send clients,
@@ -50,6 +52,7 @@ pub async fn run(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
                 .cut_off
                 .send_if_modified(|cut| std::mem::replace(cut, false))
             {
+                node.report_cut_off(false, window);
                 metrics::gauge!("raftmq_cut_off").set(0.0);
                 tracing::info!(
                     node_id = node.id,
@@ -64,6 +67,7 @@ pub async fn run(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
         let since = *out_of_touch_since.get_or_insert_with(Instant::now);
         if since.elapsed() >= CONFIRM_FOR {
             broker.cut_off.send_replace(true);
+            node.report_cut_off(true, window);
             metrics::gauge!("raftmq_cut_off").set(1.0);
             metrics::counter!("raftmq_cut_off_total").increment(1);
             tracing::warn!(
