@@ -579,6 +579,36 @@ async fn cut_off_gauge(cluster: &Cluster, id: u64) -> anyhow::Result<(f64, f64)>
     ))
 }
 
+/// Wait until every node of `ids` serves clients again, at most 15 s after the fault healed.
+async fn wait_until_serving(cluster: &Cluster, ids: &[u64]) {
+    let give_up = Instant::now() + Duration::from_secs(15);
+    for id in ids {
+        while !serves_clients(cluster, *id).await {
+            assert!(
+                Instant::now() < give_up,
+                "node {id} still refuses clients 15 s after the fault healed\n{}",
+                cluster.log_tails(20)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// One more send once the fault healed, then every acknowledged message on every node.
+async fn send_after_and_check(
+    cluster: &Cluster,
+    history: &History,
+    client: &raftmq::client::Client,
+) -> anyhow::Result<()> {
+    history
+        .send_until_acked(client, TOPIC, "after".into(), Duration::from_secs(30))
+        .await?;
+    cluster.wait_caught_up(Duration::from_secs(30)).await?;
+    let stored = check_every_node(cluster, history, TOPIC, QUEUES).await?;
+    assert!(stored.len() >= history.acked());
+    Ok(())
+}
+
 /// A leader whose followers stop answering can commit nothing: it closes its client
 /// connections, so that a send waiting there fails with its connection, before the broker's
 /// propose deadline would answer it with an error on that same connection (a gRPC client
@@ -629,28 +659,14 @@ async fn a_leader_cut_off_from_its_followers_refuses_clients_until_they_are_back
     for id in &followers {
         cluster.pause_node(*id, false)?;
     }
-    let give_up = Instant::now() + Duration::from_secs(15);
-    while !serves_clients(&cluster, leader).await {
-        assert!(
-            Instant::now() < give_up,
-            "node {leader} still refuses clients 15 s after its followers came back\n{}",
-            cluster.log_tails(20)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_serving(&cluster, &[leader]).await;
     assert_eq!(cut_off_gauge(&cluster, leader).await?, (0.0, 1.0));
     // Resumed processes find their evidence old, yet hear from the group within a heartbeat
     // or two: they never count themselves cut off.
     for id in &followers {
         assert_eq!(cut_off_gauge(&cluster, *id).await?, (0.0, 0.0), "node {id}");
     }
-    history
-        .send_until_acked(&cluster.client(), TOPIC, "after".into(), Duration::ZERO)
-        .await?;
-    cluster.wait_caught_up(Duration::from_secs(30)).await?;
-    let stored = check_every_node(&cluster, &history, TOPIC, QUEUES).await?;
-    assert!(stored.len() >= history.acked());
-    Ok(())
+    send_after_and_check(&cluster, &history, &cluster.client()).await
 }
 
 /// Five nodes, and the leader left with one follower (the three others paused): the leader is
@@ -700,27 +716,11 @@ async fn a_follower_of_a_cut_off_leader_refuses_clients_too() -> anyhow::Result<
     for id in &paused {
         cluster.pause_node(*id, false)?;
     }
-    let give_up = Instant::now() + Duration::from_secs(15);
-    for id in [leader, follower] {
-        while !serves_clients(&cluster, id).await {
-            assert!(
-                Instant::now() < give_up,
-                "node {id} still refuses clients 15 s after the group came back\n{}",
-                cluster.log_tails(20)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    wait_until_serving(&cluster, &[leader, follower]).await;
     for id in &paused {
         assert_eq!(cut_off_gauge(&cluster, *id).await?, (0.0, 0.0), "node {id}");
     }
-    history
-        .send_until_acked(&cluster.client(), TOPIC, "after".into(), Duration::ZERO)
-        .await?;
-    cluster.wait_caught_up(Duration::from_secs(30)).await?;
-    let stored = check_every_node(&cluster, &history, TOPIC, QUEUES).await?;
-    assert!(stored.len() >= history.acked());
-    Ok(())
+    send_after_and_check(&cluster, &history, &cluster.client()).await
 }
 
 /// Every packet towards the leader dropped, the other way open: the leader can commit
@@ -769,13 +769,7 @@ async fn a_leader_that_hears_nothing_from_its_followers_is_replaced() -> anyhow:
     );
 
     network.heal()?;
-    history
-        .send_until_acked(&client, TOPIC, "after".into(), Duration::from_secs(30))
-        .await?;
-    cluster.wait_caught_up(Duration::from_secs(30)).await?;
-    let stored = check_every_node(&cluster, &history, TOPIC, QUEUES).await?;
-    assert!(stored.len() >= history.acked());
-    Ok(())
+    send_after_and_check(&cluster, &history, &client).await
 }
 
 /// With the cut-off turned off, a send that reaches a leader just as it loses its majority
