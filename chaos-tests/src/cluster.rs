@@ -265,6 +265,22 @@ impl Cluster {
         &mut self.nodes[(id - 1) as usize]
     }
 
+    /// The nodes whose process ended by itself (a crash, a fatal error), with how it ended;
+    /// from then on they count as stopped.
+    pub fn reap_exited(&mut self) -> Vec<(u64, String)> {
+        let mut exited = Vec::new();
+        for node in &mut self.nodes {
+            let Some(child) = node.child.as_mut() else {
+                continue;
+            };
+            if let Ok(Some(status)) = child.try_wait() {
+                node.child = None;
+                exited.push((node.id, status.to_string()));
+            }
+        }
+        exited
+    }
+
     pub fn endpoints(&self) -> Vec<String> {
         self.nodes.iter().map(|n| n.client_addr.clone()).collect()
     }

@@ -332,7 +332,7 @@ impl RunReport {
             "checked: {} acknowledged, {} refused for lack of disk room (none may be stored), \
              {} unknown sends ({} of them stored), {} consumed\n\
              lost {}, duplicated {}, reordered {}, phantom {}, wrong offset {}, offset gaps {}, \
-             dirty reads {}, offset regressions {}, replicas identical {}{}",
+             dirty reads {}, offset regressions {}, replicas identical {}{}{}",
             c.acknowledged,
             c.refused_sends,
             c.unknown_sends,
@@ -349,7 +349,11 @@ impl RunReport {
             c.replicas_identical,
             c.not_caught_up
                 .as_ref()
-                .map_or(String::new(), |e| format!("\nnot caught up: {e}"))
+                .map_or(String::new(), |e| format!("\nnot caught up: {e}")),
+            c.exited
+                .iter()
+                .map(|(id, how)| format!("\nnode {id} exited by itself: {how}"))
+                .collect::<String>()
         );
         let examples: [(&str, Vec<String>); 4] = [
             ("lost", c.lost.iter().cloned().collect()),

@@ -220,7 +220,8 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<RunReport> {
     for task in tasks {
         task.await.context("harness: a workload task panicked")?;
     }
-    let final_check = final_check(&cluster, &workload).await?;
+    let exited = cluster.reap_exited();
+    let final_check = final_check(&cluster, &workload, exited).await?;
     let ops = std::mem::take(&mut *workload.ops.lock().unwrap());
     let report = RunReport::build(options, ops, windows, final_check);
     report::write(&report, &options.out, &workload.history)?;
@@ -467,6 +468,8 @@ pub struct FinalCheck {
     pub consumed: usize,
     /// Nodes that did not catch up with the leader's commit index after the faults.
     pub not_caught_up: Option<String>,
+    /// Nodes whose process ended by itself during the run, with how; they are not read back.
+    pub exited: Vec<(u64, String)>,
 }
 
 impl FinalCheck {
@@ -481,11 +484,17 @@ impl FinalCheck {
             && self.dirty_reads.is_empty()
             && self.offset_regressions.is_empty()
             && self.not_caught_up.is_none()
+            && self.exited.is_empty()
     }
 }
 
-async fn final_check(cluster: &Cluster, workload: &Workload) -> anyhow::Result<FinalCheck> {
+async fn final_check(
+    cluster: &Cluster,
+    workload: &Workload,
+    exited: Vec<(u64, String)>,
+) -> anyhow::Result<FinalCheck> {
     let mut check = FinalCheck {
+        exited,
         not_caught_up: cluster
             .wait_caught_up(Duration::from_secs(120))
             .await
