@@ -133,9 +133,7 @@ impl RaftService for RaftGrpc {
                 futures::future::ready(item.is_ok())
             })
             .filter_map(move |item| {
-                let heard = heard.clone();
-                async move {
-                    let request = item.ok()?;
+                let decoded = item.ok().and_then(|request| {
                     let leader_cut_off = request.leader_cut_off;
                     match convert::append_request_from_pb(request) {
                         Ok(req) => {
@@ -147,7 +145,8 @@ impl RaftService for RaftGrpc {
                             None
                         }
                     }
-                }
+                });
+                futures::future::ready(decoded)
             })
             .inspect(move |_| {
                 let mut received = received.lock().expect("received-at lock poisoned");
