@@ -101,6 +101,10 @@ pub(crate) struct LeaderLiveness {
     last_heard_ms: AtomicU64,
     /// The same for the last one from a leader that did not count itself cut off.
     last_heard_in_touch_ms: AtomicU64,
+    /// The highest term an append came from. A deposed leader that has not yet learned of
+    /// its successor keeps sending appends of its older term; openraft refuses them, and
+    /// they must not count as word from the leader either.
+    highest_term: AtomicU64,
     checking: AtomicBool,
     /// The vote of the last leader this node took for dead: a broken stream and a quiet
     /// spell often both find the same leader gone, and one hand-over is enough.
@@ -113,6 +117,7 @@ impl Default for LeaderLiveness {
             started: Instant::now(),
             last_heard_ms: AtomicU64::new(0),
             last_heard_in_touch_ms: AtomicU64::new(0),
+            highest_term: AtomicU64::new(0),
             checking: AtomicBool::new(false),
             taken_for_dead: Mutex::new(None),
         }
@@ -120,9 +125,12 @@ impl Default for LeaderLiveness {
 }
 
 impl LeaderLiveness {
-    /// An append or heartbeat arrived from a leader, which says whether it counts itself cut
-    /// off from its group.
-    pub(crate) fn heard(&self, leader_cut_off: bool) {
+    /// An append or heartbeat arrived from the leader of `term`, which says whether it counts
+    /// itself cut off from its group. One from an older term than already heard is ignored.
+    pub(crate) fn heard(&self, term: u64, leader_cut_off: bool) {
+        if self.highest_term.fetch_max(term, Ordering::Relaxed) > term {
+            return;
+        }
         let stamp = self.started.elapsed().as_millis() as u64 + 1;
         self.last_heard_ms.store(stamp, Ordering::Relaxed);
         if !leader_cut_off {
@@ -159,8 +167,8 @@ impl Drop for CheckRunning<'_> {
 
 impl RaftNode {
     /// An append or a heartbeat from the leader arrived (see [`LeaderLiveness::heard`]).
-    pub(crate) fn heard_from_leader(&self, leader_cut_off: bool) {
-        self.liveness.heard(leader_cut_off);
+    pub(crate) fn heard_from_leader(&self, vote: &Vote, leader_cut_off: bool) {
+        self.liveness.heard(vote.leader_id.term, leader_cut_off);
     }
 
     /// The append stream from the leader to this node broke: check, in the background,
@@ -306,7 +314,7 @@ mod tests {
         let liveness = LeaderLiveness::default();
         let minute = Duration::from_secs(60);
         assert!(!liveness.heard_from_in_touch_leader_within(minute));
-        liveness.heard(false);
+        liveness.heard(1, false);
         assert!(liveness.heard_from_in_touch_leader_within(minute));
         assert!(!liveness.heard_from_in_touch_leader_within(Duration::ZERO));
     }
@@ -314,17 +322,31 @@ mod tests {
     #[test]
     fn a_leader_that_counts_itself_cut_off_keeps_the_follower_quiet_but_not_in_touch() {
         let liveness = LeaderLiveness::default();
-        liveness.heard(true);
+        liveness.heard(1, true);
         assert!(liveness.quiet_for() < Duration::from_secs(60));
         assert!(!liveness.heard_from_in_touch_leader_within(Duration::from_secs(60)));
         std::thread::sleep(Duration::from_millis(20));
-        liveness.heard(false);
+        liveness.heard(1, false);
         std::thread::sleep(Duration::from_millis(20));
-        liveness.heard(true);
+        liveness.heard(1, true);
         // The last append from a leader in touch is older than the last append.
         assert!(liveness.quiet_for() < Duration::from_millis(20));
         assert!(!liveness.heard_from_in_touch_leader_within(Duration::from_millis(20)));
         assert!(liveness.heard_from_in_touch_leader_within(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn appends_from_a_deposed_leader_of_an_older_term_do_not_count() {
+        let liveness = LeaderLiveness::default();
+        liveness.heard(2, true);
+        liveness.heard(3, false);
+        std::thread::sleep(Duration::from_millis(30));
+        liveness.heard(2, false);
+        assert!(liveness.quiet_for() >= Duration::from_millis(30));
+        assert!(!liveness.heard_from_in_touch_leader_within(Duration::from_millis(30)));
+        liveness.heard(3, false);
+        assert!(liveness.quiet_for() < Duration::from_millis(30));
+        assert!(liveness.heard_from_in_touch_leader_within(Duration::from_millis(30)));
     }
 
     fn log(term: u64, index: u64) -> Option<LogId> {

@@ -98,8 +98,9 @@ impl RaftService for RaftGrpc {
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
         self.refuse_if_stopping()?;
         let request = request.into_inner();
-        self.node.heard_from_leader(request.leader_cut_off);
+        let leader_cut_off = request.leader_cut_off;
         let req = convert::append_request_from_pb(request)?;
+        self.node.heard_from_leader(&req.vote, leader_cut_off);
         let resp = self.node.raft.append_entries(req).await.map_err(fatal)?;
         let mut reply = convert::append_response_to_pb(&resp);
         reply.disk_low = self.node.disk.is_low();
@@ -137,7 +138,7 @@ impl RaftService for RaftGrpc {
                     let leader_cut_off = request.leader_cut_off;
                     match convert::append_request_from_pb(request) {
                         Ok(req) => {
-                            heard.heard_from_leader(leader_cut_off);
+                            heard.heard_from_leader(&req.vote, leader_cut_off);
                             Some(req)
                         }
                         Err(e) => {
