@@ -112,16 +112,16 @@ impl RaftNode {
         })
     }
 
-    /// The broker found this node out of touch with its group for `window`, or back in
-    /// touch: while it is out of touch, its appends (as a leader) tell its followers so.
-    pub fn report_cut_off(&self, cut_off: bool, window: Duration) {
-        let mark = self.network().cut_off_mark();
-        if cut_off {
-            let voters = self.voters().into_iter().map(|(id, _)| id).collect();
-            mark.mark(self.id, voters, window);
-        } else {
-            mark.unmark();
-        }
+    /// The broker found this node out of touch with its group for `window`: while it is, its
+    /// appends (as a leader) tell its followers so.
+    pub fn report_cut_off(&self, window: Duration) {
+        let voters = self.voters().into_iter().map(|(id, _)| id).collect();
+        self.network().cut_off_mark().mark(self.id, voters, window);
+    }
+
+    /// The broker found this node back in touch with its group: its appends are unmarked.
+    pub fn report_back_in_touch(&self) {
+        self.network().cut_off_mark().unmark();
     }
 }
 

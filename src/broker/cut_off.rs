@@ -52,7 +52,7 @@ pub async fn run(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
                 .cut_off
                 .send_if_modified(|cut| std::mem::replace(cut, false))
             {
-                node.report_cut_off(false, window);
+                node.report_back_in_touch();
                 metrics::gauge!("raftmq_cut_off").set(0.0);
                 tracing::info!(
                     node_id = node.id,
@@ -67,7 +67,7 @@ pub async fn run(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
         let since = *out_of_touch_since.get_or_insert_with(Instant::now);
         if since.elapsed() >= CONFIRM_FOR {
             broker.cut_off.send_replace(true);
-            node.report_cut_off(true, window);
+            node.report_cut_off(window);
             metrics::gauge!("raftmq_cut_off").set(1.0);
             metrics::counter!("raftmq_cut_off_total").increment(1);
             tracing::warn!(
