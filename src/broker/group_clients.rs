@@ -83,8 +83,15 @@ pub struct OnlineClient {
 
 pub struct GroupClients {
     window: Duration,
+    registry: Mutex<Registry>,
+}
+
+#[derive(Default)]
+struct Registry {
     /// By group, then by client id.
-    groups: Mutex<HashMap<String, HashMap<String, Seen>>>,
+    groups: HashMap<String, HashMap<String, Seen>>,
+    /// When silent clients were last dropped.
+    swept: Option<Instant>,
 }
 
 impl Default for GroupClients {
@@ -97,7 +104,7 @@ impl GroupClients {
     pub fn new(window: Duration) -> GroupClients {
         GroupClients {
             window,
-            groups: Mutex::default(),
+            registry: Mutex::default(),
         }
     }
 
@@ -126,7 +133,8 @@ impl GroupClients {
     /// NotifyClientTermination: the client is gone from `group`, or from every group when the
     /// call names none.
     pub fn terminated(&self, group: Option<&str>, client: &str) {
-        let mut groups = self.groups.lock().expect("group clients poisoned");
+        let mut registry = self.registry.lock().expect("group clients poisoned");
+        let groups = &mut registry.groups;
         match group {
             Some(group) => {
                 if let Some(clients) = groups.get_mut(group) {
@@ -146,8 +154,9 @@ impl GroupClients {
     /// and client id.
     pub fn online(&self, group: Option<&str>) -> Vec<OnlineClient> {
         let now = Instant::now();
-        let groups = self.groups.lock().expect("group clients poisoned");
-        let mut online: Vec<OnlineClient> = groups
+        let registry = self.registry.lock().expect("group clients poisoned");
+        let mut online: Vec<OnlineClient> = registry
+            .groups
             .iter()
             .filter(|(name, _)| group.is_none_or(|group| group == name.as_str()))
             .flat_map(|(name, clients)| clients.iter().map(move |client| (name, client)))
@@ -164,32 +173,46 @@ impl GroupClients {
         online
     }
 
-    /// Record a call of `client` for `group` now, and let `update` say what it tells. A
-    /// client's first call first drops the silent ones (of every group when its group is new
-    /// too), so the map stays as large as the clients online.
+    /// Record a call of `client` for `group` now, and let `update` say what it tells. A new
+    /// client's first call drops the silent ones of every group, at most once per quarter
+    /// window: the map holds no more than the clients heard from in the last window and a
+    /// quarter, and a flood of new client ids costs one sweep per quarter window, not one per
+    /// id.
     fn called(&self, group: &str, client: &str, update: impl FnOnce(&mut Seen)) {
-        let (now, window) = (Instant::now(), self.window);
-        let mut groups = self.groups.lock().expect("group clients poisoned");
-        if !groups.contains_key(group) {
-            groups.retain(|_, clients| {
-                clients.retain(|_, seen| seen.online(now, window));
-                !clients.is_empty()
-            });
-            groups.insert(group.to_string(), HashMap::new());
+        self.called_at(Instant::now(), group, client, update)
+    }
+
+    fn called_at(&self, now: Instant, group: &str, client: &str, update: impl FnOnce(&mut Seen)) {
+        let window = self.window;
+        let mut registry = self.registry.lock().expect("group clients poisoned");
+        let known = registry
+            .groups
+            .get(group)
+            .is_some_and(|clients| clients.contains_key(client));
+        let sweep_due = registry
+            .swept
+            .is_none_or(|swept| now.duration_since(swept) >= window / 4);
+        if !known {
+            if sweep_due {
+                registry.swept = Some(now);
+                registry.groups.retain(|_, clients| {
+                    clients.retain(|_, seen| seen.online(now, window));
+                    !clients.is_empty()
+                });
+            }
+            let seen = Seen {
+                kind: None,
+                topics: BTreeSet::new(),
+                last: now,
+            };
+            let clients = registry.groups.entry(group.to_string()).or_default();
+            clients.insert(client.to_string(), seen);
         }
-        let clients = groups.get_mut(group).expect("inserted above");
-        if !clients.contains_key(client) {
-            clients.retain(|_, seen| seen.online(now, window));
-            clients.insert(
-                client.to_string(),
-                Seen {
-                    kind: None,
-                    topics: BTreeSet::new(),
-                    last: now,
-                },
-            );
-        }
-        let seen = clients.get_mut(client).expect("inserted above");
+        let seen = registry
+            .groups
+            .get_mut(group)
+            .and_then(|clients| clients.get_mut(client))
+            .expect("known or inserted above");
         seen.last = now;
         update(seen);
     }
@@ -262,9 +285,37 @@ mod tests {
         // A new client's arrival prunes it from the map.
         clients.touched("g", "loud", "t", Activity::Pull);
         clients.touched("h", "x", "t", Activity::Pull);
-        let groups = clients.groups.lock().unwrap();
-        assert_eq!(groups["g"].len(), 1);
-        assert_eq!(groups.len(), 2);
+        let registry = clients.registry.lock().unwrap();
+        assert_eq!(registry.groups["g"].len(), 1);
+        assert_eq!(registry.groups.len(), 2);
+    }
+
+    #[test]
+    fn new_clients_sweep_out_the_silent_ones_at_most_once_per_quarter_window() {
+        let clients = GroupClients::new(Duration::from_secs(40));
+        let start = Instant::now();
+        let at = |secs| start + Duration::from_secs(secs);
+        let tracked = || -> usize {
+            let registry = clients.registry.lock().unwrap();
+            registry.groups.values().map(HashMap::len).sum()
+        };
+        clients.called_at(at(0), "g", "early", |_| {});
+        clients.called_at(at(5), "g", "later", |_| {});
+        // "early" has been silent for a window: the next new client sweeps it out.
+        clients.called_at(at(41), "g", "first-new", |_| {});
+        assert_eq!(tracked(), 2);
+        // "later" goes silent at 45, but the last sweep was under a quarter window ago.
+        for (n, secs) in [46, 47, 48, 49, 50].into_iter().enumerate() {
+            clients.called_at(at(secs), "h", &format!("flood-{n}"), |_| {});
+        }
+        assert_eq!(tracked(), 7);
+        // A known client's call never sweeps.
+        clients.called_at(at(60), "g", "first-new", |_| {});
+        assert_eq!(tracked(), 7);
+        clients.called_at(at(60), "h", "next-new", |_| {});
+        assert_eq!(tracked(), 7, "later dropped, next-new added");
+        let registry = clients.registry.lock().unwrap();
+        assert!(!registry.groups["g"].contains_key("later"));
     }
 
     #[test]
