@@ -363,3 +363,72 @@ fn a_write_fails_clearly_once_rocksdb_has_stopped_for_good_and_a_reopen_heals_it
         .expect("durability reported")
         .expect("durable after the reopen");
 }
+
+/// A leader whose disk fills to the last byte stops in its first log append (its Raft core
+/// waits there for space), and its followers elect another. Its clients must not wait for its
+/// disk: it passes their calls to the new leader, which it hears from. `min_free_disk` is off
+/// here, so that nothing but the stalled core stands between those calls and the group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_stopped_by_a_full_disk_passes_its_clients_calls_to_its_successor()
+-> anyhow::Result<()> {
+    use chaos_tests::cluster::{Cluster, ClusterOptions};
+    use chaos_tests::history::{History, check_every_node};
+
+    let cluster = Cluster::start(ClusterOptions {
+        data_dir_mb: Some(384),
+        extra_args: vec!["--min-free-disk-mb".into(), "0".into()],
+        ..Default::default()
+    })
+    .await?;
+    cluster.create_topic("t", 2).await?;
+    let old_leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let history = History::default();
+    // Only the old leader's client port: every call of this client goes through it.
+    let client = cluster.node_client(old_leader);
+    history
+        .send_until_acked(&client, "t", "before".into(), Duration::from_secs(10))
+        .await?;
+
+    cluster.fill_disk(old_leader, 0)?;
+    let filled = Instant::now();
+    let mut first_ack_after = None;
+    for seq in 0..20 {
+        history
+            .send_until_acked(&client, "t", format!("full-{seq}"), Duration::from_secs(10))
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "send {seq} through node {old_leader}, its disk full: {e}\n{}",
+                    cluster.log_tails(20)
+                )
+            })?;
+        first_ack_after.get_or_insert(filled.elapsed());
+    }
+    let statuses = cluster.statuses().await;
+    let stalled = statuses
+        .iter()
+        .any(|(id, s)| *id == old_leader && s.as_ref().is_some_and(|s| s.disk_full));
+    assert!(
+        stalled,
+        "node {old_leader}'s writes should still wait for space; statuses: {statuses:?}"
+    );
+    let new_leader = statuses
+        .iter()
+        .filter(|(id, _)| *id != old_leader)
+        .find_map(|(_, s)| s.as_ref().and_then(|s| s.leader_id))
+        .expect("a follower names a leader");
+    assert_ne!(
+        new_leader, old_leader,
+        "the followers should elect another leader"
+    );
+    eprintln!(
+        "first ack through node {old_leader} {:?} after its disk filled; node {new_leader} leads",
+        first_ack_after.expect("twenty acks")
+    );
+
+    cluster.unfill_disk(old_leader)?;
+    cluster.wait_caught_up(Duration::from_secs(60)).await?;
+    let stored = check_every_node(&cluster, &history, "t", 2).await?;
+    assert_eq!(21, stored.len());
+    Ok(())
+}

@@ -105,6 +105,8 @@ pub(crate) struct LeaderLiveness {
     /// its successor keeps sending appends of its older term; openraft refuses them, and
     /// they must not count as word from the leader either.
     highest_term: AtomicU64,
+    /// The node that leads `highest_term`.
+    leader_of_highest_term: AtomicU64,
     checking: AtomicBool,
     /// The vote of the last leader this node took for dead: a broken stream and a quiet
     /// spell often both find the same leader gone, and one hand-over is enough.
@@ -118,6 +120,7 @@ impl Default for LeaderLiveness {
             last_heard_ms: AtomicU64::new(0),
             last_heard_in_touch_ms: AtomicU64::new(0),
             highest_term: AtomicU64::new(0),
+            leader_of_highest_term: AtomicU64::new(0),
             checking: AtomicBool::new(false),
             taken_for_dead: Mutex::new(None),
         }
@@ -127,9 +130,15 @@ impl Default for LeaderLiveness {
 impl LeaderLiveness {
     /// An append or heartbeat arrived from the leader of `term`, which says whether it counts
     /// itself cut off from its group. One from an older term than already heard is ignored.
-    pub(crate) fn heard(&self, term: u64, leader_cut_off: bool) {
-        if self.highest_term.fetch_max(term, Ordering::Relaxed) > term {
+    pub(crate) fn heard(&self, term: u64, leader: NodeId, leader_cut_off: bool) {
+        let before = self.highest_term.fetch_max(term, Ordering::Relaxed);
+        if before > term {
             return;
+        }
+        if before < term {
+            // One leader per term: a reader between the two stores at worst names the last
+            // term's leader, which then refuses what it is sent.
+            self.leader_of_highest_term.store(leader, Ordering::Relaxed);
         }
         let stamp = self.started.elapsed().as_millis() as u64 + 1;
         self.last_heard_ms.store(stamp, Ordering::Relaxed);
@@ -143,6 +152,16 @@ impl LeaderLiveness {
     pub(crate) fn heard_from_in_touch_leader_within(&self, window: Duration) -> bool {
         let stamp = self.last_heard_in_touch_ms.load(Ordering::Relaxed);
         stamp != 0 && self.since(stamp) < window
+    }
+
+    /// The leader, and its term, of the last append or heartbeat from a leader in touch with
+    /// its group, if one came within `window`.
+    pub(crate) fn in_touch_leader_within(&self, window: Duration) -> Option<(NodeId, u64)> {
+        if !self.heard_from_in_touch_leader_within(window) {
+            return None;
+        }
+        let term = self.highest_term.load(Ordering::Relaxed);
+        Some((self.leader_of_highest_term.load(Ordering::Relaxed), term))
     }
 
     /// Time since the last append or heartbeat, or since the process started if none came.
@@ -168,7 +187,8 @@ impl Drop for CheckRunning<'_> {
 impl RaftNode {
     /// An append or a heartbeat from the leader arrived (see [`LeaderLiveness::heard`]).
     pub(crate) fn heard_from_leader(&self, vote: &Vote, leader_cut_off: bool) {
-        self.liveness.heard(vote.leader_id.term, leader_cut_off);
+        self.liveness
+            .heard(vote.leader_id.term, vote.leader_id.node_id, leader_cut_off);
     }
 
     /// The append stream from the leader to this node broke: check, in the background,
@@ -314,7 +334,7 @@ mod tests {
         let liveness = LeaderLiveness::default();
         let minute = Duration::from_secs(60);
         assert!(!liveness.heard_from_in_touch_leader_within(minute));
-        liveness.heard(1, false);
+        liveness.heard(1, 1, false);
         assert!(liveness.heard_from_in_touch_leader_within(minute));
         assert!(!liveness.heard_from_in_touch_leader_within(Duration::ZERO));
     }
@@ -322,13 +342,13 @@ mod tests {
     #[test]
     fn a_leader_that_counts_itself_cut_off_keeps_the_follower_quiet_but_not_in_touch() {
         let liveness = LeaderLiveness::default();
-        liveness.heard(1, true);
+        liveness.heard(1, 1, true);
         assert!(liveness.quiet_for() < Duration::from_secs(60));
         assert!(!liveness.heard_from_in_touch_leader_within(Duration::from_secs(60)));
         std::thread::sleep(Duration::from_millis(20));
-        liveness.heard(1, false);
+        liveness.heard(1, 1, false);
         std::thread::sleep(Duration::from_millis(20));
-        liveness.heard(1, true);
+        liveness.heard(1, 1, true);
         // The last append from a leader in touch is older than the last append.
         assert!(liveness.quiet_for() < Duration::from_millis(20));
         assert!(!liveness.heard_from_in_touch_leader_within(Duration::from_millis(20)));
@@ -338,15 +358,17 @@ mod tests {
     #[test]
     fn appends_from_a_deposed_leader_of_an_older_term_do_not_count() {
         let liveness = LeaderLiveness::default();
-        liveness.heard(2, true);
-        liveness.heard(3, false);
-        std::thread::sleep(Duration::from_millis(30));
-        liveness.heard(2, false);
-        assert!(liveness.quiet_for() >= Duration::from_millis(30));
-        assert!(!liveness.heard_from_in_touch_leader_within(Duration::from_millis(30)));
-        liveness.heard(3, false);
-        assert!(liveness.quiet_for() < Duration::from_millis(30));
-        assert!(liveness.heard_from_in_touch_leader_within(Duration::from_millis(30)));
+        let window = Duration::from_millis(30);
+        liveness.heard(2, 1, true);
+        liveness.heard(3, 2, false);
+        std::thread::sleep(window);
+        liveness.heard(2, 1, false);
+        assert!(liveness.quiet_for() >= window);
+        assert!(!liveness.heard_from_in_touch_leader_within(window));
+        assert_eq!(liveness.in_touch_leader_within(window), None);
+        liveness.heard(3, 2, false);
+        assert!(liveness.quiet_for() < window);
+        assert_eq!(liveness.in_touch_leader_within(window), Some((2, 3)));
     }
 
     fn log(term: u64, index: u64) -> Option<LogId> {

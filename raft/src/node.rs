@@ -850,6 +850,20 @@ impl RaftNode {
         self.state.db().waiting_for_space()
     }
 
+    /// The leader to hand a call to without waiting for this node's Raft core, when that core
+    /// cannot answer in time: this node's writes wait for disk space (a full disk stops the
+    /// core in its log append), or a leader of a newer term than the core has taken in is
+    /// sending appends (the core is stuck or behind). A leader whose disk filled to the
+    /// last byte is then replaced by its followers, and without this it would hold its
+    /// clients' calls, or refuse them for want of room, until the disk had room again.
+    fn leader_past_core(&self) -> Option<NodeId> {
+        let lease = Duration::from_millis(self.raft.config().election_timeout_max);
+        let (leader, term) = self.liveness.in_touch_leader_within(lease)?;
+        let core_term = self.raft.metrics().borrow_watched().vote.leader_id.term;
+        let past = term > core_term || (term == core_term && self.disk_full());
+        (past && leader != self.id).then_some(leader)
+    }
+
     /// Replicate a command through the group's leader and return what applying it produced.
     pub async fn propose(
         &self,
@@ -861,38 +875,12 @@ impl RaftNode {
         // Shared: a retry or a forward to another leader needs it again after openraft took it.
         let command = Arc::new(command);
         loop {
-            self.check_room(&command)?;
-            let proposed = Instant::now();
-            // A leader cut off from its majority holds the write until it hears from them
-            // again: answer by the deadline all the same. The entry stays in its log and may
-            // still commit; a retry with the same message id is deduplicated.
-            let written = tokio::time::timeout_at(
-                give_up.into(),
-                self.raft.client_write(Request::new(command.clone())),
-            )
-            .await
-            .map_err(|_| {
-                ProposeError::Unknown(
-                    "not committed within the deadline: this leader may have lost its majority"
-                        .into(),
-                )
-            })?;
-            let leader = match written {
-                Ok(response) => {
-                    self.timeline.record_result(response.log_id.index, proposed);
-                    return response.data.0.ok_or_else(|| {
-                        ProposeError::Fatal("a command was applied without a result".into())
-                    });
-                }
-                Err(openraft::errors::RaftError::APIError(ClientWriteError::ForwardToLeader(
-                    forward,
-                ))) => forward.leader_id,
-                Err(openraft::errors::RaftError::APIError(other)) => {
-                    return Err(ProposeError::Fatal(other.to_string()));
-                }
-                Err(openraft::errors::RaftError::Fatal(fatal)) => {
-                    return Err(ProposeError::Fatal(fatal.to_string()));
-                }
+            let leader = match self.leader_past_core() {
+                Some(leader) => Some(leader),
+                None => match self.write_here(&command, give_up).await? {
+                    Ok(result) => return Ok(result),
+                    Err(leader) => leader,
+                },
             };
             if let Some(leader) = leader.filter(|id| *id != self.id)
                 && let Some(node) = self.node_addr(leader)
@@ -917,6 +905,59 @@ impl RaftNode {
         }
     }
 
+    /// Propose `command` to this node's Raft core: the result once applied, or the leader
+    /// the core says to forward it to.
+    async fn write_here(
+        &self,
+        command: &Arc<pb::Command>,
+        give_up: Instant,
+    ) -> Result<Result<pb::CommandResult, Option<NodeId>>, ProposeError> {
+        self.check_room(command)?;
+        let proposed = Instant::now();
+        let write = self.raft.client_write(Request::new(command.clone()));
+        tokio::pin!(write);
+        // A leader cut off from its majority holds the write until it hears from them
+        // again: answer by the deadline all the same. The entry stays in its log and may
+        // still commit; a retry with the same message id is deduplicated. A core that stopped
+        // in a write (a full disk) or fell behind a newer leader is left to it: the call goes
+        // to that leader, as a client's retry would.
+        let mut look_again = proposed + PAST_CORE_CHECK_EVERY;
+        let written = loop {
+            tokio::select! {
+                written = &mut write => break written,
+                () = tokio::time::sleep_until(look_again.min(give_up).into()) => {}
+            }
+            if Instant::now() >= give_up {
+                return Err(ProposeError::Unknown(
+                    "not committed within the deadline: this leader may have lost its majority"
+                        .into(),
+                ));
+            }
+            if let Some(leader) = self.leader_past_core() {
+                return Ok(Err(Some(leader)));
+            }
+            look_again = Instant::now() + PAST_CORE_CHECK_EVERY;
+        };
+        match written {
+            Ok(response) => {
+                self.timeline.record_result(response.log_id.index, proposed);
+                let result = response.data.0.ok_or_else(|| {
+                    ProposeError::Fatal("a command was applied without a result".into())
+                })?;
+                Ok(Ok(result))
+            }
+            Err(openraft::errors::RaftError::APIError(ClientWriteError::ForwardToLeader(
+                forward,
+            ))) => Ok(Err(forward.leader_id)),
+            Err(openraft::errors::RaftError::APIError(other)) => {
+                Err(ProposeError::Fatal(other.to_string()))
+            }
+            Err(openraft::errors::RaftError::Fatal(fatal)) => {
+                Err(ProposeError::Fatal(fatal.to_string()))
+            }
+        }
+    }
+
     /// Wait until this node has applied everything committed before the call: after it, a
     /// read of the local state sees every write acknowledged so far. A follower asks the
     /// leader for its read index; the leader confirms its leadership with a quorum.
@@ -936,19 +977,25 @@ impl RaftNode {
     /// acknowledged before the call is at or below it.
     pub async fn read_index(&self, give_up: Instant) -> Result<u64, ProposeError> {
         loop {
-            let leader = match self
-                .raft
-                .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
-                .await
-            {
-                Ok(read) => return Ok(read.index()),
-                Err(openraft::errors::RaftError::APIError(
-                    LinearizableReadError::ForwardToLeader(forward),
-                )) => forward.leader_id,
-                // Leadership could not be confirmed with a quorum: try again until the deadline.
-                Err(openraft::errors::RaftError::APIError(_)) => None,
-                Err(openraft::errors::RaftError::Fatal(fatal)) => {
-                    return Err(ProposeError::Fatal(fatal.to_string()));
+            let leader = match self.leader_past_core() {
+                Some(leader) => Some(leader),
+                None => {
+                    let read = self
+                        .raft
+                        .ensure_linearizable(openraft::ReadPolicy::ReadIndex);
+                    match tokio::time::timeout_at(give_up.into(), read).await {
+                        Err(_) => return Err(ProposeError::NoLeader),
+                        Ok(Ok(read)) => return Ok(read.index()),
+                        Ok(Err(openraft::errors::RaftError::APIError(
+                            LinearizableReadError::ForwardToLeader(forward),
+                        ))) => forward.leader_id,
+                        // Leadership could not be confirmed with a quorum: try again until
+                        // the deadline.
+                        Ok(Err(openraft::errors::RaftError::APIError(_))) => None,
+                        Ok(Err(openraft::errors::RaftError::Fatal(fatal))) => {
+                            return Err(ProposeError::Fatal(fatal.to_string()));
+                        }
+                    }
                 }
             };
             if let Some(node) = leader
@@ -989,9 +1036,15 @@ impl RaftNode {
         request.set_timeout(time_left(give_up));
         // A leader that stopped answering without closing its connections (paused, cut
         // off) would hold the write until the deadline: give up on it as soon as this node
-        // stops following it, and let the caller try the next leader.
+        // stops following it, and let the caller try the next leader. A leader named past
+        // this node's core (`leader_past_core`), which the core does not know, is given the
+        // call's own timeout.
         let mut metrics = self.raft.metrics();
+        let followed = metrics.borrow_watched().current_leader == Some(leader_id);
         let leader_gone = async move {
+            if !followed {
+                std::future::pending::<()>().await;
+            }
             loop {
                 if metrics.borrow_watched().current_leader != Some(leader_id) {
                     return;
@@ -1023,6 +1076,10 @@ impl RaftNode {
         }
     }
 }
+
+/// How often a write waiting on this node's Raft core looks for a leader past it (see
+/// `RaftNode::leader_past_core`).
+const PAST_CORE_CHECK_EVERY: Duration = Duration::from_millis(50);
 
 /// Timeout for an RPC made on the way to `give_up`: what is left, but never less than 100 ms
 /// so a call made at the deadline still has a chance to be answered.
