@@ -878,8 +878,8 @@ impl RaftNode {
             let leader = match self.leader_past_core() {
                 Some(leader) => Some(leader),
                 None => match self.write_here(&command, give_up).await? {
-                    Ok(result) => return Ok(result),
-                    Err(leader) => leader,
+                    Written::Applied(result) => return Ok(result),
+                    Written::Elsewhere(leader) => leader,
                 },
             };
             if let Some(leader) = leader.filter(|id| *id != self.id)
@@ -905,13 +905,12 @@ impl RaftNode {
         }
     }
 
-    /// Propose `command` to this node's Raft core: the result once applied, or the leader
-    /// the core says to forward it to.
+    /// Propose `command` to this node's Raft core.
     async fn write_here(
         &self,
         command: &Arc<pb::Command>,
         give_up: Instant,
-    ) -> Result<Result<pb::CommandResult, Option<NodeId>>, ProposeError> {
+    ) -> Result<Written, ProposeError> {
         self.check_room(command)?;
         let proposed = Instant::now();
         let write = self.raft.client_write(Request::new(command.clone()));
@@ -934,7 +933,7 @@ impl RaftNode {
                 ));
             }
             if let Some(leader) = self.leader_past_core() {
-                return Ok(Err(Some(leader)));
+                return Ok(Written::Elsewhere(Some(leader)));
             }
             look_again = Instant::now() + PAST_CORE_CHECK_EVERY;
         };
@@ -944,11 +943,11 @@ impl RaftNode {
                 let result = response.data.0.ok_or_else(|| {
                     ProposeError::Fatal("a command was applied without a result".into())
                 })?;
-                Ok(Ok(result))
+                Ok(Written::Applied(result))
             }
             Err(openraft::errors::RaftError::APIError(ClientWriteError::ForwardToLeader(
                 forward,
-            ))) => Ok(Err(forward.leader_id)),
+            ))) => Ok(Written::Elsewhere(forward.leader_id)),
             Err(openraft::errors::RaftError::APIError(other)) => {
                 Err(ProposeError::Fatal(other.to_string()))
             }
@@ -1087,6 +1086,13 @@ fn time_left(give_up: Instant) -> Duration {
     give_up
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(100))
+}
+
+/// What this node's Raft core made of a proposed command.
+enum Written {
+    Applied(pb::CommandResult),
+    /// Not written here: it goes to this leader, if one is known.
+    Elsewhere(Option<NodeId>),
 }
 
 enum Forwarded {
